@@ -1,0 +1,69 @@
+"""Orbax checkpoints in the workdir: the latest N for resuming, and the best by validation.
+
+Each checkpoint holds the train state (arrays) and a JSON record of the loop's
+own state (epoch, early stopping, elapsed time). The data position is the
+step: the input pipeline rebuilds any step's batches from it.
+"""
+
+import os
+from typing import Optional
+
+import orbax.checkpoint as ocp
+
+
+def _manager(directory: str, max_to_keep: int, best_metric: Optional[str] = None):
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True,
+      best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode="max")
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=("state", "meta"))
+
+
+class Checkpoints:
+  """`latest/` keeps the newest `keep` steps; `best/` the single best by `best_metric`."""
+
+  def __init__(self, workdir: str, keep: int = 2, best_metric: str = "val_accuracy"):
+    self.best_metric = best_metric
+    self.latest = _manager(os.path.join(workdir, "checkpoints", "latest"), keep)
+    self.best = _manager(os.path.join(workdir, "checkpoints", "best"), 1, best_metric)
+
+  def save(self, state, meta: dict, *, is_best: bool = False, metrics: Optional[dict] = None):
+    step = int(meta["step"])
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    self.latest.save(step, args=args, force=True)
+    if is_best:
+      self.best.save(step, args=args, metrics={self.best_metric: metrics[self.best_metric]},
+                     force=True)
+
+  def restore_latest(self, target_state):
+    return _restore(self.latest, self.latest.latest_step(), target_state)
+
+  def restore_best(self, target_state):
+    return _restore(self.best, self.best.best_step(), target_state)
+
+  def wait(self):
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self):
+    self.latest.close()
+    self.best.close()
+
+
+def _restore(manager, step, target_state):
+  """(state, meta) at `step` laid out like `target_state`, or None if there is none."""
+  if step is None:
+    return None
+  manager.wait_until_finished()
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
+  return restored["state"], dict(restored["meta"])
+
+
+def restore_state_from(directory: str, target_state):
+  """The newest train state in an Orbax checkpoint directory (predict, init_from)."""
+  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
+  try:
+    return _restore(manager, manager.latest_step(), target_state)
+  finally:
+    manager.close()

@@ -1,0 +1,83 @@
+"""Command-line helpers shared by launch.py and the module CLIs."""
+
+import difflib
+import logging
+import os
+import runpy
+import sys
+
+from absl import app
+
+from bloodcell_jax.errors import UserError
+
+
+def flatten_keys(config, prefix: str = "") -> list:
+  keys = []
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    keys.append(name)
+    if hasattr(value, "items"):
+      keys += flatten_keys(value, name + ".")
+  return keys
+
+
+def load_config_file(path: str):
+  """Runs a recipe file's `get_config()`, as config_flags will."""
+  if not os.path.isfile(path):
+    raise UserError(f"--config={path}: no such config file (see configs/)")
+  return runpy.run_path(path)["get_config"]()
+
+
+def check_override_keys(argv, flag: str = "config") -> None:
+  """Rejects `--config.some.key=...` flags whose key the config does not have.
+
+  config_flags would answer with a traceback; this names the flag and the
+  closest valid keys instead.
+  """
+  paths = [a.split("=", 1)[1] for a in argv[1:] if a.startswith(f"--{flag}=")]
+  overrides = [a for a in argv[1:] if a.startswith(f"--{flag}.")]
+  if not paths or not overrides:
+    return
+  valid = flatten_keys(load_config_file(paths[-1].split(":", 1)[0]))
+  for arg in overrides:
+    if not arg.startswith(f"--{flag}."):
+      continue
+    key = arg[len(flag) + 3:].split("=", 1)[0]
+    if key not in valid:
+      close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+      hint = f"; closest valid keys: {', '.join(close)}" if close else ""
+      raise UserError(f"--{flag}.{key}: unknown config key{hint}")
+
+
+class _QuietLibraries(logging.Filter):
+  """Drops the INFO chatter of Orbax and clu's logging writer; warnings still pass."""
+
+  def filter(self, record):
+    noisy = "/orbax/" in record.pathname or record.pathname.endswith("logging_writer.py")
+    return record.levelno >= logging.WARNING or not noisy
+
+
+def quiet_library_logs() -> None:
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
+
+
+def parse_flags(argv):
+  """absl flag parsing, preceded by the config-key check (for `app.run(flags_parser=...)`)."""
+  try:
+    check_override_keys(argv)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  return app.parse_flags_with_usage(argv)
+
+
+def run_reporting_errors(main, argv) -> None:
+  """Runs `main(argv)`; a UserError becomes one 'error:' line and exit code 2."""
+  quiet_library_logs()
+  try:
+    main(argv)
+  except UserError as e:
+    logging.shutdown()
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

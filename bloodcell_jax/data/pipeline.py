@@ -1,0 +1,117 @@
+"""tf.data input pipelines: a resumable training stream and exact evaluation passes.
+
+Training reads an endless stream of epochs, each a seeded permutation of the
+training set. Position p of the stream is example `perm(p // n)[p % n]`, so the
+batches of any step can be rebuilt from (seed, step) alone: resuming at step s
+yields exactly the batches an uninterrupted run would have seen, and nothing is
+dropped at epoch ends. Each global batch is cut into one contiguous slice per
+process. Augmentation seeds come from (seed, epoch, example index), so an
+image's augmentation does not depend on batch size, process count or order.
+
+Evaluation visits every example exactly once, padding the last batch and
+marking the padding with `mask == 0`.
+"""
+
+from typing import Iterator, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from bloodcell_jax.data import augment
+from bloodcell_jax.data.sources import ImageSet
+
+# The input pipeline runs on the host: keep TensorFlow off the accelerators.
+tf.config.set_visible_devices([], "GPU")
+try:
+  tf.config.set_visible_devices([], "TPU")
+except (ValueError, RuntimeError):
+  pass
+
+_EVAL_STREAM = 1 << 30  # the 'epoch' used for seeding evaluation-time augmentation
+
+
+def stream_indices(num_examples: int, seed: int, start: int, stop: int):
+  """(example index, epoch) at stream positions [start, stop)."""
+  positions = np.arange(start, stop, dtype=np.int64)
+  epochs = positions // num_examples
+  examples = np.empty_like(positions)
+  for epoch in np.unique(epochs):
+    where = epochs == epoch
+    permutation = np.random.default_rng([seed, int(epoch)]).permutation(num_examples)
+    examples[where] = permutation[positions[where] % num_examples]
+  return examples, epochs
+
+
+def process_slice(values: np.ndarray, batch_size: int, process_index: int,
+                  process_count: int) -> np.ndarray:
+  """This process's contiguous part of every global batch."""
+  per_process = batch_size // process_count
+  return values.reshape(-1, process_count, per_process)[:, process_index].reshape(-1)
+
+
+class InMemorySource:
+  """An ImageSet's arrays held once as tensors, shared by every pipeline over it."""
+
+  def __init__(self, data: ImageSet):
+    self.data = data
+    self.images = tf.convert_to_tensor(data.images)
+    self.labels = tf.convert_to_tensor(data.labels)
+
+  def __len__(self):
+    return len(self.data)
+
+
+def _dataset(source: InMemorySource, examples, epochs, mask, seed: int,
+             augmentation: str, where: str, batch_size: int) -> tf.data.Dataset:
+  op = augment.parse(augmentation, where)
+  seed = tf.constant(seed, tf.int64)
+
+  def load(example, epoch, valid):
+    image = tf.cast(tf.gather(source.images, example), tf.float32)
+    if augmentation:
+      image_seed = tf.random.experimental.stateless_fold_in(tf.stack([seed, epoch]), example)
+      image = op(image, image_seed)
+    return {"image": image, "label": tf.gather(source.labels, example), "mask": valid}
+
+  ds = tf.data.Dataset.from_tensor_slices((examples, epochs, mask))
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def train_batches(source: InMemorySource, *, seed: int, batch_size: int,
+                  start_step: int, num_steps: int, augmentation: str,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Local batches (numpy) for global steps [start_step, num_steps)."""
+  examples, epochs = stream_indices(len(source), seed, start_step * batch_size,
+                                    num_steps * batch_size)
+  examples, epochs = (process_slice(v, batch_size, process_index, process_count)
+                      for v in (examples, epochs))
+  mask = np.ones(len(examples), np.float32)
+  ds = _dataset(source, examples, epochs, mask, seed, augmentation,
+                "config.augment.train", batch_size // process_count)
+  return ds.as_numpy_iterator()
+
+
+def eval_batches(source: InMemorySource, *, batch_size: int, augmentation: str = "",
+                 seed: int = 0, process_index: int = 0, process_count: int = 1,
+                 where: str = "evaluation") -> Iterator[dict]:
+  """Every example once, in order, padded to whole global batches (mask 0)."""
+  n = len(source)
+  padded = -(-n // batch_size) * batch_size
+  examples = np.zeros(padded, np.int64)
+  examples[:n] = np.arange(n)
+  mask = (np.arange(padded) < n).astype(np.float32)
+  examples, mask = (process_slice(v, batch_size, process_index, process_count)
+                    for v in (examples, mask))
+  epochs = np.full(len(examples), _EVAL_STREAM, np.int64)
+  ds = _dataset(source, examples, epochs, mask, seed, augmentation, where,
+                batch_size // process_count)
+  return ds.as_numpy_iterator()
+
+
+def num_eval_batches(num_examples: int, batch_size: int) -> int:
+  return -(-num_examples // batch_size)
+
+
+def optional_source(data: Optional[ImageSet]) -> Optional[InMemorySource]:
+  return InMemorySource(data) if data is not None else None

@@ -1,0 +1,207 @@
+"""Readers for every supported data format, each validating as it reads.
+
+A source is a path string: an ImageFolder directory, a course `.npz`
+(`images`, `labels`), a MedMNIST `.npz` (`train_images`, `val_labels`, ...; add
+`:train`, `:val` or `:test` to pick a split), or empty for the embedded
+synthetic data. Every reader returns an `ImageSet`: uint8 RGB images at the
+configured size, int32 labels and a stable id per image.
+"""
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from bloodcell_jax.errors import UserError
+
+PBC_CLASS_NAMES = (
+    "basophil", "eosinophil", "erythroblast", "ig",
+    "lymphocyte", "monocyte", "neutrophil", "platelet",
+)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+MEDMNIST_SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class ImageSet:
+  """Images held in memory with their labels and provenance."""
+  images: np.ndarray  # uint8 (N, H, W, 3)
+  labels: np.ndarray  # int32 (N,)
+  ids: np.ndarray  # str (N,): relative path, or row index for arrays
+  class_names: tuple
+  name: str
+  synthetic: bool = False
+  num_resized: int = 0
+  num_converted: int = 0  # greyscale / RGBA / palette images made RGB
+
+  def __len__(self):
+    return len(self.labels)
+
+  def subset(self, indices) -> "ImageSet":
+    return dataclasses.replace(
+        self, images=self.images[indices], labels=self.labels[indices],
+        ids=self.ids[indices])
+
+  def describe(self) -> dict:
+    return {"name": self.name, "synthetic": self.synthetic,
+            "num_examples": len(self), "num_resized": self.num_resized,
+            "num_converted": self.num_converted}
+
+
+def load_source(source: str, image_size: int, *, default_split: str = "train",
+                class_names: Sequence[str] = PBC_CLASS_NAMES,
+                synthetic_size: int = 2000, seed: int = 0) -> ImageSet:
+  """Reads `source` (see module doc); empty means the synthetic default."""
+  if not source:
+    from bloodcell_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    return synthetic.generate(synthetic_size, image_size, seed=seed)
+  path, split = _split_suffix(source)
+  if not os.path.exists(path):
+    raise UserError(f"{path}: no such file or directory (expected an ImageFolder "
+                    "directory or an .npz file)")
+  if os.path.isdir(path):
+    if split:
+      raise UserError(f"{source}: a ':{split}' suffix only applies to MedMNIST .npz files")
+    return read_image_folder(path, image_size)
+  if path.endswith(".npz"):
+    return read_npz(path, image_size, split=split or default_split,
+                    explicit_split=bool(split), class_names=class_names)
+  raise UserError(f"{path}: unsupported data source (expected an ImageFolder "
+                  "directory or an .npz file)")
+
+
+def _split_suffix(source: str):
+  head, sep, tail = source.rpartition(":")
+  if sep and tail in MEDMNIST_SPLITS and head.endswith(".npz"):
+    return head, tail
+  return source, ""
+
+
+def read_image_folder(root: str, image_size: int) -> ImageSet:
+  """One sub-folder per class (sorted names = class indices); other files ignored."""
+  class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir()
+                      and not e.name.startswith("."))
+  if not class_dirs:
+    raise UserError(f"{root}: no class sub-folders found (expected ImageFolder "
+                    "layout <root>/<class>/<image>)")
+  files, labels = [], []
+  for label, class_dir in enumerate(class_dirs):
+    names = sorted(
+        f for f in os.listdir(os.path.join(root, class_dir))
+        if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    if not names:
+      raise UserError(f"{os.path.join(root, class_dir)}: empty class folder (expected "
+                      f"at least one {'/'.join(IMAGE_EXTENSIONS)} image)")
+    files += [os.path.join(class_dir, n) for n in names]
+    labels += [label] * len(names)
+  images = np.empty((len(files), image_size, image_size, 3), np.uint8)
+  resized = converted = 0
+  for i, rel in enumerate(files):
+    image, was_resized, was_converted = _read_image_file(os.path.join(root, rel), image_size)
+    images[i] = image
+    resized += was_resized
+    converted += was_converted
+  return ImageSet(images, np.asarray(labels, np.int32), np.asarray(files),
+                  tuple(class_dirs), name=os.path.basename(os.path.normpath(root)),
+                  num_resized=resized, num_converted=converted)
+
+
+def _read_image_file(path: str, image_size: int):
+  try:
+    with Image.open(path) as im:
+      converted = im.mode != "RGB"
+      im = im.convert("RGB")
+      resized = im.size != (image_size, image_size)
+      if resized:
+        im = im.resize((image_size, image_size), Image.BICUBIC)
+      return np.asarray(im, np.uint8), resized, converted
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path}: unreadable image ({e})") from None
+
+
+def read_npz(path: str, image_size: int, *, split: str = "train",
+             explicit_split: bool = False,
+             class_names: Sequence[str] = PBC_CLASS_NAMES) -> ImageSet:
+  """The course format (`images`, `labels`) or MedMNIST (`<split>_images`, ...)."""
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      arrays = {k: npz[k] for k in npz.files}
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path}: unreadable .npz file ({e})") from None
+  if "images" in arrays:
+    if explicit_split:
+      raise UserError(f"{path}: ':{split}' given, but this is a course .npz with "
+                      "'images'/'labels' keys and no splits")
+    image_key, label_key, name = "images", "labels", os.path.basename(path)
+  elif f"{split}_images" in arrays:
+    image_key, label_key = f"{split}_images", f"{split}_labels"
+    name = f"{os.path.basename(path)}:{split}"
+  else:
+    raise UserError(f"{path}: expected keys 'images' and 'labels' (course format) or "
+                    f"'{split}_images' and '{split}_labels' (MedMNIST); found "
+                    f"{sorted(arrays)}")
+  if label_key not in arrays:
+    raise UserError(f"{path}: key '{label_key}' missing (found {sorted(arrays)})")
+  images = _validated_images(arrays[image_key], f"{path}[{image_key}]")
+  labels = _validated_labels(arrays[label_key], len(images), len(class_names),
+                             f"{path}[{label_key}]")
+  images, converted = _to_rgb(images)
+  images, resized = _resize_array(images, image_size)
+  return ImageSet(images, labels, np.asarray([str(i) for i in range(len(labels))]),
+                  tuple(class_names), name=name, num_resized=resized,
+                  num_converted=converted)
+
+
+def _validated_images(images: np.ndarray, where: str) -> np.ndarray:
+  if images.dtype != np.uint8:
+    raise UserError(f"{where}: dtype {images.dtype}, expected uint8")
+  if images.ndim == 3:  # greyscale (N, H, W)
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+    raise UserError(f"{where}: shape {images.shape}, expected (N, H, W, 3) "
+                    "(or 1 / 4 channels, or (N, H, W) greyscale)")
+  if len(images) == 0:
+    raise UserError(f"{where}: no images")
+  return images
+
+
+def _validated_labels(labels: np.ndarray, n: int, num_classes: int, where: str):
+  if labels.ndim == 2 and labels.shape[1] == 1:
+    labels = labels[:, 0]
+  if labels.ndim != 1 or len(labels) != n:
+    raise UserError(f"{where}: shape {labels.shape}, expected ({n},) or ({n}, 1)")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise UserError(f"{where}: dtype {labels.dtype}, expected integer class indices")
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if bad.size:
+    raise UserError(f"{where}: label {labels[bad[0]]} at row {bad[0]} out of range "
+                    f"(expected 0..{num_classes - 1}; {bad.size} such rows)")
+  return labels.astype(np.int32)
+
+
+def _to_rgb(images: np.ndarray):
+  channels = images.shape[-1]
+  if channels == 3:
+    return images, 0
+  if channels == 1:
+    return np.repeat(images, 3, axis=-1), len(images)
+  # RGBA: composite on white, as PIL does for display.
+  rgb = images[..., :3].astype(np.float32)
+  alpha = images[..., 3:].astype(np.float32) / 255.0
+  return np.round(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8), len(images)
+
+
+def _resize_array(images: np.ndarray, size: int):
+  if images.shape[1:3] == (size, size):
+    return images, 0
+  out = np.empty((len(images), size, size, 3), np.uint8)
+  for i, image in enumerate(images):
+    out[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+  return out, len(images)
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  return np.bincount(labels, minlength=num_classes)
+

@@ -1,0 +1,80 @@
+"""Train / validation / test splits, class weights, and the split manifest."""
+
+import dataclasses
+import json
+from typing import Optional
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_class_weight
+
+from bloodcell_jax.data.sources import ImageSet, load_source
+from bloodcell_jax.errors import UserError
+
+
+@dataclasses.dataclass
+class Splits:
+  train: ImageSet
+  val: ImageSet
+  test: Optional[ImageSet]
+
+  @property
+  def class_names(self):
+    return self.train.class_names
+
+
+def stratified_split(data: ImageSet, val_fraction: float, seed: int):
+  """Seeded split that keeps each class's share in both parts."""
+  if not 0.0 < val_fraction < 1.0:
+    raise UserError(f"config.data.val_fraction={val_fraction}: expected a value in (0, 1)")
+  counts = np.bincount(data.labels, minlength=len(data.class_names))
+  singles = [data.class_names[c] for c in np.flatnonzero(counts == 1)]
+  if singles:
+    raise UserError(f"{data.name}: class(es) {singles} have a single example; a "
+                    "stratified split needs at least 2 per class")
+  train_idx, val_idx = train_test_split(
+      np.arange(len(data)), test_size=val_fraction, random_state=seed,
+      stratify=data.labels)
+  return data.subset(np.sort(train_idx)), data.subset(np.sort(val_idx))
+
+
+def load_splits(data_config, image_size: int, seed: int) -> Splits:
+  """Reads the configured sources and splits train into train/validation."""
+  common = dict(class_names=tuple(data_config.class_names),
+                synthetic_size=data_config.synthetic_size, seed=seed)
+  full = load_source(data_config.train, image_size, default_split="train", **common)
+  if data_config.val:
+    train = full
+    val = load_source(data_config.val, image_size, default_split="val", **common)
+  else:
+    train, val = stratified_split(full, data_config.val_fraction, seed)
+  test = (load_source(data_config.test, image_size, default_split="test", **common)
+          if data_config.test else None)
+  for other in (val, test):
+    if other is not None and len(other.class_names) != len(train.class_names):
+      raise UserError(f"{other.name}: {len(other.class_names)} classes "
+                      f"{list(other.class_names)}, but the training data has "
+                      f"{len(train.class_names)} {list(train.class_names)}")
+  return Splits(train, val, test)
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """scikit-learn's "balanced" weights, n / (k * count_c); 0 for absent classes."""
+  present = np.unique(labels)
+  weights = np.zeros(num_classes, np.float32)
+  weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+  return weights
+
+
+def write_manifest(splits: Splits, path: str) -> None:
+  """Ids per split (and their labels), so a run's data can be audited or reused."""
+  manifest = {}
+  for name in ("train", "val", "test"):
+    subset = getattr(splits, name)
+    if subset is None:
+      continue
+    manifest[name] = {"source": subset.name, "synthetic": subset.synthetic,
+                      "ids": subset.ids.tolist(), "labels": subset.labels.tolist()}
+  manifest["class_names"] = list(splits.class_names)
+  with open(path, "w") as f:
+    json.dump(manifest, f)

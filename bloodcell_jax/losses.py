@@ -1,0 +1,43 @@
+"""Losses: class-weighted, label-smoothed cross-entropy and L1/L2 penalties."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+
+def weighted_cross_entropy(logits, labels, *, num_classes: int, class_weights=None,
+                           label_smoothing: float = 0.0, mask=None):
+  """Mean over the batch of w[label] * CE, as Keras's `class_weight` computes it.
+
+  `labels` are integer classes (N,) or soft labels (N, C). `mask` (N,) zeroes
+  padded examples out of the sum and the count.
+  """
+  targets = labels if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  losses = optax.softmax_cross_entropy(logits, targets)
+  weights = jnp.ones_like(losses) if mask is None else mask
+  if class_weights is not None:
+    weights = weights * (targets @ class_weights)
+  count = jnp.ones_like(losses).sum() if mask is None else jnp.maximum(mask.sum(), 1.0)
+  return (losses * weights).sum() / count
+
+
+def weight_penalty(params, *, l1: float = 0.0, l2: float = 0.0,
+                   pattern: str = r".*kernel$"):
+  """l1 * sum|w| + l2 * sum w^2 over parameters whose path matches `pattern`.
+
+  Keras's `kernel_regularizer`: added to the loss, so it is scaled by the
+  learning rate and adapted by Adam like any other gradient.
+  """
+  if not (l1 or l2):
+    return 0.0
+  regex = re.compile(pattern)
+  total = 0.0
+  for path, value in traverse_util.flatten_dict(params, sep="/").items():
+    if regex.fullmatch(path):
+      total += l1 * jnp.abs(value).sum() + l2 * jnp.square(value).sum()
+  return total

@@ -1,0 +1,69 @@
+"""The study's custom CNN: 4 x (Conv, ReLU, MaxPool), Flatten, Dropout, Dense, Dropout, Dense."""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bloodcell_jax.errors import UserError
+from bloodcell_jax.models import register
+from bloodcell_jax.models.layers import max_pool_2x2
+
+_ACTIVATIONS = {"relu": nn.relu, "leaky_relu": nn.leaky_relu}
+
+
+class CNN(nn.Module):
+  """Takes float images in [0, 255] (N, H, W, 3); returns logits.
+
+  `norm` adds BatchNorm or GroupNorm after each convolution, `head` chooses
+  Flatten (the study) or global average pooling.
+  """
+  num_classes: int = 8
+  filters: Sequence[int] = (32, 64, 128, 256)
+  kernel_size: int = 3
+  dense_units: int = 256
+  dropout: float = 0.5
+  activation: str = "relu"
+  norm: str = "none"
+  head: str = "flatten"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    act = _ACTIVATIONS[self.activation]
+    x = jnp.asarray(x, self.dtype) / 255.0
+    for i, features in enumerate(self.filters):
+      x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding="SAME",
+                  use_bias=self.norm == "none", dtype=self.dtype, name=f"conv{i}")(x)
+      x = self._normalize(x, train, f"norm{i}")
+      # Pooling before a monotone activation gives the same result on 4x fewer values.
+      x = act(max_pool_2x2(x))
+    x = x.reshape(x.shape[0], -1) if self.head == "flatten" else x.mean(axis=(1, 2))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = act(nn.Dense(self.dense_units, dtype=self.dtype, name="dense")(x))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x)
+    return x.astype(jnp.float32)
+
+  def _normalize(self, x, train, name):
+    if self.norm == "batch":
+      # Keras's epsilon; momentum 0.9 so statistics settle within short runs.
+      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
+                          dtype=self.dtype, name=name)(x)
+    if self.norm == "group":
+      return nn.GroupNorm(num_groups=min(8, x.shape[-1]), epsilon=1e-3,
+                          dtype=self.dtype, name=name)(x)
+    return x
+
+
+@register("cnn")
+def cnn(num_classes: int = 8, **kwargs) -> CNN:
+  activation, norm, head = (kwargs.get("activation", "relu"), kwargs.get("norm", "none"),
+                            kwargs.get("head", "flatten"))
+  for key, value, allowed in (("activation", activation, _ACTIVATIONS),
+                              ("norm", norm, ("none", "batch", "group")),
+                              ("head", head, ("flatten", "gap"))):
+    if value not in allowed:
+      raise UserError(f"config.model.{key}='{value}': expected one of {', '.join(allowed)}")
+  kwargs["filters"] = tuple(kwargs.get("filters", CNN.filters))
+  return CNN(num_classes=num_classes, **kwargs)

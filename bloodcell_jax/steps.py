@@ -1,0 +1,130 @@
+"""Train state and the pure, jitted train and eval steps. Imports no TensorFlow.
+
+Everything a step needs comes in through its arguments or a `functools.partial`
+made from the config, so the same functions serve the training loop, the
+benchmarks and a bare accelerator machine fed from memory.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bloodcell_jax import losses, sharding
+from bloodcell_jax.metrics import EvalMetrics, TrainMetrics
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything that changes during training, and nothing else (all arrays)."""
+  step: jnp.ndarray
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jnp.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  num_classes: int
+  class_weights: Optional[np.ndarray] = None
+  label_smoothing: float = 0.0
+  l1: float = 0.0
+  l2: float = 0.0
+  regularize: str = r".*kernel$"
+
+
+def init_variables(model, rng, image_size: int):
+  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  variables = model.init({"params": rng}, dummy, train=False)
+  return variables["params"], variables.get("batch_stats", {})
+
+
+def create_train_state(model, tx_factory, rng, image_size: int, mesh) -> tuple:
+  """Initialises replicated state on the mesh; returns (state, optimizer).
+
+  `tx_factory(params)` builds the optimizer, which may need the parameter tree
+  (freezing masks). Initialisation is jitted with replicated outputs so that
+  every process holds the same values.
+  """
+  init_rng, train_rng = jax.random.split(rng)
+  params_shape = jax.eval_shape(functools.partial(init_variables, model, image_size=image_size),
+                                init_rng)[0]
+  tx = tx_factory(params_shape)
+
+  def init(rng):
+    params, batch_stats = init_variables(model, rng, image_size)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), rng=train_rng)
+  state = jax.jit(init, out_shardings=sharding.replicated(mesh))(init_rng)
+  return state, tx
+
+
+def _apply(model, state, params, images, train: bool, rng=None):
+  variables = {"params": params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  if not train:
+    return model.apply(variables, images, train=False), state.batch_stats
+  logits, updates = model.apply(variables, images, train=True, rngs={"dropout": rng},
+                                mutable=["batch_stats"] if state.batch_stats else [])
+  return logits, updates.get("batch_stats", state.batch_stats)
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, loss_config: LossConfig,
+               learning_rate_fn):
+  """One optimisation step on a global batch; returns (new state, metrics)."""
+  rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    logits, batch_stats = _apply(model, state, params, batch["image"], True, rng)
+    loss = losses.weighted_cross_entropy(
+        logits, batch["label"], num_classes=loss_config.num_classes,
+        class_weights=(None if loss_config.class_weights is None
+                       else jnp.asarray(loss_config.class_weights)),
+        label_smoothing=loss_config.label_smoothing, mask=batch.get("mask"))
+    penalty = losses.weight_penalty(params, l1=loss_config.l1, l2=loss_config.l2,
+                                    pattern=loss_config.regularize)
+    return loss + penalty, (loss, logits, batch_stats)
+
+  grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
+  labels = batch["label"] if batch["label"].ndim == 1 else jnp.argmax(batch["label"], -1)
+  metrics = TrainMetrics.single_from_model_output(
+      loss=loss, logits=logits, labels=labels, learning_rate=learning_rate_fn(state.step))
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, model):
+  """Metrics of one padded evaluation batch (padding masked out) and the class probabilities."""
+  logits, _ = _apply(model, state, state.params, batch["image"], False)
+  labels, mask = batch["label"], batch["mask"]
+  per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  metrics = EvalMetrics.single_from_model_output(loss=per_example, logits=logits,
+                                                 labels=labels, mask=mask)
+  return metrics, jax.nn.softmax(logits)
+
+
+def jit_train_step(mesh, **kwargs):
+  """The train step jitted for the mesh: batch split on 'data', state replicated and donated."""
+  return jax.jit(functools.partial(train_step, **kwargs),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
+                 donate_argnums=0)
+
+
+def jit_eval_step(mesh, **kwargs):
+  return jax.jit(functools.partial(eval_step, **kwargs),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
+
+
+def is_finite(value) -> bool:
+  return bool(np.isfinite(np.asarray(value)).all())

@@ -1,0 +1,344 @@
+"""The training loop: build data, model and state; restore; iterate; evaluate.
+
+Evaluation, checkpointing, early stopping and logging are small functions the
+loop calls. A run resumes from its workdir automatically and, on CPU, ends
+bit-for-bit where an uninterrupted run would.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import periodic_actions
+
+from bloodcell_jax import models, optim, sharding, steps
+from bloodcell_jax.checkpoint import Checkpoints
+from bloodcell_jax.data import pipeline, splits as splits_lib
+from bloodcell_jax.errors import UserError
+from bloodcell_jax.metrics import summarize_confusion
+from bloodcell_jax.writers import create_writer
+
+
+class TrainingDiverged(UserError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class LoopState:
+  """The loop's own state, saved beside the train state in every checkpoint."""
+  step: int = 0
+  epoch: int = 0  # completed epochs
+  best_value: Optional[float] = None
+  best_step: int = -1
+  epochs_without_improvement: int = 0
+  stopped_early: bool = False
+  train_seconds: float = 0.0
+
+
+def build_model(config, num_classes: int):
+  kwargs = {k: v for k, v in config.model.items() if k not in ("name", "init_from")}
+  kwargs["dtype"] = jnp.dtype(kwargs.get("dtype", "float32"))
+  return models.get_model(config.model.name, num_classes=num_classes, **kwargs)
+
+
+def describe_data(data) -> str:
+  if data.synthetic:
+    return (f"{data.name}: SYNTHETIC embedded default data (procedurally drawn cells, "
+            "not real images); pass --config.data.train=PATH for real data")
+  extra = [f"{data.num_resized} resized to the configured size" if data.num_resized else "",
+           f"{data.num_converted} converted to RGB" if data.num_converted else ""]
+  return f"{data.name}: {len(data)} images" + "".join(f", {e}" for e in extra if e)
+
+
+def _loss_config(config, train_labels, num_classes):
+  if config.loss.class_weights not in ("balanced", "none"):
+    raise UserError(f"config.loss.class_weights='{config.loss.class_weights}': "
+                    "expected balanced or none")
+  weights = (splits_lib.balanced_class_weights(train_labels, num_classes)
+             if config.loss.class_weights == "balanced" else None)
+  return steps.LossConfig(num_classes=num_classes, class_weights=weights,
+                          label_smoothing=config.loss.label_smoothing,
+                          l1=config.loss.l1, l2=config.loss.l2,
+                          regularize=config.loss.regularize)
+
+
+class Evaluator:
+  """Runs the jitted eval step over every example of a source exactly once."""
+
+  def __init__(self, eval_fn, mesh, batch_size: int, class_names):
+    self.eval_fn, self.mesh = eval_fn, mesh
+    self.batch_size, self.class_names = batch_size, class_names
+
+  def __call__(self, state, source, prefix: str, augmentation: str = "", seed: int = 0):
+    total = None
+    probabilities = []
+    for local in pipeline.eval_batches(
+        source, batch_size=self.batch_size, augmentation=augmentation, seed=seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        where=f"{prefix} augmentation"):
+      metrics, probs = self.eval_fn(state, sharding.global_batch(local, self.mesh))
+      total = metrics if total is None else total.merge(metrics)
+      probabilities.append(np.asarray(probs))
+    computed = total.compute()
+    confusion = np.asarray(computed["confusion"])
+    summary = summarize_confusion(confusion, self.class_names, prefix)
+    summary[f"{prefix}_loss"] = float(computed["loss"])
+    probabilities = np.concatenate(probabilities)[: len(source)]
+    return summary, confusion, probabilities
+
+
+def _is_improvement(value, loop: LoopState, config) -> bool:
+  if loop.best_value is None:
+    return True
+  sign = -1.0 if config.train.early_stopping_metric.endswith("loss") else 1.0
+  return sign * (value - loop.best_value) > config.train.early_stopping_min_delta
+
+
+class _StopRequest:
+  """Turns SIGTERM (preemption) into a save at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (or resumes) in `workdir`, evaluates the best checkpoint, returns results."""
+  os.makedirs(workdir, exist_ok=True)
+  is_lead = jax.process_index() == 0
+  data = splits_lib.load_splits(config.data, config.image_size, config.seed)
+  logging.info("data: %s", describe_data(data.train))
+  class_names = data.class_names
+  num_classes = len(class_names)
+  if is_lead:
+    splits_lib.write_manifest(data, os.path.join(workdir, "split_manifest.json"))
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+  mesh = sharding.make_mesh()
+  for key in ("batch_size", "eval_batch_size"):
+    sharding.check_batch_size(config[key], f"config.{key}")
+  steps_per_epoch = -(-len(data.train) // config.batch_size)
+  total_steps = config.num_epochs * steps_per_epoch
+  model = build_model(config, num_classes)
+  tx_factory = lambda params: optim.make_optimizer(config.optim, params, steps_per_epoch,
+                                                   total_steps)[0]
+  state, tx = steps.create_train_state(model, tx_factory, jax.random.PRNGKey(config.seed),
+                                       config.image_size, mesh)
+  schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, total_steps)
+  checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints,
+                            best_metric="early_stopping_score")
+  loop = LoopState()
+  restored = checkpoints.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
+    loop = LoopState(**meta)
+    logging.info("resumed from %s at step %d (epoch %d)", workdir, loop.step, loop.epoch)
+
+  train_fn = steps.jit_train_step(mesh, model=model, tx=tx, learning_rate_fn=schedule,
+                                  loss_config=_loss_config(config, data.train.labels,
+                                                           num_classes))
+  evaluate = Evaluator(steps.jit_eval_step(mesh, model=model), mesh,
+                       config.eval_batch_size, class_names)
+  train_source = pipeline.InMemorySource(data.train)
+  val_source = pipeline.InMemorySource(data.val)
+  writer = create_writer(workdir)
+  if loop.step == 0:
+    writer.write_hparams(_flat_hparams(config))
+
+  if loop.step < total_steps and not loop.stopped_early:
+    state, loop = _train_loop(config, workdir, state, loop, train_fn, evaluate, train_source,
+                              val_source, checkpoints, writer, steps_per_epoch, total_steps)
+  results = _final_evaluation(config, workdir, state, loop, checkpoints, evaluate, data,
+                              val_source, writer)
+  checkpoints.close()
+  writer.close()
+  return results
+
+
+def _train_loop(config, workdir, state, loop, train_fn, evaluate, train_source, val_source,
+                checkpoints, writer, steps_per_epoch, total_steps):
+  mesh = sharding.make_mesh()
+  log_every = max(1, config.train.log_every_steps)
+  ckpt_every = config.train.checkpoint_every_steps
+  report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                                    every_steps=log_every)
+  batches = pipeline.train_batches(
+      train_source, seed=config.seed, batch_size=config.batch_size, start_step=loop.step,
+      num_steps=total_steps, augmentation=config.augment.train,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  progress = _Progress(loop.step, total_steps, config.batch_size)
+  accumulated = None
+  started = time.perf_counter() - loop.train_seconds
+  with _StopRequest() as stop_request:
+    for step in range(loop.step + 1, total_steps + 1):
+      state, metrics = train_fn(state, sharding.global_batch(next(batches), mesh))
+      accumulated = metrics if accumulated is None else accumulated.merge(metrics)
+      report_progress(step)
+      loop.step = step
+      end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+      if step % log_every == 0 or end_of_epoch:
+        summary = _check_finite(accumulated.compute(), step, checkpoints)
+        writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
+        progress.log(step, summary)
+        accumulated = None
+      if end_of_epoch:
+        loop.epoch = -(-step // steps_per_epoch)
+        loop.train_seconds = time.perf_counter() - started
+        if _end_epoch(config, state, loop, evaluate, val_source, checkpoints, writer):
+          break
+      elif (ckpt_every and step % ckpt_every == 0) or stop_request.requested:
+        loop.train_seconds = time.perf_counter() - started
+        checkpoints.save(state, dataclasses.asdict(loop))
+      if stop_request.requested:
+        logging.warning("SIGTERM: saved step %d in %s; exiting to be resumed", step, workdir)
+        checkpoints.wait()
+        raise SystemExit(0)
+  checkpoints.wait()
+  return state, loop
+
+
+def _check_finite(summary: dict, step: int, checkpoints: Checkpoints) -> dict:
+  summary = {k: float(v) for k, v in summary.items()}
+  if not np.isfinite(summary["loss"]):
+    last = checkpoints.latest.latest_step()
+    raise TrainingDiverged(
+        f"training loss is {summary['loss']} at step {step}; the last good checkpoint "
+        f"(step {last}) is kept in {checkpoints.latest.directory}. Lower "
+        "config.optim.learning_rate or set config.optim.grad_clip_norm")
+  return summary
+
+
+def _end_epoch(config, state, loop, evaluate, val_source, checkpoints, writer) -> bool:
+  """Validates, updates early stopping, checkpoints; True when training should stop."""
+  summary, _, _ = evaluate(state, val_source, "val")
+  metric = config.train.early_stopping_metric
+  if metric not in summary:
+    raise UserError(f"config.train.early_stopping_metric='{metric}': expected one of "
+                    f"{', '.join(k for k in summary if not k.startswith('per_class'))}")
+  value = summary[metric]
+  improved = _is_improvement(value, loop, config)
+  if improved:
+    loop.best_value, loop.best_step, loop.epochs_without_improvement = value, loop.step, 0
+  else:
+    loop.epochs_without_improvement += 1
+  patience = config.train.early_stopping_patience
+  loop.stopped_early = bool(patience) and loop.epochs_without_improvement >= patience
+  scalars = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+  writer.write_scalars(loop.step, {**scalars, "epoch": loop.epoch})
+  writer.flush()
+  logging.info("epoch %d step %d: val_accuracy %.4f, balanced %.4f, val_loss %.4f%s",
+               loop.epoch, loop.step, summary["val_accuracy"], summary["val_balanced_accuracy"],
+               summary["val_loss"], " (best)" if improved else "")
+  sign = -1.0 if metric.endswith("loss") else 1.0
+  checkpoints.save(state, dataclasses.asdict(loop), is_best=improved,
+                   metrics={"early_stopping_score": sign * value})
+  if loop.stopped_early:
+    logging.info("early stopping: no improvement of %s for %d epochs; best at step %d",
+                 metric, patience, loop.best_step)
+  return loop.stopped_early
+
+
+class _Progress:
+  """Console progress: images/s over the last interval and the ETA."""
+
+  def __init__(self, start_step: int, total_steps: int, batch_size: int):
+    self.total_steps, self.batch_size = total_steps, batch_size
+    self.last_step, self.last_time = start_step, time.perf_counter()
+
+  def log(self, step: int, summary: dict):
+    now = time.perf_counter()
+    rate = (step - self.last_step) * self.batch_size / max(now - self.last_time, 1e-9)
+    eta = (self.total_steps - step) * self.batch_size / max(rate, 1e-9)
+    logging.info("step %d/%d: loss %.4f, accuracy %.4f, lr %.2e | %.1f images/s, ETA %s",
+                 step, self.total_steps, summary["loss"], summary["accuracy"],
+                 summary["learning_rate"], rate, _format_seconds(eta))
+    self.last_step, self.last_time = step, now
+
+
+def _format_seconds(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+def _final_evaluation(config, workdir, state, loop, checkpoints, evaluate, data, val_source,
+                      writer) -> dict:
+  """Evaluates the best checkpoint on validation, augmented validation and test."""
+  from bloodcell_jax import report  # pylint: disable=g-import-not-at-top
+  restored = checkpoints.restore_best(state)
+  if restored is not None:
+    state, _ = restored
+  val, confusion, _ = evaluate(state, val_source, "val")
+  augmented, _, _ = evaluate(state, val_source, "augmented_val",
+                             augmentation=config.augment.eval_strong, seed=config.seed)
+  test = None
+  if data.test is not None:
+    test, test_confusion, _ = evaluate(state, pipeline.InMemorySource(data.test), "test")
+  results = {
+      **val, **augmented,
+      "balanced_val_accuracy": val["val_balanced_accuracy"],
+      "test_accuracy": test["test_accuracy"] if test else None,
+      **({k: v for k, v in test.items() if k != "test_accuracy"} if test else {}),
+      "num_train": len(data.train), "num_val": len(data.val),
+      "num_test": len(data.test) if data.test is not None else 0,
+      "train_seconds": loop.train_seconds, "steps": loop.step, "epochs": loop.epoch,
+      "best_step": loop.best_step, "stopped_early": loop.stopped_early,
+      "class_names": list(data.class_names),
+      "dataset": data.train.describe(),
+      "model": config.model.name,
+  }
+  if jax.process_index() == 0:
+    report.plot_confusion(confusion, data.class_names, os.path.join(workdir, "confusion_val.png"),
+                          f"validation (step {loop.best_step}), accuracy "
+                          f"{val['val_accuracy']:.2%}")
+    if test:
+      report.plot_confusion(test_confusion, data.class_names,
+                            os.path.join(workdir, "confusion_test.png"),
+                            f"test, accuracy {test['test_accuracy']:.2%}")
+    report.write_json(os.path.join(workdir, "results.json"), results)
+  writer.write_scalars(loop.step, {k: v for k, v in results.items()
+                                   if k.endswith("accuracy") and isinstance(v, float)})
+  logging.info("results: val_accuracy %.4f, augmented_val_accuracy %.4f, test_accuracy %s "
+               "(%s)", results["val_accuracy"], results["augmented_val_accuracy"],
+               "n/a" if test is None else f"{results['test_accuracy']:.4f}",
+               describe_data(data.train))
+  return results
+
+
+def _flat_hparams(config) -> dict:
+  flat = {}
+
+  def visit(prefix, node):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if hasattr(value, "items"):
+        visit(name + ".", value)
+      else:
+        flat[name] = value if isinstance(value, (int, float, str, bool)) else json.dumps(
+            value, default=str)
+  visit("", config)
+  return flat
+
