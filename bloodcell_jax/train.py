@@ -14,7 +14,6 @@ import time
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from clu import periodic_actions
 
@@ -40,12 +39,6 @@ class LoopState:
   epochs_without_improvement: int = 0
   stopped_early: bool = False
   train_seconds: float = 0.0
-
-
-def build_model(config, num_classes: int):
-  kwargs = {k: v for k, v in config.model.items() if k not in ("name", "init_from")}
-  kwargs["dtype"] = jnp.dtype(kwargs.get("dtype", "float32"))
-  return models.get_model(config.model.name, num_classes=num_classes, **kwargs)
 
 
 def describe_data(data) -> str:
@@ -142,7 +135,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     sharding.check_batch_size(config[key], f"config.{key}")
   steps_per_epoch = -(-len(data.train) // config.batch_size)
   total_steps = config.num_epochs * steps_per_epoch
-  model = build_model(config, num_classes)
+  model = models.build_model(config, num_classes)
   tx_factory = lambda params: optim.make_optimizer(config.optim, params, steps_per_epoch,
                                                    total_steps)[0]
   state, tx = steps.create_train_state(model, tx_factory, jax.random.PRNGKey(config.seed),

@@ -11,7 +11,7 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.num_epochs = 12
+  config.num_epochs = 10
   config.model.name = "cnn"
   config.model.norm = "batch"
   config.optim.schedule = "warmup_cosine"

@@ -3,6 +3,7 @@
 from typing import Callable, Dict
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
 
@@ -21,6 +22,13 @@ def get_model(name: str, **kwargs) -> nn.Module:
   if name not in _MODELS:
     raise UserError(f"config.model.name='{name}': unknown model (known: {', '.join(sorted(_MODELS))})")
   return _MODELS[name](**kwargs)
+
+
+def build_model(config, num_classes: int) -> nn.Module:
+  """The model `config.model` describes (every key but `name` is a constructor argument)."""
+  kwargs = {k: v for k, v in config.model.items() if k not in ("name", "init_from")}
+  kwargs["dtype"] = jnp.dtype(kwargs.get("dtype", "float32"))
+  return get_model(config.model.name, num_classes=num_classes, **kwargs)
 
 
 def _import_all():

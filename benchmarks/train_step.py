@@ -1,0 +1,157 @@
+"""Steady-state training throughput: bloodcell_jax against Keras 3 (JAX and TensorFlow backends).
+
+  python benchmarks/train_step.py                    # every model x impl, one process each
+  python benchmarks/train_step.py --model=cnn --impl=keras-jax --steps=30
+
+Prints one JSON object per line: {"bench": "train_step", "model", "impl", "batch",
+"images_per_s", "step_ms_median", "peak_rss_mb", ...}. Every implementation runs
+the same architecture (configs/cnn.py's model) on the same random batch, with
+Adam and the same loss, in its own subprocess so that each one's peak memory is
+its own and Keras's backend can be chosen. Run the whole set in one go: this
+machine's speed drifts, so only ratios within one run mean much.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("cnn",)
+IMPLS = ("bloodcell_jax", "keras-jax", "keras-tensorflow")
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", choices=MODELS, default=None)
+  parser.add_argument("--impl", choices=IMPLS, default=None)
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--image_size", type=int, default=96)
+  parser.add_argument("--steps", type=int, default=20, help="timed steps")
+  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--config", default=os.path.join(ROOT, "configs", "cnn.py"))
+  return parser.parse_args(argv)
+
+
+def model_config(path):
+  sys.path.insert(0, ROOT)
+  from bloodcell_jax import cli  # pylint: disable=g-import-not-at-top
+  return cli.load_config_file(path)
+
+
+def random_batch(args, num_classes=8):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0, 255, (args.batch, args.image_size, args.image_size, 3))
+  return images.astype(np.float32), rng.integers(0, num_classes, args.batch).astype(np.int32)
+
+
+def time_steps(run_step, args):
+  """Median seconds per step after warm-up; `run_step` must block until done."""
+  for _ in range(args.warmup):
+    run_step()
+  times = []
+  for _ in range(args.steps):
+    start = time.perf_counter()
+    run_step()
+    times.append(time.perf_counter() - start)
+  times.sort()
+  return times[len(times) // 2]
+
+
+def bench_bloodcell_jax(args, config):
+  import jax  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax import optim, sharding, steps  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  config.image_size = args.image_size
+  mesh = sharding.make_mesh()
+  model = build_model(config, 8)
+  state, tx = steps.create_train_state(
+      model, lambda p: optim.make_optimizer(config.optim, p, 100, 1000)[0],
+      jax.random.PRNGKey(0), args.image_size, mesh)
+  images, labels = random_batch(args)
+  batch = sharding.global_batch({"image": images, "label": labels}, mesh)
+  train_fn = steps.jit_train_step(
+      mesh, model=model, tx=tx, learning_rate_fn=lambda s: config.optim.learning_rate,
+      loss_config=steps.LossConfig(num_classes=8, l2=config.loss.l2))
+  holder = [state]
+
+  def run_step():
+    holder[0], metrics = train_fn(holder[0], batch)
+    jax.block_until_ready(metrics)
+  return time_steps(run_step, args), {"devices": jax.device_count(),
+                                      "platform": jax.devices()[0].platform}
+
+
+def keras_cnn(config, args):
+  """configs/cnn.py's architecture in Keras: Conv-[BN]-ReLU-MaxPool x4, head, Dense."""
+  import keras  # pylint: disable=g-import-not-at-top
+  m = config.model
+  reg = keras.regularizers.L2(config.loss.l2) if config.loss.l2 else None
+  inputs = keras.Input((args.image_size, args.image_size, 3))
+  x = keras.layers.Rescaling(1.0 / 255)(inputs)
+  for f in m.filters:
+    x = keras.layers.Conv2D(f, 3, padding="same", use_bias=m.norm == "none",
+                            kernel_regularizer=reg)(x)
+    if m.norm == "batch":
+      x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3)(x)
+    x = keras.layers.Activation(m.activation)(x)
+    x = keras.layers.MaxPooling2D()(x)
+  x = keras.layers.Flatten()(x) if m.head == "flatten" else keras.layers.GlobalAveragePooling2D()(x)
+  x = keras.layers.Dropout(m.dropout)(x)
+  x = keras.layers.Dense(m.dense_units, activation=m.activation, kernel_regularizer=reg)(x)
+  x = keras.layers.Dropout(m.dropout)(x)
+  outputs = keras.layers.Dense(8, kernel_regularizer=reg)(x)
+  return keras.Model(inputs, outputs)
+
+
+def bench_keras(args, config, backend):
+  os.environ["KERAS_BACKEND"] = backend
+  if backend == "jax":
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the comparison is on the CPU
+  import keras  # pylint: disable=g-import-not-at-top
+  model = keras_cnn(config, args)
+  model.compile(optimizer=keras.optimizers.Adam(config.optim.learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  images, labels = random_batch(args)
+
+  def run_step():
+    model.train_on_batch(images, labels)  # returns host values: blocks until done
+  return time_steps(run_step, args), {"jit_compile": str(model.jit_compile)}
+
+
+def run_one(args):
+  config = model_config(args.config)
+  if args.impl == "bloodcell_jax":
+    seconds, extra = bench_bloodcell_jax(args, config)
+  else:
+    seconds, extra = bench_keras(args, config, args.impl.split("-", 1)[1])
+  peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+  print(json.dumps({"bench": "train_step", "model": args.model, "impl": args.impl,
+                    "batch": args.batch, "image_size": args.image_size,
+                    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                    "images_per_s": round(args.batch / seconds, 2),
+                    "step_ms_median": round(1000 * seconds, 1),
+                    "peak_rss_mb": round(peak_rss_mb, 1), **extra}), flush=True)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.model and args.impl:
+    return run_one(args)
+  passthrough = [a for a in (argv if argv is not None else sys.argv[1:])
+                 if not a.startswith(("--model", "--impl"))]
+  for model in [args.model] if args.model else MODELS:
+    for impl in [args.impl] if args.impl else IMPLS:
+      env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+      if impl.startswith("keras"):
+        env["BLOODCELL_JAX_KEEP_XLA_FLAGS"] = "1"  # Keras runs as its users run it
+      subprocess.run([sys.executable, os.path.abspath(__file__), f"--model={model}",
+                      f"--impl={impl}", *passthrough], check=True, env=env)
+
+
+if __name__ == "__main__":
+  main()
