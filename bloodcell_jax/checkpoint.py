@@ -10,6 +10,9 @@ from typing import Optional
 
 import orbax.checkpoint as ocp
 
+# What `best/` ranks by: the early-stopping metric, negated for losses, so higher is better.
+BEST_METRIC = "early_stopping_score"
+
 
 def _manager(directory: str, max_to_keep: int, best_metric: Optional[str] = None):
   options = ocp.CheckpointManagerOptions(
@@ -20,20 +23,19 @@ def _manager(directory: str, max_to_keep: int, best_metric: Optional[str] = None
 
 
 class Checkpoints:
-  """`latest/` keeps the newest `keep` steps; `best/` the single best by `best_metric`."""
+  """`latest/` keeps the newest `keep` steps; `best/` the single best by BEST_METRIC."""
 
-  def __init__(self, workdir: str, keep: int = 2, best_metric: str = "val_accuracy"):
-    self.best_metric = best_metric
+  def __init__(self, workdir: str, keep: int = 2):
     self.latest = _manager(os.path.join(workdir, "checkpoints", "latest"), keep)
-    self.best = _manager(os.path.join(workdir, "checkpoints", "best"), 1, best_metric)
+    self.best = _manager(os.path.join(workdir, "checkpoints", "best"), 1, BEST_METRIC)
 
-  def save(self, state, meta: dict, *, is_best: bool = False, metrics: Optional[dict] = None):
+  def save(self, state, meta: dict, *, best_score: Optional[float] = None):
+    """Saves to `latest/`, and to `best/` when `best_score` (higher is better) is given."""
     step = int(meta["step"])
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     self.latest.save(step, args=args, force=True)
-    if is_best:
-      self.best.save(step, args=args, metrics={self.best_metric: metrics[self.best_metric]},
-                     force=True)
+    if best_score is not None:
+      self.best.save(step, args=args, metrics={BEST_METRIC: best_score}, force=True)
 
   def restore_latest(self, target_state):
     return _restore(self.latest, self.latest.latest_step(), target_state)

@@ -141,8 +141,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state, tx = steps.create_train_state(model, tx_factory, jax.random.PRNGKey(config.seed),
                                        config.image_size, mesh)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, total_steps)
-  checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints,
-                            best_metric="early_stopping_score")
+  checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints)
   loop = LoopState()
   restored = checkpoints.restore_latest(state)
   if restored is not None:
@@ -246,8 +245,8 @@ def _end_epoch(config, state, loop, evaluate, val_source, checkpoints, writer) -
                loop.epoch, loop.step, summary["val_accuracy"], summary["val_balanced_accuracy"],
                summary["val_loss"], " (best)" if improved else "")
   sign = -1.0 if metric.endswith("loss") else 1.0
-  checkpoints.save(state, dataclasses.asdict(loop), is_best=improved,
-                   metrics={"early_stopping_score": sign * value})
+  checkpoints.save(state, dataclasses.asdict(loop),
+                   best_score=sign * value if improved else None)
   if loop.stopped_early:
     logging.info("early stopping: no improvement of %s for %d epochs; best at step %d",
                  metric, patience, loop.best_step)

@@ -85,33 +85,38 @@ def affine(rotate: float = 0.0, translate: float = 0.0, zoom: float = 0.0,
   degrees either way), `translate` a fraction of the image size, `zoom` the
   largest relative change of scale.
   """
-  fill_mode = fill_mode.upper()
-  if fill_mode not in ("REFLECT", "WRAP", "CONSTANT", "NEAREST"):
+  if fill_mode.upper() not in ("REFLECT", "WRAP", "CONSTANT", "NEAREST"):
     raise TypeError(f"fill_mode={fill_mode.lower()!r}, expected reflect, wrap, constant or nearest")
 
   def op(image, seed):
     height = tf.cast(tf.shape(image)[0], tf.float32)
     width = tf.cast(tf.shape(image)[1], tf.float32)
     draws = _uniform(seed, -1.0, 1.0, [4])
-    angle = draws[0] * rotate * 2.0 * math.pi
-    scale = 1.0 + draws[1] * zoom
-    shift_x, shift_y = draws[2] * translate * width, draws[3] * translate * height
-    transform = _inverse_affine(angle, scale, shift_x, shift_y, width, height)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=transform[None],
-        output_shape=tf.shape(image)[:2], fill_value=fill_value,
-        interpolation=interpolation.upper(), fill_mode=fill_mode)[0]
+    return apply_affine(image, angle=draws[0] * rotate * 2.0 * math.pi,
+                        scale=1.0 + draws[1] * zoom, shift_x=draws[2] * translate * width,
+                        shift_y=draws[3] * translate * height, fill_mode=fill_mode,
+                        fill_value=fill_value, interpolation=interpolation)
   return op
 
 
-def _inverse_affine(angle, scale, shift_x, shift_y, width, height):
-  """The output->input pixel map that ImageProjectiveTransform expects."""
+def apply_affine(image, *, angle, scale=1.0, shift_x=0.0, shift_y=0.0, fill_mode="REFLECT",
+                 fill_value=0.0, interpolation="bilinear"):
+  """Rotates by `angle` (radians, counter-clockwise on screen), scales about the
+  centre, then shifts by (shift_x, shift_y) pixels, in one resampling."""
+  height = tf.cast(tf.shape(image)[0], tf.float32)
+  width = tf.cast(tf.shape(image)[1], tf.float32)
   cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
-  cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-  # input = R^-1 S^-1 (output - centre - shift) + centre
+  cos = tf.cos(tf.cast(angle, tf.float32)) / scale
+  sin = tf.sin(tf.cast(angle, tf.float32)) / scale
+  # ImageProjectiveTransform maps each output pixel to the input pixel it samples:
+  # input = R^-1 S^-1 (output - centre - shift) + centre, with R in image (y-down) axes.
   ox, oy = cx + shift_x, cy + shift_y
-  return tf.stack([cos, sin, cx - cos * ox - sin * oy,
-                   -sin, cos, cy + sin * ox - cos * oy, 0.0, 0.0])
+  transform = tf.stack([cos, -sin, cx - cos * ox + sin * oy,
+                        sin, cos, cy - sin * ox - cos * oy, 0.0, 0.0])
+  return tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[None], transforms=transform[None], output_shape=tf.shape(image)[:2],
+      fill_value=fill_value, interpolation=interpolation.upper(),
+      fill_mode=fill_mode.upper())[0]
 
 
 @register("brightness")

@@ -99,7 +99,7 @@ def read_image_folder(root: str, image_size: int) -> ImageSet:
   images = np.empty((len(files), image_size, image_size, 3), np.uint8)
   resized = converted = 0
   for i, rel in enumerate(files):
-    image, was_resized, was_converted = _read_image_file(os.path.join(root, rel), image_size)
+    image, was_resized, was_converted = read_image_file(os.path.join(root, rel), image_size)
     images[i] = image
     resized += was_resized
     converted += was_converted
@@ -108,7 +108,7 @@ def read_image_folder(root: str, image_size: int) -> ImageSet:
                   num_resized=resized, num_converted=converted)
 
 
-def _read_image_file(path: str, image_size: int):
+def read_image_file(path: str, image_size: int):
   try:
     with Image.open(path) as im:
       converted = im.mode != "RGB"
@@ -122,9 +122,12 @@ def _read_image_file(path: str, image_size: int):
 
 
 def read_npz(path: str, image_size: int, *, split: str = "train",
-             explicit_split: bool = False,
+             explicit_split: bool = False, labelled: bool = True,
              class_names: Sequence[str] = PBC_CLASS_NAMES) -> ImageSet:
-  """The course format (`images`, `labels`) or MedMNIST (`<split>_images`, ...)."""
+  """The course format (`images`, `labels`) or MedMNIST (`<split>_images`, ...).
+
+  `labelled=False` (prediction) reads the images alone; labels are then zeros.
+  """
   try:
     with np.load(path, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}
@@ -142,11 +145,14 @@ def read_npz(path: str, image_size: int, *, split: str = "train",
     raise UserError(f"{path}: expected keys 'images' and 'labels' (course format) or "
                     f"'{split}_images' and '{split}_labels' (MedMNIST); found "
                     f"{sorted(arrays)}")
-  if label_key not in arrays:
-    raise UserError(f"{path}: key '{label_key}' missing (found {sorted(arrays)})")
   images = _validated_images(arrays[image_key], f"{path}[{image_key}]")
-  labels = _validated_labels(arrays[label_key], len(images), len(class_names),
-                             f"{path}[{label_key}]")
+  if not labelled:
+    labels = np.zeros(len(images), np.int32)
+  elif label_key not in arrays:
+    raise UserError(f"{path}: key '{label_key}' missing (found {sorted(arrays)})")
+  else:
+    labels = _validated_labels(arrays[label_key], len(images), len(class_names),
+                               f"{path}[{label_key}]")
   images, converted = _to_rgb(images)
   images, resized = _resize_array(images, image_size)
   return ImageSet(images, labels, np.asarray([str(i) for i in range(len(labels))]),

@@ -32,6 +32,12 @@ def stratified_split(data: ImageSet, val_fraction: float, seed: int):
   if singles:
     raise UserError(f"{data.name}: class(es) {singles} have a single example; a "
                     "stratified split needs at least 2 per class")
+  num_classes = int((counts > 0).sum())
+  num_val = int(np.ceil(val_fraction * len(data)))
+  if min(num_val, len(data) - num_val) < num_classes:
+    raise UserError(f"{data.name}: config.data.val_fraction={val_fraction} of {len(data)} "
+                    f"images leaves {min(num_val, len(data) - num_val)} in one part, fewer "
+                    f"than the {num_classes} classes; change the fraction or set config.data.val")
   train_idx, val_idx = train_test_split(
       np.arange(len(data)), test_size=val_fraction, random_state=seed,
       stratify=data.labels)

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny generated data, real-data paths, and a launcher for runs."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PBC96 = os.path.join(ROOT, "..", "shared", "data", "pbc96")
+
+# Small enough to train in seconds on 2 cores, big enough to learn something.
+TINY_OVERRIDES = (
+    "--config.image_size=32", "--config.data.synthetic_size=320",
+    "--config.batch_size=16", "--config.eval_batch_size=32",
+    "--config.model.filters=(8, 8, 16, 16)", "--config.model.dense_units=16",
+    "--config.train.log_every_steps=4",
+)
+
+
+@pytest.fixture
+def pbc96():
+  if not os.path.isdir(PBC96):
+    pytest.skip(f"real data not present at {PBC96}")
+  return PBC96
+
+
+def write_image_folder(root, images_per_class=4, size=24, classes=("a", "b", "c"), seed=0):
+  """An ImageFolder of random JPEGs (and a README beside the class folders)."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, "README.md"), "w") as f:
+    f.write("not an image\n")
+  for name in classes:
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    for i in range(images_per_class):
+      pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(os.path.join(root, name, f"{name}_{i}.png"))
+  return root
+
+
+def run_launch(workdir, *overrides, config="configs/cnn.py", timeout=600, tiny=True,
+               check=True):
+  """Runs launch.py in a subprocess; returns the CompletedProcess."""
+  args = [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={config}",
+          f"--workdir={workdir}", *(TINY_OVERRIDES if tiny else ()), *overrides]
+  result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=subprocess_env())
+  if check and result.returncode != 0:
+    raise AssertionError(f"launch.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
+  return result
+
+
+def subprocess_env(**extra):
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+  env.update(extra)
+  return env

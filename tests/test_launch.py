@@ -1,0 +1,122 @@
+"""End-to-end runs of launch.py on tiny generated data, and its error reporting."""
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_launch, subprocess_env, write_image_folder
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  result = run_launch(workdir, "--config.num_epochs=6")
+  return workdir, result
+
+
+def test_run_leaves_every_artefact(synthetic_run):
+  workdir, result = synthetic_run
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  for key in ("val_accuracy", "augmented_val_accuracy", "test_accuracy",
+              "balanced_val_accuracy", "per_class_val_accuracy", "num_train", "num_val",
+              "train_seconds", "dataset"):
+    assert key in results, key
+  assert results["dataset"]["synthetic"] is True
+  assert results["test_accuracy"] is None
+  assert (results["num_train"], results["num_val"]) == (288, 32)
+  assert set(results["per_class_val_accuracy"]) == set(results["class_names"])
+  assert "SYNTHETIC" in result.stderr
+  assert os.path.getsize(os.path.join(workdir, "confusion_val.png")) > 1000
+  assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert any("train_loss" in r for r in records) and any("val_accuracy" in r for r in records)
+  config = json.load(open(os.path.join(workdir, "config.json")))
+  assert config["image_size"] == 32 and config["model"]["filters"] == [8, 8, 16, 16]
+  manifest = json.load(open(os.path.join(workdir, "split_manifest.json")))
+  assert not set(manifest["train"]["ids"]) & set(manifest["val"]["ids"])
+  assert len(manifest["train"]["ids"]) + len(manifest["val"]["ids"]) == 320
+  assert os.listdir(os.path.join(workdir, "checkpoints", "best"))
+  assert "images/s" in result.stderr and "ETA" in result.stderr
+
+
+def test_tiny_cnn_learns_the_synthetic_classes(synthetic_run):
+  workdir, _ = synthetic_run
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert results["val_accuracy"] >= 0.5  # chance is 0.125
+
+
+def test_rerun_of_a_finished_run_only_evaluates(synthetic_run):
+  workdir, _ = synthetic_run
+  before = json.load(open(os.path.join(workdir, "results.json")))
+  result = run_launch(workdir, "--config.num_epochs=6")
+  after = json.load(open(os.path.join(workdir, "results.json")))
+  assert "resumed" in result.stderr and "images/s" not in result.stderr
+  assert after["val_accuracy"] == before["val_accuracy"]
+
+
+def test_predict_writes_one_row_per_image(synthetic_run, tmp_path):
+  workdir, _ = synthetic_run
+  folder = write_image_folder(str(tmp_path / "imgs"), images_per_class=2, size=40,
+                              classes=("x", "y"))
+  out = str(tmp_path / "preds.csv")
+  subprocess.run([sys.executable, "-m", "bloodcell_jax.predict", f"--workdir={workdir}",
+                  f"--input={folder}", f"--output={out}"], cwd=ROOT, check=True,
+                 capture_output=True, env=subprocess_env())
+  rows = list(csv.DictReader(open(out)))
+  assert [r["id"] for r in rows] == [os.path.join(c, f"{c}_{i}.png") for c in "xy"
+                                     for i in range(2)]
+  class_names = json.load(open(os.path.join(workdir, "results.json")))["class_names"]
+  assert list(rows[0]) == ["id", "pred", "pred_name"] + [f"p_{c}" for c in class_names]
+  for row in rows:
+    probs = np.array([float(row[f"p_{c}"]) for c in class_names])
+    assert abs(probs.sum() - 1.0) < 1e-4
+    assert int(row["pred"]) == int(np.argmax(probs))
+    assert row["pred_name"] == class_names[int(row["pred"])]
+
+
+def test_test_source_and_npz_training_data(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (64, 40, 40, 3), dtype=np.uint8)
+  labels = np.arange(64) % 8
+  np.savez(tmp_path / "course.npz", images=images, labels=labels)
+  folder = write_image_folder(str(tmp_path / "test"), images_per_class=1, size=32,
+                              classes=tuple(f"c{i}" for i in range(8)))
+  workdir = str(tmp_path / "run")
+  run_launch(workdir, f"--config.data.train={tmp_path / 'course.npz'}",
+             f"--config.data.test={folder}", "--config.num_epochs=1",
+             "--config.data.val_fraction=0.25")
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert results["num_test"] == 8 and results["test_accuracy"] is not None
+  assert results["dataset"]["num_resized"] == 64
+  assert os.path.exists(os.path.join(workdir, "confusion_test.png"))
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.optim.learnig_rate=0.1",
+     "error: --config.optim.learnig_rate: unknown config key; closest valid keys: "
+     "optim.learning_rate"),
+    ("--config.data.train=/no/such/folder", "error: /no/such/folder: no such file or directory"),
+    ("--config.model.name=resnet", "error: config.model.name='resnet': unknown model"),
+    ("--config.augment.train=flip|twist", "error: config.augment.train: unknown op 'twist'"),
+])
+def test_bad_input_is_one_error_line_and_nonzero_exit(tmp_path, flag, message):
+  result = run_launch(str(tmp_path / "run"), flag, check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(message)
+  assert "Traceback" not in result.stderr
+
+
+def test_diverging_training_stops_with_a_clear_error(tmp_path):
+  workdir = str(tmp_path / "run")
+  result = run_launch(workdir, "--config.optim.learning_rate=1e30", "--config.loss.l2=0.0",
+                      "--config.model.norm=none", "--config.num_epochs=2", check=False)
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: training loss is nan") or "loss is inf" in last
+  assert "last good checkpoint" in last

@@ -1,0 +1,97 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from bloodcell_jax import losses, optim, param_rules
+from bloodcell_jax.errors import UserError
+from configs import default
+
+
+def test_weighted_cross_entropy_matches_keras_class_weight_formula():
+  logits = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [0.0, 3.0, 0.0]])
+  labels = jnp.array([0, 2, 1])
+  weights = jnp.array([1.0, 2.0, 0.5])
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  expected = jnp.mean(ce * weights[labels])
+  got = losses.weighted_cross_entropy(logits, labels, num_classes=3, class_weights=weights)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  masked = losses.weighted_cross_entropy(logits, labels, num_classes=3,
+                                         mask=jnp.array([1.0, 1.0, 0.0]))
+  np.testing.assert_allclose(masked, ce[:2].mean(), rtol=1e-6)
+
+
+def test_label_smoothing_and_soft_labels():
+  logits = jnp.array([[2.0, 0.0]])
+  smoothed = losses.weighted_cross_entropy(logits, jnp.array([0]), num_classes=2,
+                                           label_smoothing=0.2)
+  soft = losses.weighted_cross_entropy(logits, jnp.array([[0.9, 0.1]]), num_classes=2)
+  np.testing.assert_allclose(smoothed, soft, rtol=1e-6)
+
+
+def test_weight_penalty_covers_matching_paths_only():
+  params = {"conv0": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.ones(3)},
+            "dense": {"kernel": jnp.array([-1.0, 1.0])}}
+  np.testing.assert_allclose(losses.weight_penalty(params, l2=0.5), 0.5 * (16.0 + 2.0))
+  np.testing.assert_allclose(losses.weight_penalty(params, l1=1.0, pattern="dense/.*"), 2.0)
+
+
+def test_rules_first_match_wins():
+  params = {"conv0": {"kernel": 0, "bias": 0}, "dense": {"kernel": 0}}
+  rules = param_rules.parse_rules("conv0/bias=train, conv0/.*=freeze", ("train", "freeze"), "x")
+  labels = param_rules.label_params(params, rules, default="train")
+  assert labels == {"conv0": {"kernel": "freeze", "bias": "train"}, "dense": {"kernel": "train"}}
+  with pytest.raises(UserError, match="rule 'conv0' should be PATTERN=VALUE"):
+    param_rules.parse_rules("conv0", ("train", "freeze"), "config.optim.freeze")
+
+
+def optim_config(**overrides):
+  config = default.get_config().optim
+  config.unlock()
+  config.update(overrides)
+  return config
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "lion"])
+def test_frozen_parameters_get_no_update_and_no_decay(name):
+  params = {"frozen": {"kernel": jnp.ones((3,))}, "head": {"kernel": jnp.ones((3,))}}
+  config = optim_config(name=name, freeze="frozen/.*=freeze",
+                        weight_decay=0.0 if name == "adam" else 0.1)
+  tx, _ = optim.make_optimizer(config, params, steps_per_epoch=10, total_steps=100)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(params["frozen"]["kernel"], 1.0)
+  assert not np.allclose(params["head"]["kernel"], 1.0)
+
+
+def test_schedules():
+  warm = optim.learning_rate_schedule(optim_config(schedule="warmup_cosine",
+                                                   learning_rate=1.0, warmup_epochs=1.0),
+                                      steps_per_epoch=10, total_steps=100)
+  assert float(warm(0)) == 0.0 and float(warm(10)) == pytest.approx(1.0)
+  assert float(warm(100)) == pytest.approx(0.0, abs=1e-6)
+  step = optim.learning_rate_schedule(optim_config(schedule="step", learning_rate=1.0,
+                                                   step_decay_epochs="2,4"), 10, 100)
+  assert [float(step(s)) for s in (19, 21, 41)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_gradient_clipping_bounds_the_first_sgd_step():
+  params = {"w": jnp.zeros(4)}
+  tx, _ = optim.make_optimizer(optim_config(name="sgd", momentum=0.0, learning_rate=1.0,
+                                            grad_clip_norm=1.0), params, 1, 1)
+  updates, _ = tx.update({"w": jnp.full(4, 100.0)}, tx.init(params), params)
+  np.testing.assert_allclose(jnp.linalg.norm(updates["w"]), 1.0, rtol=1e-5)
+
+
+def test_bad_optimizer_settings_are_user_errors():
+  params = {"w": jnp.zeros(2)}
+  with pytest.raises(UserError, match="config.optim.name='rmsprop'"):
+    optim.make_optimizer(optim_config(name="rmsprop"), params, 1, 1)
+  with pytest.raises(UserError, match="use optim.name=adamw"):
+    optim.make_optimizer(optim_config(name="adam", weight_decay=0.1), params, 1, 1)
+  assert isinstance(optim_config(), ml_collections.ConfigDict)
