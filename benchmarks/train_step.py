@@ -19,7 +19,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import step_setup
+
+ROOT = step_setup.ROOT
 MODELS = ("cnn",)
 IMPLS = ("bloodcell_jax", "keras-jax", "keras-tensorflow")
 
@@ -34,19 +36,6 @@ def parse_args(argv=None):
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--config", default=os.path.join(ROOT, "configs", "cnn.py"))
   return parser.parse_args(argv)
-
-
-def model_config(path):
-  sys.path.insert(0, ROOT)
-  from bloodcell_jax import cli  # pylint: disable=g-import-not-at-top
-  return cli.load_config_file(path)
-
-
-def random_batch(args, num_classes=8):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  images = rng.uniform(0, 255, (args.batch, args.image_size, args.image_size, 3))
-  return images.astype(np.float32), rng.integers(0, num_classes, args.batch).astype(np.int32)
 
 
 def time_steps(run_step, args):
@@ -64,19 +53,7 @@ def time_steps(run_step, args):
 
 def bench_bloodcell_jax(args, config):
   import jax  # pylint: disable=g-import-not-at-top
-  from bloodcell_jax import optim, sharding, steps  # pylint: disable=g-import-not-at-top
-  from bloodcell_jax.models import build_model  # pylint: disable=g-import-not-at-top
-  config.image_size = args.image_size
-  mesh = sharding.make_mesh()
-  model = build_model(config, 8)
-  state, tx = steps.create_train_state(
-      model, lambda p: optim.make_optimizer(config.optim, p, 100, 1000)[0],
-      jax.random.PRNGKey(0), args.image_size, mesh)
-  images, labels = random_batch(args)
-  batch = sharding.global_batch({"image": images, "label": labels}, mesh)
-  train_fn = steps.jit_train_step(
-      mesh, model=model, tx=tx, learning_rate_fn=lambda s: config.optim.learning_rate,
-      loss_config=steps.LossConfig(num_classes=8, l2=config.loss.l2))
+  train_fn, state, batch = step_setup.jitted_step(config, args.batch, args.image_size)
   holder = [state]
 
   def run_step():
@@ -87,7 +64,8 @@ def bench_bloodcell_jax(args, config):
 
 
 def keras_cnn(config, args):
-  """configs/cnn.py's architecture in Keras: Conv-[BN]-ReLU-MaxPool x4, head, Dense."""
+  """configs/cnn.py's architecture in Keras, layer for layer: (Conv, MaxPool, [BN], ReLU) x4,
+  Flatten or global average pooling, Dropout, Dense, Dropout, Dense."""
   import keras  # pylint: disable=g-import-not-at-top
   m = config.model
   reg = keras.regularizers.L2(config.loss.l2) if config.loss.l2 else None
@@ -96,10 +74,10 @@ def keras_cnn(config, args):
   for f in m.filters:
     x = keras.layers.Conv2D(f, 3, padding="same", use_bias=m.norm == "none",
                             kernel_regularizer=reg)(x)
+    x = keras.layers.MaxPooling2D()(x)
     if m.norm == "batch":
       x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3)(x)
     x = keras.layers.Activation(m.activation)(x)
-    x = keras.layers.MaxPooling2D()(x)
   x = keras.layers.Flatten()(x) if m.head == "flatten" else keras.layers.GlobalAveragePooling2D()(x)
   x = keras.layers.Dropout(m.dropout)(x)
   x = keras.layers.Dense(m.dense_units, activation=m.activation, kernel_regularizer=reg)(x)
@@ -115,16 +93,19 @@ def bench_keras(args, config, backend):
   import keras  # pylint: disable=g-import-not-at-top
   model = keras_cnn(config, args)
   model.compile(optimizer=keras.optimizers.Adam(config.optim.learning_rate),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  images, labels = random_batch(args)
+                loss=keras.losses.CategoricalCrossentropy(
+                    from_logits=True, label_smoothing=config.loss.label_smoothing))
+  images, labels = step_setup.random_batch(args.batch, args.image_size)
+
+  targets = keras.utils.to_categorical(labels, 8)
 
   def run_step():
-    model.train_on_batch(images, labels)  # returns host values: blocks until done
+    model.train_on_batch(images, targets)  # returns host values: blocks until done
   return time_steps(run_step, args), {"jit_compile": str(model.jit_compile)}
 
 
 def run_one(args):
-  config = model_config(args.config)
+  config = step_setup.load_config(args.config)
   if args.impl == "bloodcell_jax":
     seconds, extra = bench_bloodcell_jax(args, config)
   else:

@@ -124,7 +124,3 @@ def jit_eval_step(mesh, **kwargs):
   return jax.jit(functools.partial(eval_step, **kwargs),
                  in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                  out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
-
-
-def is_finite(value) -> bool:
-  return bool(np.isfinite(np.asarray(value)).all())

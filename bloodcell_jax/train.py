@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from clu import periodic_actions
 
-from bloodcell_jax import models, optim, sharding, steps
+from bloodcell_jax import models, optim, report, sharding, steps
 from bloodcell_jax.checkpoint import Checkpoints
 from bloodcell_jax.data import pipeline, splits as splits_lib
 from bloodcell_jax.errors import UserError
@@ -117,15 +117,30 @@ class _StopRequest:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+@dataclasses.dataclass
+class _Run:
+  """What one run builds before its loop: data, functions, and where results go."""
+  config: object
+  workdir: str
+  mesh: object
+  data: splits_lib.Splits
+  train_source: pipeline.InMemorySource
+  val_source: pipeline.InMemorySource
+  train_fn: object
+  evaluate: Evaluator
+  checkpoints: Checkpoints
+  writer: object
+  steps_per_epoch: int
+  total_steps: int
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) in `workdir`, evaluates the best checkpoint, returns results."""
   os.makedirs(workdir, exist_ok=True)
-  is_lead = jax.process_index() == 0
   data = splits_lib.load_splits(config.data, config.image_size, config.seed)
   logging.info("data: %s", describe_data(data.train))
-  class_names = data.class_names
-  num_classes = len(class_names)
-  if is_lead:
+  num_classes = len(data.class_names)
+  if jax.process_index() == 0:
     splits_lib.write_manifest(data, os.path.join(workdir, "split_manifest.json"))
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -140,7 +155,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                    total_steps)[0]
   state, tx = steps.create_train_state(model, tx_factory, jax.random.PRNGKey(config.seed),
                                        config.image_size, mesh)
-  schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, total_steps)
   checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints)
   loop = LoopState()
   restored = checkpoints.restore_latest(state)
@@ -149,67 +163,69 @@ def train_and_evaluate(config, workdir: str) -> dict:
     loop = LoopState(**meta)
     logging.info("resumed from %s at step %d (epoch %d)", workdir, loop.step, loop.epoch)
 
-  train_fn = steps.jit_train_step(mesh, model=model, tx=tx, learning_rate_fn=schedule,
-                                  loss_config=_loss_config(config, data.train.labels,
-                                                           num_classes))
-  evaluate = Evaluator(steps.jit_eval_step(mesh, model=model), mesh,
-                       config.eval_batch_size, class_names)
-  train_source = pipeline.InMemorySource(data.train)
-  val_source = pipeline.InMemorySource(data.val)
-  writer = create_writer(workdir)
+  run = _Run(
+      config=config, workdir=workdir, mesh=mesh, data=data,
+      train_source=pipeline.InMemorySource(data.train),
+      val_source=pipeline.InMemorySource(data.val),
+      train_fn=steps.jit_train_step(
+          mesh, model=model, tx=tx,
+          learning_rate_fn=optim.learning_rate_schedule(config.optim, steps_per_epoch,
+                                                        total_steps),
+          loss_config=_loss_config(config, data.train.labels, num_classes)),
+      evaluate=Evaluator(steps.jit_eval_step(mesh, model=model), mesh,
+                         config.eval_batch_size, data.class_names),
+      checkpoints=checkpoints, writer=create_writer(workdir),
+      steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   if loop.step == 0:
-    writer.write_hparams(_flat_hparams(config))
-
+    run.writer.write_hparams(_flat_hparams(config))
   if loop.step < total_steps and not loop.stopped_early:
-    state, loop = _train_loop(config, workdir, state, loop, train_fn, evaluate, train_source,
-                              val_source, checkpoints, writer, steps_per_epoch, total_steps)
-  results = _final_evaluation(config, workdir, state, loop, checkpoints, evaluate, data,
-                              val_source, writer)
+    state = _train_loop(run, state, loop)
+  results = _final_evaluation(run, state, loop)
   checkpoints.close()
-  writer.close()
+  run.writer.close()
   return results
 
 
-def _train_loop(config, workdir, state, loop, train_fn, evaluate, train_source, val_source,
-                checkpoints, writer, steps_per_epoch, total_steps):
-  mesh = sharding.make_mesh()
+def _train_loop(run: _Run, state, loop: LoopState):
+  """Steps until the end or early stopping; updates `loop` in place; returns the state."""
+  config = run.config
   log_every = max(1, config.train.log_every_steps)
   ckpt_every = config.train.checkpoint_every_steps
-  report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                                    every_steps=log_every)
+  report_progress = periodic_actions.ReportProgress(num_train_steps=run.total_steps,
+                                                    writer=run.writer, every_steps=log_every)
   batches = pipeline.train_batches(
-      train_source, seed=config.seed, batch_size=config.batch_size, start_step=loop.step,
-      num_steps=total_steps, augmentation=config.augment.train,
+      run.train_source, seed=config.seed, batch_size=config.batch_size, start_step=loop.step,
+      num_steps=run.total_steps, augmentation=config.augment.train,
       process_index=jax.process_index(), process_count=jax.process_count())
-  progress = _Progress(loop.step, total_steps, config.batch_size)
+  progress = _Progress(loop.step, run.total_steps, config.batch_size)
   accumulated = None
   started = time.perf_counter() - loop.train_seconds
   with _StopRequest() as stop_request:
-    for step in range(loop.step + 1, total_steps + 1):
-      state, metrics = train_fn(state, sharding.global_batch(next(batches), mesh))
+    for step in range(loop.step + 1, run.total_steps + 1):
+      state, metrics = run.train_fn(state, sharding.global_batch(next(batches), run.mesh))
       accumulated = metrics if accumulated is None else accumulated.merge(metrics)
       report_progress(step)
       loop.step = step
-      end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+      end_of_epoch = step % run.steps_per_epoch == 0 or step == run.total_steps
       if step % log_every == 0 or end_of_epoch:
-        summary = _check_finite(accumulated.compute(), step, checkpoints)
-        writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
+        summary = _check_finite(accumulated.compute(), step, run.checkpoints)
+        run.writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
         progress.log(step, summary)
         accumulated = None
+      loop.train_seconds = time.perf_counter() - started
       if end_of_epoch:
-        loop.epoch = -(-step // steps_per_epoch)
-        loop.train_seconds = time.perf_counter() - started
-        if _end_epoch(config, state, loop, evaluate, val_source, checkpoints, writer):
+        loop.epoch = -(-step // run.steps_per_epoch)
+        if _end_epoch(run, state, loop):
           break
       elif (ckpt_every and step % ckpt_every == 0) or stop_request.requested:
-        loop.train_seconds = time.perf_counter() - started
-        checkpoints.save(state, dataclasses.asdict(loop))
+        run.checkpoints.save(state, dataclasses.asdict(loop))
       if stop_request.requested:
-        logging.warning("SIGTERM: saved step %d in %s; exiting to be resumed", step, workdir)
-        checkpoints.wait()
+        logging.warning("SIGTERM: saved step %d in %s; exiting to be resumed", step,
+                        run.workdir)
+        run.checkpoints.wait()
         raise SystemExit(0)
-  checkpoints.wait()
-  return state, loop
+  run.checkpoints.wait()
+  return state
 
 
 def _check_finite(summary: dict, step: int, checkpoints: Checkpoints) -> dict:
@@ -223,9 +239,10 @@ def _check_finite(summary: dict, step: int, checkpoints: Checkpoints) -> dict:
   return summary
 
 
-def _end_epoch(config, state, loop, evaluate, val_source, checkpoints, writer) -> bool:
+def _end_epoch(run: _Run, state, loop: LoopState) -> bool:
   """Validates, updates early stopping, checkpoints; True when training should stop."""
-  summary, _, _ = evaluate(state, val_source, "val")
+  config = run.config
+  summary, _, _ = run.evaluate(state, run.val_source, "val")
   metric = config.train.early_stopping_metric
   if metric not in summary:
     raise UserError(f"config.train.early_stopping_metric='{metric}': expected one of "
@@ -239,14 +256,14 @@ def _end_epoch(config, state, loop, evaluate, val_source, checkpoints, writer) -
   patience = config.train.early_stopping_patience
   loop.stopped_early = bool(patience) and loop.epochs_without_improvement >= patience
   scalars = {k: v for k, v in summary.items() if not isinstance(v, dict)}
-  writer.write_scalars(loop.step, {**scalars, "epoch": loop.epoch})
-  writer.flush()
+  run.writer.write_scalars(loop.step, {**scalars, "epoch": loop.epoch})
+  run.writer.flush()
   logging.info("epoch %d step %d: val_accuracy %.4f, balanced %.4f, val_loss %.4f%s",
                loop.epoch, loop.step, summary["val_accuracy"], summary["val_balanced_accuracy"],
                summary["val_loss"], " (best)" if improved else "")
   sign = -1.0 if metric.endswith("loss") else 1.0
-  checkpoints.save(state, dataclasses.asdict(loop),
-                   best_score=sign * value if improved else None)
+  run.checkpoints.save(state, dataclasses.asdict(loop),
+                       best_score=sign * value if improved else None)
   if loop.stopped_early:
     logging.info("early stopping: no improvement of %s for %d epochs; best at step %d",
                  metric, patience, loop.best_step)
@@ -276,15 +293,14 @@ def _format_seconds(seconds: float) -> str:
   return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
-def _final_evaluation(config, workdir, state, loop, checkpoints, evaluate, data, val_source,
-                      writer) -> dict:
+def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
   """Evaluates the best checkpoint on validation, augmented validation and test."""
-  from bloodcell_jax import report  # pylint: disable=g-import-not-at-top
-  restored = checkpoints.restore_best(state)
+  config, workdir, data, evaluate = run.config, run.workdir, run.data, run.evaluate
+  restored = run.checkpoints.restore_best(state)
   if restored is not None:
     state, _ = restored
-  val, confusion, _ = evaluate(state, val_source, "val")
-  augmented, _, _ = evaluate(state, val_source, "augmented_val",
+  val, confusion, _ = evaluate(state, run.val_source, "val")
+  augmented, _, _ = evaluate(state, run.val_source, "augmented_val",
                              augmentation=config.augment.eval_strong, seed=config.seed)
   test = None
   if data.test is not None:
@@ -311,8 +327,8 @@ def _final_evaluation(config, workdir, state, loop, checkpoints, evaluate, data,
                             os.path.join(workdir, "confusion_test.png"),
                             f"test, accuracy {test['test_accuracy']:.2%}")
     report.write_json(os.path.join(workdir, "results.json"), results)
-  writer.write_scalars(loop.step, {k: v for k, v in results.items()
-                                   if k.endswith("accuracy") and isinstance(v, float)})
+  run.writer.write_scalars(loop.step, {k: v for k, v in results.items()
+                                       if k.endswith("accuracy") and isinstance(v, float)})
   logging.info("results: val_accuracy %.4f, augmented_val_accuracy %.4f, test_accuracy %s "
                "(%s)", results["val_accuracy"], results["augmented_val_accuracy"],
                "n/a" if test is None else f"{results['test_accuracy']:.4f}",

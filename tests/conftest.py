@@ -15,7 +15,7 @@ PBC96 = os.path.join(ROOT, "..", "shared", "data", "pbc96")
 TINY_OVERRIDES = (
     "--config.image_size=32", "--config.data.synthetic_size=320",
     "--config.batch_size=16", "--config.eval_batch_size=32",
-    "--config.model.filters=(8, 8, 16, 16)", "--config.model.dense_units=16",
+    "--config.model.filters=(8, 16, 16, 32)", "--config.model.dense_units=32",
     "--config.train.log_every_steps=4",
 )
 

@@ -10,13 +10,14 @@ import sys
 import numpy as np
 import pytest
 
+from bloodcell_jax.data.sources import PBC_CLASS_NAMES
 from conftest import ROOT, run_launch, subprocess_env, write_image_folder
 
 
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  result = run_launch(workdir, "--config.num_epochs=6")
+  result = run_launch(workdir, "--config.num_epochs=12")
   return workdir, result
 
 
@@ -37,7 +38,7 @@ def test_run_leaves_every_artefact(synthetic_run):
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert any("train_loss" in r for r in records) and any("val_accuracy" in r for r in records)
   config = json.load(open(os.path.join(workdir, "config.json")))
-  assert config["image_size"] == 32 and config["model"]["filters"] == [8, 8, 16, 16]
+  assert config["image_size"] == 32 and config["model"]["filters"] == [8, 16, 16, 32]
   manifest = json.load(open(os.path.join(workdir, "split_manifest.json")))
   assert not set(manifest["train"]["ids"]) & set(manifest["val"]["ids"])
   assert len(manifest["train"]["ids"]) + len(manifest["val"]["ids"]) == 320
@@ -54,7 +55,7 @@ def test_tiny_cnn_learns_the_synthetic_classes(synthetic_run):
 def test_rerun_of_a_finished_run_only_evaluates(synthetic_run):
   workdir, _ = synthetic_run
   before = json.load(open(os.path.join(workdir, "results.json")))
-  result = run_launch(workdir, "--config.num_epochs=6")
+  result = run_launch(workdir, "--config.num_epochs=12")
   after = json.load(open(os.path.join(workdir, "results.json")))
   assert "resumed" in result.stderr and "images/s" not in result.stderr
   assert after["val_accuracy"] == before["val_accuracy"]
@@ -86,7 +87,7 @@ def test_test_source_and_npz_training_data(tmp_path):
   labels = np.arange(64) % 8
   np.savez(tmp_path / "course.npz", images=images, labels=labels)
   folder = write_image_folder(str(tmp_path / "test"), images_per_class=1, size=32,
-                              classes=tuple(f"c{i}" for i in range(8)))
+                              classes=PBC_CLASS_NAMES)
   workdir = str(tmp_path / "run")
   run_launch(workdir, f"--config.data.train={tmp_path / 'course.npz'}",
              f"--config.data.test={folder}", "--config.num_epochs=1",

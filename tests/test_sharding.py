@@ -1,7 +1,6 @@
 """The jitted, sharded train step gives the same result on 1 and on 4 devices."""
 
 import json
-import os
 import subprocess
 import sys
 

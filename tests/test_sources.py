@@ -36,6 +36,15 @@ def test_image_folder_converts_and_resizes_and_counts(tmp_path):
   np.testing.assert_array_equal(data.images[1][..., 0], 255)
 
 
+def test_evaluation_folder_follows_the_training_class_order(tmp_path):
+  root = write_image_folder(str(tmp_path / "test"), images_per_class=1, classes=("c", "a"))
+  data = sources.read_image_folder(root, 24, class_names=("a", "b", "c"))
+  assert data.class_names == ("a", "b", "c")
+  assert data.labels.tolist() == [0, 2]
+  with pytest.raises(UserError, match=r"class folder\(s\) \['c'\] are not among"):
+    sources.read_image_folder(root, 24, class_names=("a", "b"))
+
+
 @pytest.mark.parametrize("problem, message", [
     ("missing", "no such file or directory"),
     ("empty_class", "empty class folder"),

@@ -12,7 +12,7 @@ Evaluation visits every example exactly once, padding the last batch and
 marking the padding with `mask == 0`.
 """
 
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -107,11 +107,3 @@ def eval_batches(source: InMemorySource, *, batch_size: int, augmentation: str =
   ds = _dataset(source, examples, epochs, mask, seed, augmentation, where,
                 batch_size // process_count)
   return ds.as_numpy_iterator()
-
-
-def num_eval_batches(num_examples: int, batch_size: int) -> int:
-  return -(-num_examples // batch_size)
-
-
-def optional_source(data: Optional[ImageSet]) -> Optional[InMemorySource]:
-  return InMemorySource(data) if data is not None else None

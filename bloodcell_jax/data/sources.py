@@ -9,7 +9,7 @@ configured size, int32 labels and a stable id per image.
 
 import dataclasses
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -52,8 +52,13 @@ class ImageSet:
 
 def load_source(source: str, image_size: int, *, default_split: str = "train",
                 class_names: Sequence[str] = PBC_CLASS_NAMES,
+                folder_classes: Optional[Sequence[str]] = None,
                 synthetic_size: int = 2000, seed: int = 0) -> ImageSet:
-  """Reads `source` (see module doc); empty means the synthetic default."""
+  """Reads `source` (see module doc); empty means the synthetic default.
+
+  `class_names` names the label indices of .npz sources; `folder_classes`, when
+  given, fixes the class order of an ImageFolder (that of the training data).
+  """
   if not source:
     from bloodcell_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     return synthetic.generate(synthetic_size, image_size, seed=seed)
@@ -64,7 +69,7 @@ def load_source(source: str, image_size: int, *, default_split: str = "train",
   if os.path.isdir(path):
     if split:
       raise UserError(f"{source}: a ':{split}' suffix only applies to MedMNIST .npz files")
-    return read_image_folder(path, image_size)
+    return read_image_folder(path, image_size, folder_classes)
   if path.endswith(".npz"):
     return read_npz(path, image_size, split=split or default_split,
                     explicit_split=bool(split), class_names=class_names)
@@ -79,15 +84,26 @@ def _split_suffix(source: str):
   return source, ""
 
 
-def read_image_folder(root: str, image_size: int) -> ImageSet:
-  """One sub-folder per class (sorted names = class indices); other files ignored."""
+def read_image_folder(root: str, image_size: int,
+                      class_names: Optional[Sequence[str]] = None) -> ImageSet:
+  """One sub-folder per class; other files are ignored.
+
+  Class indices follow the sorted folder names, or `class_names` when given
+  (an evaluation folder may then lack classes, but not add any).
+  """
   class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir()
                       and not e.name.startswith("."))
   if not class_dirs:
     raise UserError(f"{root}: no class sub-folders found (expected ImageFolder "
                     "layout <root>/<class>/<image>)")
+  class_names = tuple(class_names) if class_names is not None else tuple(class_dirs)
+  unknown = [d for d in class_dirs if d not in class_names]
+  if unknown:
+    raise UserError(f"{root}: class folder(s) {unknown} are not among the training "
+                    f"classes {list(class_names)}")
   files, labels = [], []
-  for label, class_dir in enumerate(class_dirs):
+  for class_dir in class_dirs:
+    label = class_names.index(class_dir)
     names = sorted(
         f for f in os.listdir(os.path.join(root, class_dir))
         if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
@@ -104,7 +120,7 @@ def read_image_folder(root: str, image_size: int) -> ImageSet:
     resized += was_resized
     converted += was_converted
   return ImageSet(images, np.asarray(labels, np.int32), np.asarray(files),
-                  tuple(class_dirs), name=os.path.basename(os.path.normpath(root)),
+                  class_names, name=os.path.basename(os.path.normpath(root)),
                   num_resized=resized, num_converted=converted)
 
 
@@ -206,8 +222,3 @@ def _resize_array(images: np.ndarray, size: int):
   for i, image in enumerate(images):
     out[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
   return out, len(images)
-
-
-def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
-  return np.bincount(labels, minlength=num_classes)
-

@@ -49,6 +49,7 @@ def load_splits(data_config, image_size: int, seed: int) -> Splits:
   common = dict(class_names=tuple(data_config.class_names),
                 synthetic_size=data_config.synthetic_size, seed=seed)
   full = load_source(data_config.train, image_size, default_split="train", **common)
+  common["folder_classes"] = full.class_names
   if data_config.val:
     train = full
     val = load_source(data_config.val, image_size, default_split="val", **common)
@@ -57,10 +58,10 @@ def load_splits(data_config, image_size: int, seed: int) -> Splits:
   test = (load_source(data_config.test, image_size, default_split="test", **common)
           if data_config.test else None)
   for other in (val, test):
-    if other is not None and len(other.class_names) != len(train.class_names):
-      raise UserError(f"{other.name}: {len(other.class_names)} classes "
-                      f"{list(other.class_names)}, but the training data has "
-                      f"{len(train.class_names)} {list(train.class_names)}")
+    if other is not None and tuple(other.class_names) != tuple(train.class_names):
+      raise UserError(f"{other.name}: its labels index the classes {list(other.class_names)} "
+                      f"(config.data.class_names), but the training data has "
+                      f"{list(train.class_names)}; make config.data.class_names match")
   return Splits(train, val, test)
 
 

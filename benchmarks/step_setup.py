@@ -1,0 +1,38 @@
+"""The jitted train step of a recipe on a fixed random batch, shared by the benchmark scripts."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+
+def load_config(path):
+  from bloodcell_jax import cli  # pylint: disable=g-import-not-at-top
+  return cli.load_config_file(path)
+
+
+def random_batch(batch, image_size, num_classes=8, seed=0):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  images = rng.uniform(0, 255, (batch, image_size, image_size, 3)).astype(np.float32)
+  return images, rng.integers(0, num_classes, batch).astype(np.int32)
+
+
+def jitted_step(config, batch, image_size):
+  """(train_fn, state, device batch) for `config`'s model, optimizer and loss."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax import models, optim, sharding, steps  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh()
+  model = models.build_model(config, 8)
+  state, tx = steps.create_train_state(
+      model, lambda p: optim.make_optimizer(config.optim, p, 100, 1000)[0],
+      jax.random.PRNGKey(0), image_size, mesh)
+  train_fn = steps.jit_train_step(
+      mesh, model=model, tx=tx, learning_rate_fn=lambda s: config.optim.learning_rate,
+      loss_config=steps.LossConfig(num_classes=8, l2=config.loss.l2,
+                                   label_smoothing=config.loss.label_smoothing))
+  images, labels = random_batch(batch, image_size)
+  device_batch = sharding.global_batch({"image": images, "label": labels}, mesh)
+  return train_fn, state, device_batch
