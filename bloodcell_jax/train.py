@@ -155,14 +155,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                    total_steps)[0]
   state, tx = steps.create_train_state(model, tx_factory, jax.random.PRNGKey(config.seed),
                                        config.image_size, mesh)
-  checkpoints = Checkpoints(workdir, keep=config.train.keep_checkpoints)
-  loop = LoopState()
-  restored = checkpoints.restore_latest(state)
-  if restored is not None:
-    state, meta = restored
-    loop = LoopState(**meta)
-    logging.info("resumed from %s at step %d (epoch %d)", workdir, loop.step, loop.epoch)
-
   run = _Run(
       config=config, workdir=workdir, mesh=mesh, data=data,
       train_source=pipeline.InMemorySource(data.train),
@@ -174,16 +166,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
           loss_config=_loss_config(config, data.train.labels, num_classes)),
       evaluate=Evaluator(steps.jit_eval_step(mesh, model=model), mesh,
                          config.eval_batch_size, data.class_names),
-      checkpoints=checkpoints, writer=create_writer(workdir),
-      steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+      checkpoints=Checkpoints(workdir, keep=config.train.keep_checkpoints),
+      writer=create_writer(workdir), steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+  try:
+    return _resume_train_evaluate(run, state)
+  finally:  # also on errors: Orbax's background threads must stop before the interpreter
+    run.checkpoints.close()
+    run.writer.close()
+
+
+def _resume_train_evaluate(run: _Run, state) -> dict:
+  loop = LoopState()
+  restored = run.checkpoints.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
+    loop = LoopState(**meta)
+    logging.info("resumed from %s at step %d (epoch %d)", run.workdir, loop.step, loop.epoch)
   if loop.step == 0:
-    run.writer.write_hparams(_flat_hparams(config))
-  if loop.step < total_steps and not loop.stopped_early:
+    run.writer.write_hparams(_flat_hparams(run.config))
+  if loop.step < run.total_steps and not loop.stopped_early:
     state = _train_loop(run, state, loop)
-  results = _final_evaluation(run, state, loop)
-  checkpoints.close()
-  run.writer.close()
-  return results
+  return _final_evaluation(run, state, loop)
 
 
 def _train_loop(run: _Run, state, loop: LoopState):
@@ -232,9 +235,10 @@ def _check_finite(summary: dict, step: int, checkpoints: Checkpoints) -> dict:
   summary = {k: float(v) for k, v in summary.items()}
   if not np.isfinite(summary["loss"]):
     last = checkpoints.latest.latest_step()
+    kept = (f"the last good checkpoint (step {last}) is kept in {checkpoints.latest.directory}"
+            if last is not None else "no checkpoint had been saved yet")
     raise TrainingDiverged(
-        f"training loss is {summary['loss']} at step {step}; the last good checkpoint "
-        f"(step {last}) is kept in {checkpoints.latest.directory}. Lower "
+        f"training loss is {summary['loss']} at step {step}; {kept}. Lower "
         "config.optim.learning_rate or set config.optim.grad_clip_norm")
   return summary
 

@@ -4,10 +4,13 @@ import csv
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from bloodcell_jax.data.sources import PBC_CLASS_NAMES
@@ -113,11 +116,20 @@ def test_bad_input_is_one_error_line_and_nonzero_exit(tmp_path, flag, message):
   assert "Traceback" not in result.stderr
 
 
-def test_diverging_training_stops_with_a_clear_error(tmp_path):
+def test_diverging_training_stops_with_a_clear_error_and_keeps_the_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "run")
-  result = run_launch(workdir, "--config.optim.learning_rate=1e30", "--config.loss.l2=0.0",
-                      "--config.model.norm=none", "--config.num_epochs=2", check=False)
+  # A sane first epoch, then a learning rate of 1e30.
+  result = run_launch(workdir, "--config.optim.schedule=step",
+                      "--config.optim.step_decay_epochs=1", "--config.optim.step_decay_factor=1e33",
+                      "--config.loss.l2=0.0", "--config.model.norm=none", "--config.num_epochs=3",
+                      check=False)
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: training loss is nan") or "loss is inf" in last
-  assert "last good checkpoint" in last
+  assert re.match(r"error: training loss is (nan|inf) at step \d+; the last good checkpoint "
+                  r"\(step 18\) is kept in .*checkpoints/latest", last), last
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest"),
+                                  item_names=("state", "meta"))
+  assert manager.all_steps() == [18]
+  state = manager.restore(18, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state))
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
