@@ -70,28 +70,32 @@ class Evaluator:
     self.batch_size, self.class_names = batch_size, class_names
 
   def __call__(self, state, source, prefix: str, augmentation: str = "", seed: int = 0):
+    """(metrics named `<prefix>_...`, confusion matrix) over `source`."""
     total = None
-    probabilities = []
     for local in pipeline.eval_batches(
         source, batch_size=self.batch_size, augmentation=augmentation, seed=seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
         where=f"{prefix} augmentation"):
-      metrics, probs = self.eval_fn(state, sharding.global_batch(local, self.mesh))
+      metrics, _ = self.eval_fn(state, sharding.global_batch(local, self.mesh))
       total = metrics if total is None else total.merge(metrics)
-      probabilities.append(np.asarray(probs))
     computed = total.compute()
     confusion = np.asarray(computed["confusion"])
     summary = summarize_confusion(confusion, self.class_names, prefix)
     summary[f"{prefix}_loss"] = float(computed["loss"])
-    probabilities = np.concatenate(probabilities)[: len(source)]
-    return summary, confusion, probabilities
+    return summary, confusion
+
+
+def _score(metric: str, value: float) -> float:
+  """The early-stopping metric turned higher-is-better (losses are negated)."""
+  return -value if metric.endswith("loss") else value
 
 
 def _is_improvement(value, loop: LoopState, config) -> bool:
   if loop.best_value is None:
     return True
-  sign = -1.0 if config.train.early_stopping_metric.endswith("loss") else 1.0
-  return sign * (value - loop.best_value) > config.train.early_stopping_min_delta
+  metric = config.train.early_stopping_metric
+  return _score(metric, value) - _score(metric, loop.best_value) > \
+      config.train.early_stopping_min_delta
 
 
 class _StopRequest:
@@ -246,7 +250,7 @@ def _check_finite(summary: dict, step: int, checkpoints: Checkpoints) -> dict:
 def _end_epoch(run: _Run, state, loop: LoopState) -> bool:
   """Validates, updates early stopping, checkpoints; True when training should stop."""
   config = run.config
-  summary, _, _ = run.evaluate(state, run.val_source, "val")
+  summary, _ = run.evaluate(state, run.val_source, "val")
   metric = config.train.early_stopping_metric
   if metric not in summary:
     raise UserError(f"config.train.early_stopping_metric='{metric}': expected one of "
@@ -265,9 +269,8 @@ def _end_epoch(run: _Run, state, loop: LoopState) -> bool:
   logging.info("epoch %d step %d: val_accuracy %.4f, balanced %.4f, val_loss %.4f%s",
                loop.epoch, loop.step, summary["val_accuracy"], summary["val_balanced_accuracy"],
                summary["val_loss"], " (best)" if improved else "")
-  sign = -1.0 if metric.endswith("loss") else 1.0
   run.checkpoints.save(state, dataclasses.asdict(loop),
-                       best_score=sign * value if improved else None)
+                       best_score=_score(metric, value) if improved else None)
   if loop.stopped_early:
     logging.info("early stopping: no improvement of %s for %d epochs; best at step %d",
                  metric, patience, loop.best_step)
@@ -303,12 +306,12 @@ def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
   restored = run.checkpoints.restore_best(state)
   if restored is not None:
     state, _ = restored
-  val, confusion, _ = evaluate(state, run.val_source, "val")
-  augmented, _, _ = evaluate(state, run.val_source, "augmented_val",
-                             augmentation=config.augment.eval_strong, seed=config.seed)
+  val, confusion = evaluate(state, run.val_source, "val")
+  augmented, _ = evaluate(state, run.val_source, "augmented_val",
+                          augmentation=config.augment.eval_strong, seed=config.seed)
   test = None
   if data.test is not None:
-    test, test_confusion, _ = evaluate(state, pipeline.InMemorySource(data.test), "test")
+    test, test_confusion = evaluate(state, pipeline.InMemorySource(data.test), "test")
   results = {
       **val, **augmented,
       "balanced_val_accuracy": val["val_balanced_accuracy"],

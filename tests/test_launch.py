@@ -83,6 +83,13 @@ def test_predict_writes_one_row_per_image(synthetic_run, tmp_path):
     assert int(row["pred"]) == int(np.argmax(probs))
     assert row["pred_name"] == class_names[int(row["pred"])]
 
+  npz = str(tmp_path / "rows.npz")
+  np.savez(npz, images=np.zeros((3, 32, 32, 3), np.uint8), labels=np.zeros(3, np.int64))
+  subprocess.run([sys.executable, "-m", "bloodcell_jax.predict", f"--workdir={workdir}",
+                  f"--input={npz}", f"--output={out}"], cwd=ROOT, check=True,
+                 capture_output=True, env=subprocess_env())
+  assert [r["id"] for r in csv.DictReader(open(out))] == ["0", "1", "2"]
+
 
 def test_test_source_and_npz_training_data(tmp_path):
   rng = np.random.default_rng(0)
@@ -133,3 +140,15 @@ def test_diverging_training_stops_with_a_clear_error_and_keeps_the_good_checkpoi
   state = manager.restore(18, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state))
   assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path):
+  workdir = str(tmp_path / "run")
+  # With a zero learning rate nothing improves after the first epoch.
+  run_launch(workdir, "--config.optim.learning_rate=0.0", "--config.num_epochs=5",
+             "--config.train.early_stopping_patience=2",
+             "--config.train.early_stopping_metric=val_loss")
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert results["stopped_early"] is True
+  assert (results["epochs"], results["best_step"]) == (3, 18)
+  assert os.listdir(os.path.join(workdir, "checkpoints", "best")) == ["18"]
