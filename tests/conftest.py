@@ -42,12 +42,12 @@ def write_image_folder(root, images_per_class=4, size=24, classes=("a", "b", "c"
 
 
 def run_launch(workdir, *overrides, config="configs/cnn.py", timeout=600, tiny=True,
-               check=True):
+               check=True, extra_env=None):
   """Runs launch.py in a subprocess; returns the CompletedProcess."""
   args = [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={config}",
           f"--workdir={workdir}", *(TINY_OVERRIDES if tiny else ()), *overrides]
   result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=subprocess_env())
+                          env=subprocess_env(**(extra_env or {})))
   if check and result.returncode != 0:
     raise AssertionError(f"launch.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
   return result

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, run_launch, subprocess_env
 
 SCRIPT = r"""
 import json, sys
@@ -50,3 +50,12 @@ def test_four_devices_match_one_device_with_batch_norm():
   assert (one["devices"], four["devices"]) == (1, 4)
   for a, b in zip(one["leaves"], four["leaves"]):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def test_batch_not_divisible_by_the_device_count_is_a_user_error(tmp_path):
+  result = run_launch(str(tmp_path / "run"), "--config.batch_size=18", check=False,
+                      extra_env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: config.batch_size=18: must be divisible by the number of devices (4) and "
+      "processes (1)")
