@@ -8,7 +8,8 @@ same command on every host.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bloodcell_jax import cli
+from bloodcell_jax import cli  # first: it sets XLA's CPU flags before JAX starts
+import jax  # pylint: disable=g-bad-import-order
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file in configs/.",
                                           lock_config=True)
@@ -25,7 +26,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value or _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
@@ -33,7 +33,7 @@ def main(argv):
   logging.info("JAX %s: process %d of %d, %d local / %d global devices (%s)", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)
-  from bloodcell_jax import train  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax import train  # pylint: disable=g-import-not-at-top  (TensorFlow: slow)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

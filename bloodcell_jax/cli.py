@@ -40,8 +40,6 @@ def check_override_keys(argv, flag: str = "config") -> None:
     return
   valid = flatten_keys(load_config_file(paths[-1].split(":", 1)[0]))
   for arg in overrides:
-    if not arg.startswith(f"--{flag}."):
-      continue
     key = arg[len(flag) + 3:].split("=", 1)[0]
     if key not in valid:
       close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
@@ -67,8 +65,7 @@ def parse_flags(argv):
   try:
     check_override_keys(argv)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit_with(e)
   return app.parse_flags_with_usage(argv)
 
 
@@ -78,6 +75,10 @@ def run_reporting_errors(main, argv) -> None:
   try:
     main(argv)
   except UserError as e:
-    logging.shutdown()
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit_with(e)
+
+
+def _exit_with(error: UserError):
+  logging.shutdown()
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(2)
