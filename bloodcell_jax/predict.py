@@ -75,16 +75,14 @@ def predict(model, state, images: np.ndarray, batch_size: int) -> np.ndarray:
   """Class probabilities, computed in padded batches on the device mesh."""
   mesh = sharding.make_mesh()
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
-  forward = steps.jit_eval_step(mesh, model=model)
+  forward = steps.jit_predict_step(mesh, model=model)
   outputs = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size].astype(np.float32)
     valid = len(chunk)
     chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:],
                                             np.float32)])
-    batch = {"image": chunk, "label": np.zeros(batch_size, np.int32),
-             "mask": (np.arange(batch_size) < valid).astype(np.float32)}
-    _, probabilities = forward(state, sharding.global_batch(batch, mesh))
+    probabilities = forward(state, sharding.global_batch({"image": chunk}, mesh)["image"])
     outputs.append(np.asarray(probabilities)[:valid])
   return np.concatenate(outputs)
 

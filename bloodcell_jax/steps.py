@@ -103,13 +103,17 @@ def train_step(state: TrainState, batch: dict, *, model, tx, loss_config: LossCo
 
 
 def eval_step(state: TrainState, batch: dict, *, model):
-  """Metrics of one padded evaluation batch (padding masked out) and the class probabilities."""
+  """Metrics of one padded evaluation batch (padding masked out)."""
   logits, _ = _apply(model, state, state.params, batch["image"], False)
   labels, mask = batch["label"], batch["mask"]
   per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  metrics = EvalMetrics.single_from_model_output(loss=per_example, logits=logits,
-                                                 labels=labels, mask=mask)
-  return metrics, jax.nn.softmax(logits)
+  return EvalMetrics.single_from_model_output(loss=per_example, logits=logits,
+                                              labels=labels, mask=mask)
+
+
+def predict_step(state: TrainState, images, *, model):
+  """Class probabilities of a batch of images (inference mode)."""
+  return jax.nn.softmax(_apply(model, state, state.params, images, False)[0])
 
 
 def jit_train_step(mesh, **kwargs):
@@ -123,4 +127,10 @@ def jit_train_step(mesh, **kwargs):
 def jit_eval_step(mesh, **kwargs):
   return jax.jit(functools.partial(eval_step, **kwargs),
                  in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                 out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
+                 out_shardings=sharding.replicated(mesh))
+
+
+def jit_predict_step(mesh, **kwargs):
+  return jax.jit(functools.partial(predict_step, **kwargs),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=sharding.replicated(mesh))

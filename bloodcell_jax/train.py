@@ -76,7 +76,7 @@ class Evaluator:
         source, batch_size=self.batch_size, augmentation=augmentation, seed=seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
         where=f"{prefix} augmentation"):
-      metrics, _ = self.eval_fn(state, sharding.global_batch(local, self.mesh))
+      metrics = self.eval_fn(state, sharding.global_batch(local, self.mesh))
       total = metrics if total is None else total.merge(metrics)
     computed = total.compute()
     confusion = np.asarray(computed["confusion"])

@@ -26,7 +26,7 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 def build_model(config, num_classes: int) -> nn.Module:
   """The model `config.model` describes (every key but `name` is a constructor argument)."""
-  kwargs = {k: v for k, v in config.model.items() if k not in ("name", "init_from")}
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
   kwargs["dtype"] = jnp.dtype(kwargs.get("dtype", "float32"))
   return get_model(config.model.name, num_classes=num_classes, **kwargs)
 
