@@ -24,12 +24,23 @@ def get_model(name: str, **kwargs) -> nn.Module:
   return _MODELS[name](**kwargs)
 
 
-def build_model(config, num_classes: int) -> nn.Module:
-  """The model `config.model` describes (every key but `name` is a constructor argument)."""
-  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+# Keys of `config.model` that say where weights come from, not what the module is.
+_NOT_CONSTRUCTOR_ARGS = ("name", "init_from", "frozen_bn_mode")
+
+
+def build_model(config, num_classes: int, **overrides) -> nn.Module:
+  """The model `config.model` describes (its other keys are constructor arguments)."""
+  kwargs = {k: v for k, v in config.model.items() if k not in _NOT_CONSTRUCTOR_ARGS}
+  kwargs.update(overrides)
   kwargs["dtype"] = jnp.dtype(kwargs.get("dtype", "float32"))
   return get_model(config.model.name, num_classes=num_classes, **kwargs)
 
 
+def model_names():
+  _import_all()
+  return sorted(_MODELS)
+
+
 def _import_all():
-  from bloodcell_jax.models import cnn  # pylint: disable=g-import-not-at-top,unused-import
+  # pylint: disable=g-import-not-at-top,unused-import
+  from bloodcell_jax.models import cnn, efficientnet_v2

@@ -1,0 +1,1 @@
+"""Pretrained weights: the Keras port and loading weights into a new run."""

@@ -1,0 +1,243 @@
+"""Port Keras EfficientNetV2 weights into this project's Flax modules, by layer and weight name.
+
+Three Keras files are read:
+  * legacy HDF5 weight files (the official ImageNet `efficientnetv2-s_notop.h5`
+    etc.): root attribute `layer_names`, one group per layer whose
+    `weight_names` are `layer/weight` (`:0` suffixed in Keras 2 files);
+  * Keras full-model `.h5` files: the same under `model_weights/`;
+  * Keras 3 `.weights.h5` files, which name variables by class and position
+    only: they are loaded into the matching `keras.applications` model first.
+Every tensor is placed by name and shape-checked; any file tensor without a
+place, or model variable without a tensor, is an error that lists them.
+
+CLI: python -m bloodcell_jax.weights.keras_port --model=efficientnetv2-s \\
+       --keras_weights=efficientnetv2-s_notop.h5 --out=DIR
+"""
+
+import json
+import os
+import socket
+from typing import Dict, Optional, Tuple
+
+import h5py
+import jax
+import numpy as np
+from flax import traverse_util
+
+from bloodcell_jax import models
+from bloodcell_jax.errors import UserError
+from bloodcell_jax.models import efficientnet_v2 as effnet
+
+KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/"
+PORT_RECORD = "port.json"
+
+# Keras weight name -> (Flax collection, Flax variable name).
+_RENAME = {
+    "kernel": ("params", "kernel"),
+    "bias": ("params", "bias"),
+    "depthwise_kernel": ("params", "kernel"),
+    "gamma": ("params", "scale"),
+    "beta": ("params", "bias"),
+    "moving_mean": ("batch_stats", "mean"),
+    "moving_variance": ("batch_stats", "var"),
+}
+
+KerasWeights = Dict[str, Dict[str, np.ndarray]]  # layer name -> weight name -> array
+
+
+def _text(value) -> str:
+  return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def _weight_name(layer: str, full_name: str) -> str:
+  """`block1a_project_bn/gamma:0` -> `gamma`."""
+  name = full_name.split(":")[0]
+  return name[len(layer) + 1:] if name.startswith(layer + "/") else name.rsplit("/", 1)[-1]
+
+
+def read_named_h5(path: str) -> Optional[KerasWeights]:
+  """Layer-named weights of a legacy weights file or full-model `.h5`; None for `.weights.h5`."""
+  try:
+    f = h5py.File(path, "r")
+  except OSError as e:
+    raise UserError(f"{path}: not a readable HDF5 file ({e})") from None
+  with f:
+    group = f["model_weights"] if "model_weights" in f else f
+    if "layer_names" not in group.attrs:
+      return None
+    weights = {}
+    for layer in map(_text, group.attrs["layer_names"]):
+      names = [_text(n) for n in group[layer].attrs.get("weight_names", [])]
+      if names:
+        weights[layer] = {_weight_name(layer, n): np.asarray(group[layer][n]) for n in names}
+    return weights
+
+
+def _keras_classes_in_weights_file(path: str) -> Optional[int]:
+  """Number of classes of a `.weights.h5` saved with the top, else None."""
+  with h5py.File(path, "r") as f:
+    dense = f.get("layers/dense/vars/1")
+    return None if dense is None else int(dense.shape[0])
+
+
+def read_keras3_weights(model_name: str, path: str) -> KerasWeights:
+  """A Keras 3 `.weights.h5`, through the keras.applications model it was saved from."""
+  try:
+    import keras  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError(f"{path}: a Keras 3 .weights.h5 file names no layers, so reading it needs "
+                    "keras installed (pip install keras)") from None
+  classes = _keras_classes_in_weights_file(path)
+  constructor = getattr(keras.applications, effnet.VARIANTS[model_name].keras_name)
+  kwargs = (dict(include_top=True, classes=classes, classifier_activation=None) if classes
+            else dict(include_top=False, input_shape=(None, None, 3)))
+  model = constructor(weights=None, **kwargs)
+  try:
+    model.load_weights(path)
+  except ValueError as e:
+    raise UserError(f"{path}: does not fit keras.applications.{constructor.__name__} "
+                    f"({str(e).splitlines()[0]}); is --model right?") from None
+  return {layer.name: {w.path.split("/")[-1]: np.asarray(w.numpy()) for w in layer.weights}
+          for layer in model.layers if layer.weights}
+
+
+def read_keras_weights(model_name: str, path: str) -> KerasWeights:
+  if not os.path.isfile(path):
+    raise UserError(f"--keras_weights={path}: no such file")
+  weights = read_named_h5(path)
+  return weights if weights is not None else read_keras3_weights(model_name, path)
+
+
+def _check_normalization(model_name: str, layer: Dict[str, np.ndarray], path: str):
+  """Keras 2 files may store the B-variants' fixed ImageNet normalisation; it must be that."""
+  mean = np.asarray(effnet.IMAGENET_MEAN)
+  variance = np.asarray(effnet.IMAGENET_STD) ** 2
+  ok = (effnet.VARIANTS[model_name].imagenet_normalized
+        and np.allclose(np.ravel(layer.get("mean", mean)), mean, atol=1e-6)
+        and np.allclose(np.ravel(layer.get("variance", variance)), variance, atol=1e-6))
+  if not ok:
+    raise UserError(f"{path}: its 'normalization' layer differs from {model_name}'s built-in "
+                    "input normalisation")
+
+
+def _target_shapes(model_name: str, include_top: bool, num_classes: int):
+  model = models.get_model(model_name, num_classes=num_classes, include_top=include_top)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                np.zeros((1, 64, 64, 3), np.float32)))
+  return {(collection, path): leaf.shape
+          for collection in ("params", "batch_stats")
+          for path, leaf in traverse_util.flatten_dict(variables[collection], sep="/").items()}
+
+
+def port(model_name: str, keras_weights: KerasWeights, source: str = "weights"):
+  """Flax variables {"params", "batch_stats"} and whether they include the classifier."""
+  if model_name not in effnet.VARIANTS:
+    raise UserError(f"--model={model_name}: expected one of {', '.join(effnet.VARIANTS)}")
+  keras_weights = dict(keras_weights)
+  normalization = keras_weights.pop("normalization", None)
+  if normalization is not None:
+    _check_normalization(model_name, normalization, source)
+  top = keras_weights.get("predictions")
+  include_top = top is not None
+  num_classes = int(top["bias"].shape[0]) if include_top and "bias" in top else 1000
+  shapes = _target_shapes(model_name, include_top, num_classes)
+  flat, unmatched = {}, []
+  for layer, layer_weights in keras_weights.items():
+    module = effnet.keras_to_flax_path(layer)
+    for weight, value in layer_weights.items():
+      collection, name = _RENAME.get(weight, (None, None))
+      key = (collection, f"{module}/{name}")
+      if key not in shapes:
+        unmatched.append(f"{layer}/{weight}")
+        continue
+      if layer.endswith(effnet.DEPTHWISE_SUFFIX):  # Keras (k, k, C, 1) -> Flax (k, k, 1, C)
+        value = np.swapaxes(value, 2, 3)
+      if value.shape != shapes[key]:
+        raise UserError(f"{source}: {layer}/{weight} has shape {value.shape}, {model_name} "
+                        f"expects {shapes[key]} at {'/'.join(key)}; is --model right?")
+      flat[key] = value.astype(np.float32)
+  missing = sorted("/".join(k) for k in shapes if k not in flat)
+  if unmatched or missing:
+    raise UserError(f"{source}: does not match {model_name}: " + "; ".join(
+        f"{what} ({len(names)}): {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+        for what, names in (("file tensors with no place in the model", unmatched),
+                            ("model variables missing from the file", missing)) if names))
+  variables = {c: traverse_util.unflatten_dict(
+      {path: v for (col, path), v in flat.items() if col == c}, sep="/")
+               for c in ("params", "batch_stats")}
+  return variables, include_top
+
+
+def load_keras_weights(model_name: str, path: str) -> Dict[str, dict]:
+  """{"params", "batch_stats"} for `models.get_model(model_name, include_top=...)`.
+
+  include_top follows the file: True when it holds the `predictions` layer
+  (num_classes then is that layer's width).
+  """
+  return port(model_name, read_keras_weights(model_name, path), source=path)[0]
+
+
+def download_keras_weights(model_name: str, include_top: bool, timeout: float = 5.0) -> str:
+  """The official ImageNet file, through keras's download cache; fails fast when offline."""
+  file_name = f"{model_name}{'' if include_top else '_notop'}.h5"
+  url = KERAS_WEIGHTS_URL + file_name
+  host = url.split("/")[2]
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+  except OSError as e:
+    raise UserError(
+        f"--download: cannot reach {host} ({e}). On a machine with network access, fetch "
+        f"{url} and pass the file with --keras_weights=PATH") from None
+  import keras  # pylint: disable=g-import-not-at-top
+  return keras.utils.get_file(file_name, url, cache_subdir="models")
+
+
+def save_ported(variables, out_dir: str, record: dict):
+  """An Orbax checkpoint of {"params", "batch_stats"} plus `port.json` describing it."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(out_dir, "variables"), variables, force=True)
+  with open(os.path.join(out_dir, PORT_RECORD), "w") as f:
+    json.dump(record, f, indent=2)
+
+
+def load_ported(out_dir: str) -> Tuple[Dict[str, dict], dict]:
+  """(variables, record) written by `save_ported`."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(out_dir, PORT_RECORD)) as f:
+    record = json.load(f)
+  with ocp.StandardCheckpointer() as checkpointer:
+    variables = checkpointer.restore(os.path.abspath(os.path.join(out_dir, "variables")))
+  return jax.tree.map(np.asarray, variables), record
+
+
+def main(argv):
+  del argv
+  model_name = FLAGS.model
+  if FLAGS.download:
+    path = download_keras_weights(model_name, FLAGS.include_top)
+  elif FLAGS.keras_weights:
+    path = FLAGS.keras_weights
+  else:
+    raise UserError("give --keras_weights=FILE (e.g. efficientnetv2-s_notop.h5), or --download "
+                    "with network access")
+  variables, include_top = port(model_name, read_keras_weights(model_name, path), source=path)
+  count = sum(np.size(v) for v in jax.tree.leaves(variables["params"]))
+  save_ported(variables, FLAGS.out, {"model": model_name, "include_top": include_top,
+                                     "source": os.path.abspath(path), "num_params": int(count)})
+  print(f"ported {path} -> {FLAGS.out}: {model_name}, include_top={include_top}, "
+        f"{count:,} parameters")
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from bloodcell_jax import cli  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("model", "efficientnetv2-s", "Model name, e.g. efficientnetv2-s.")
+  flags.DEFINE_string("keras_weights", "", "Keras .h5 / .weights.h5 file to port.")
+  flags.DEFINE_string("out", None, "Directory for the ported Orbax checkpoint.", required=True)
+  flags.DEFINE_bool("download", False, "Fetch the official ImageNet weights (needs network).")
+  flags.DEFINE_bool("include_top", False, "With --download: the file with the 1000-class top.")
+  FLAGS = flags.FLAGS
+  app.run(lambda argv: cli.run_reporting_errors(main, argv))
