@@ -34,7 +34,7 @@ def main(argv):
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)
   from bloodcell_jax import train  # pylint: disable=g-import-not-at-top  (TensorFlow: slow)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.run_stages(_CONFIG.value, _WORKDIR.value)
 
 
 def _main_reporting_errors(argv):

@@ -23,12 +23,13 @@ def random_batch(batch, image_size, num_classes=8, seed=0):
 def jitted_step(config, batch, image_size):
   """(train_fn, state, device batch) for `config`'s model, optimizer and loss."""
   import jax  # pylint: disable=g-import-not-at-top
-  from bloodcell_jax import models, optim, sharding, steps  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax import build, sharding, steps  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()
-  model = models.build_model(config, 8)
-  state, tx = steps.create_train_state(
-      model, lambda p: optim.make_optimizer(config.optim, p, 100, 1000)[0],
-      jax.random.PRNGKey(0), image_size, mesh)
+  with config.unlocked():
+    config.image_size = image_size
+  model, tx_factory, _ = build.model_and_optimizer(config, 8, 100, 1000)
+  state, tx = steps.create_train_state(model, tx_factory, jax.random.PRNGKey(0), image_size,
+                                       mesh)
   train_fn = steps.jit_train_step(
       mesh, model=model, tx=tx, learning_rate_fn=lambda s: config.optim.learning_rate,
       loss_config=steps.LossConfig(num_classes=8, l2=config.loss.l2,

@@ -2,12 +2,14 @@
 
   python benchmarks/train_step.py                    # every model x impl, one process each
   python benchmarks/train_step.py --model=cnn --impl=keras-jax --steps=30
+  python benchmarks/train_step.py --model=efficientnetv2-s
 
 Prints one JSON object per line: {"bench": "train_step", "model", "impl", "batch",
 "images_per_s", "step_ms_median", "peak_rss_mb", ...}. Every implementation runs
-the same architecture (configs/cnn.py's model) on the same random batch, with
-Adam and the same loss, in its own subprocess so that each one's peak memory is
-its own and Keras's backend can be chosen. Run the whole set in one go: this
+the same architecture (the model of configs/cnn.py, or EfficientNetV2-S with
+the study's head as in configs/effnet.py) on the same random batch, with Adam
+and the same loss, in its own subprocess so that each one's peak memory is its
+own and Keras's backend can be chosen. Run the whole set in one go: this
 machine's speed drifts, so only ratios within one run mean much.
 """
 
@@ -22,7 +24,8 @@ import time
 import step_setup
 
 ROOT = step_setup.ROOT
-MODELS = ("cnn",)
+CONFIGS = {"cnn": "configs/cnn.py", "efficientnetv2-s": "configs/effnet.py"}
+MODELS = tuple(CONFIGS)
 IMPLS = ("bloodcell_jax", "keras-jax", "keras-tensorflow")
 
 
@@ -34,7 +37,7 @@ def parse_args(argv=None):
   parser.add_argument("--image_size", type=int, default=96)
   parser.add_argument("--steps", type=int, default=20, help="timed steps")
   parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--config", default=os.path.join(ROOT, "configs", "cnn.py"))
+  parser.add_argument("--config", default=None, help="recipe (default: the model's own)")
   return parser.parse_args(argv)
 
 
@@ -86,12 +89,25 @@ def keras_cnn(config, args):
   return keras.Model(inputs, outputs)
 
 
+def keras_effnet(config, args):
+  """keras.applications' EfficientNetV2-S base with the study's head (configs/effnet.py)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  m = config.model
+  base = keras.applications.EfficientNetV2S(weights=None, include_top=False,
+                                            input_shape=(args.image_size, args.image_size, 3))
+  x = keras.layers.Flatten()(base.output)
+  x = keras.layers.Dropout(m.dropout)(x)
+  x = keras.layers.Dense(m.dense_units, activation="relu")(x)
+  x = keras.layers.Dropout(m.dropout)(x)
+  return keras.Model(base.input, keras.layers.Dense(8)(x))
+
+
 def bench_keras(args, config, backend):
   os.environ["KERAS_BACKEND"] = backend
   if backend == "jax":
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the comparison is on the CPU
   import keras  # pylint: disable=g-import-not-at-top
-  model = keras_cnn(config, args)
+  model = keras_cnn(config, args) if args.model == "cnn" else keras_effnet(config, args)
   model.compile(optimizer=keras.optimizers.Adam(config.optim.learning_rate),
                 loss=keras.losses.CategoricalCrossentropy(
                     from_logits=True, label_smoothing=config.loss.label_smoothing))
@@ -105,7 +121,7 @@ def bench_keras(args, config, backend):
 
 
 def run_one(args):
-  config = step_setup.load_config(args.config)
+  config = step_setup.load_config(args.config or os.path.join(ROOT, CONFIGS[args.model]))
   if args.impl == "bloodcell_jax":
     seconds, extra = bench_bloodcell_jax(args, config)
   else:

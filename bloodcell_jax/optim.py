@@ -39,11 +39,12 @@ def _base_optimizer(config, schedule, decay_mask):
   raise UserError(f"config.optim.name='{name}': expected adam, adamw, sgd or lion")
 
 
-def make_optimizer(config, params, steps_per_epoch: int, total_steps: int):
+def make_optimizer(config, params, steps_per_epoch: int, total_steps: int, freeze_labels=None):
   """The optax chain: clipping, decoupled weight decay, freezing masks.
 
-  Frozen parameters (`config.freeze` rules) get `set_to_zero`: no update, no
-  weight decay, and no optimizer state.
+  `freeze_labels` ("train" / "freeze" per parameter, from
+  `freezing.freeze_labels`): frozen parameters get `set_to_zero`: no update,
+  no weight decay, and no optimizer state.
   """
   schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
   decay_mask = param_rules.path_mask(params, config.weight_decay_pattern)
@@ -58,9 +59,7 @@ def make_optimizer(config, params, steps_per_epoch: int, total_steps: int):
     chain.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
   chain.append(_base_optimizer(config, schedule, decay_mask))
   optimizer = optax.chain(*chain)
-  rules = param_rules.parse_rules(config.freeze, ("train", "freeze"), "config.optim.freeze")
-  if rules:
-    labels = param_rules.label_params(params, rules, default="train")
+  if freeze_labels is not None:
     optimizer = optax.multi_transform({"train": optimizer, "freeze": optax.set_to_zero()},
-                                      labels)
+                                      freeze_labels)
   return optimizer, schedule

@@ -15,12 +15,13 @@ import os
 import jax
 import ml_collections
 import numpy as np
+import optax
 from absl import app, flags
 
-from bloodcell_jax import cli, models, optim, sharding, steps
-from bloodcell_jax.checkpoint import Checkpoints
+from bloodcell_jax import cli, models, sharding, steps
 from bloodcell_jax.data import sources
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.weights import init_from
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
 _INPUT = flags.DEFINE_string("input", None, "Image folder or .npz to predict.")
@@ -41,15 +42,13 @@ def load_run(workdir: str):
     class_names = json.load(f)["class_names"]
   mesh = sharding.make_mesh()
   model = models.build_model(config, len(class_names))
-  state, _ = steps.create_train_state(
-      model, lambda p: optim.make_optimizer(config.optim, p, 1, 1)[0],
-      jax.random.PRNGKey(0), config.image_size, mesh)
-  checkpoints = Checkpoints(workdir)
-  restored = checkpoints.restore_best(state) or checkpoints.restore_latest(state)
-  checkpoints.close()
-  if restored is None:
-    raise UserError(f"{workdir}/checkpoints: no checkpoint to predict with")
-  return config, class_names, model, restored[0]
+  state, _ = steps.create_train_state(model, lambda p: optax.identity(),
+                                      jax.random.PRNGKey(0), config.image_size, mesh)
+  variables = init_from.load_variables(workdir, config.model.name, where="--workdir")
+  state = jax.device_put(state.replace(params=variables["params"],
+                                       batch_stats=variables["batch_stats"]),
+                         sharding.replicated(mesh))
+  return config, class_names, model, state
 
 
 def read_unlabelled(path: str, image_size: int):

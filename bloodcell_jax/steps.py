@@ -44,6 +44,12 @@ def init_variables(model, rng, image_size: int):
   return variables["params"], variables.get("batch_stats", {})
 
 
+def param_shapes(model, image_size: int):
+  """The parameter tree as shapes (no computation)."""
+  return jax.eval_shape(functools.partial(init_variables, model, image_size=image_size),
+                        jax.random.PRNGKey(0))[0]
+
+
 def create_train_state(model, tx_factory, rng, image_size: int, mesh) -> tuple:
   """Initialises replicated state on the mesh; returns (state, optimizer).
 
@@ -52,9 +58,7 @@ def create_train_state(model, tx_factory, rng, image_size: int, mesh) -> tuple:
   every process holds the same values.
   """
   init_rng, train_rng = jax.random.split(rng)
-  params_shape = jax.eval_shape(functools.partial(init_variables, model, image_size=image_size),
-                                init_rng)[0]
-  tx = tx_factory(params_shape)
+  tx = tx_factory(param_shapes(model, image_size))
 
   def init(rng):
     params, batch_stats = init_variables(model, rng, image_size)

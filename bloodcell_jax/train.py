@@ -17,11 +17,12 @@ import jax
 import numpy as np
 from clu import periodic_actions
 
-from bloodcell_jax import models, optim, report, sharding, steps
+from bloodcell_jax import build, freezing, optim, report, sharding, steps
 from bloodcell_jax.checkpoint import Checkpoints
 from bloodcell_jax.data import pipeline, splits as splits_lib
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.metrics import summarize_confusion
+from bloodcell_jax.weights import init_from
 from bloodcell_jax.writers import create_writer
 
 
@@ -136,6 +137,52 @@ class _Run:
   writer: object
   steps_per_epoch: int
   total_steps: int
+  weights: dict  # where the weights came from, and how many train
+
+
+def run_stages(config, workdir: str) -> dict:
+  """Runs `config.stages` in name order (each in its own sub-workdir, each starting from the
+  previous stage's best checkpoint, head kept), or the config itself when it has none."""
+  if not config.stages:
+    return train_and_evaluate(config, workdir)
+  results, previous = {}, None
+  for name in sorted(config.stages):
+    stage = config.copy_and_resolve_references()
+    with stage.unlocked():
+      stage.stages = type(config.stages)()
+      stage.update(config.stages[name])
+      if previous is not None:
+        stage.model.init_from, stage.model.init_head = previous, "keep"
+    previous = os.path.join(workdir, name)
+    logging.info("stage %s: %s", name, json.dumps(config.stages[name].to_dict(), default=str))
+    results[name] = train_and_evaluate(stage, previous)
+  final = dict(results[name], stages=results)
+  if jax.process_index() == 0:
+    report.write_json(os.path.join(workdir, "results.json"), final)
+  return final
+
+
+def _initial_weights(config, model, state, mesh, tx):
+  """Replaces the fresh parameters with `config.model.init_from`'s; returns (state, summary)."""
+  source = config.model.init_from
+  if not source:
+    logging.warning("no config.model.init_from: training %s from scratch (random "
+                    "initialisation)", config.model.name)
+    return state, {"from": None}
+  if config.model.init_head not in ("reinit", "keep"):
+    raise UserError(f"config.model.init_head='{config.model.init_head}': expected reinit or keep")
+  fresh = jax.tree.map(np.asarray, {"params": state.params, "batch_stats": state.batch_stats})
+  variables, summary = init_from.merge(
+      fresh, init_from.load_variables(source, config.model.name),
+      getattr(model, "HEAD_LAYERS", ()), config.model.init_head == "keep", source)
+  logging.info("initialised from %s: %d variables loaded, head %s", source,
+               summary["variables_loaded"],
+               ", ".join(summary["head_reinitialised"]) + " re-initialised"
+               if summary["head_reinitialised"] else "kept")
+  replace = lambda s, v: s.replace(params=v["params"], batch_stats=v["batch_stats"],
+                                   opt_state=tx.init(v["params"]))
+  state = jax.jit(replace, out_shardings=sharding.replicated(mesh))(state, variables)
+  return state, summary
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -154,11 +201,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     sharding.check_batch_size(config[key], f"config.{key}")
   steps_per_epoch = -(-len(data.train) // config.batch_size)
   total_steps = config.num_epochs * steps_per_epoch
-  model = models.build_model(config, num_classes)
-  tx_factory = lambda params: optim.make_optimizer(config.optim, params, steps_per_epoch,
-                                                   total_steps)[0]
+  model, tx_factory, labels = build.model_and_optimizer(config, num_classes, steps_per_epoch,
+                                                        total_steps)
   state, tx = steps.create_train_state(model, tx_factory, jax.random.PRNGKey(config.seed),
                                        config.image_size, mesh)
+  state, weights = _initial_weights(config, model, state, mesh, tx)
+  weights["trainable_parameters"], weights["frozen_parameters"] = freezing.count(labels,
+                                                                                 state.params)
+  logging.info("%s: %d trainable, %d frozen parameters", config.model.name,
+               weights["trainable_parameters"], weights["frozen_parameters"])
   run = _Run(
       config=config, workdir=workdir, mesh=mesh, data=data,
       train_source=pipeline.InMemorySource(data.train),
@@ -171,7 +222,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       evaluate=Evaluator(steps.jit_eval_step(mesh, model=model), mesh,
                          config.eval_batch_size, data.class_names),
       checkpoints=Checkpoints(workdir, keep=config.train.keep_checkpoints),
-      writer=create_writer(workdir), steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+      writer=create_writer(workdir), steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+      weights=weights)
   try:
     return _resume_train_evaluate(run, state)
   finally:  # also on errors: Orbax's background threads must stop before the interpreter
@@ -324,6 +376,7 @@ def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
       "class_names": list(data.class_names),
       "dataset": data.train.describe(),
       "model": config.model.name,
+      "weights": run.weights,
   }
   if jax.process_index() == 0:
     report.plot_confusion(confusion, data.class_names, os.path.join(workdir, "confusion_val.png"),

@@ -40,6 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.norm = "none"  # none | batch | group
   config.model.head = "flatten"  # flatten | gap
   config.model.dtype = "float32"  # compute dtype; parameters stay float32
+  # Weights to start from: a Keras .h5, a ported checkpoint (bloodcell_jax.weights.keras_port)
+  # or an earlier run's workdir (its best checkpoint). Empty = random initialisation.
+  config.model.init_from = ""
+  config.model.init_head = "reinit"  # reinit | keep: the classifier head of init_from
+  config.model.frozen_bn_mode = "inference"  # BatchNorm of frozen layers: inference | train
 
   config.loss = ml_collections.ConfigDict()
   config.loss.class_weights = "balanced"  # balanced | none
@@ -65,6 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.step_decay_epochs = ""  # e.g. "10,20"
   config.optim.step_decay_factor = 0.1
   config.optim.freeze = ""  # rules "regex=freeze, regex=train", first match wins
+  # Also freeze the backbone's Keras layers[:N] (ported models; N<0: all but the last -N).
+  config.optim.freeze_keras_layers = 0
 
   config.train = ml_collections.ConfigDict()
   config.train.early_stopping_metric = "val_accuracy"
@@ -73,4 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 0  # 0 = at each epoch end only
   config.train.keep_checkpoints = 2
+
+  # Staged fine-tuning: named stages, run in name order, each a set of overrides
+  # of this config, each starting from the previous stage's best checkpoint.
+  config.stages = ml_collections.ConfigDict()
   return config

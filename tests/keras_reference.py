@@ -70,7 +70,7 @@ def write(out_dir: str, size: int):
       if short == "s" and not top:
         for layer in model.layers[:FREEZE_FIRST]:
           layer.trainable = False
-        record = {"num_layers": len(model.layers),
+        record = {"layers": [[layer.name, bool(layer.weights)] for layer in model.layers],
                   "trainable": sorted(w.path for w in model.trainable_weights),
                   "frozen": sorted(w.path for layer in model.layers[:FREEZE_FIRST]
                                    for w in layer.weights if "moving" not in w.path)}

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from bloodcell_jax import losses, optim, param_rules
+from bloodcell_jax import freezing, losses, optim, param_rules
 from bloodcell_jax.errors import UserError
 from configs import default
 
@@ -57,9 +57,11 @@ def optim_config(**overrides):
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "lion"])
 def test_frozen_parameters_get_no_update_and_no_decay(name):
   params = {"frozen": {"kernel": jnp.ones((3,))}, "head": {"kernel": jnp.ones((3,))}}
-  config = optim_config(name=name, freeze="frozen/.*=freeze",
-                        weight_decay=0.0 if name == "adam" else 0.1)
-  tx, _ = optim.make_optimizer(config, params, steps_per_epoch=10, total_steps=100)
+  config = default.get_config()
+  config.optim.update(name=name, freeze="frozen/.*=freeze",
+                      weight_decay=0.0 if name == "adam" else 0.1)
+  tx, _ = optim.make_optimizer(config.optim, params, steps_per_epoch=10, total_steps=100,
+                               freeze_labels=freezing.freeze_labels(config, params))
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
   for _ in range(3):

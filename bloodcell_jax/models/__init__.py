@@ -25,7 +25,7 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 
 # Keys of `config.model` that say where weights come from, not what the module is.
-_NOT_CONSTRUCTOR_ARGS = ("name", "init_from", "frozen_bn_mode")
+_NOT_CONSTRUCTOR_ARGS = ("name", "init_from", "init_head", "frozen_bn_mode")
 
 
 def build_model(config, num_classes: int, **overrides) -> nn.Module:

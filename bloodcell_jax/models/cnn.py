@@ -33,6 +33,8 @@ class CNN(nn.Module):
   head: str = "flatten"
   dtype: jnp.dtype = jnp.float32
 
+  HEAD_LAYERS = ("dense", "logits")  # re-initialised when starting from other weights
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     act = _ACTIVATIONS[self.activation]

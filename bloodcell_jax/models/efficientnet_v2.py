@@ -275,6 +275,8 @@ class EfficientNetV2(nn.Module):
   frozen_bn: Tuple[str, ...] = ()
   dtype: jnp.dtype = jnp.float32
 
+  HEAD_LAYERS = ("head_dense", "predictions")  # re-initialised when starting from other weights
+
   def _bn(self, x, name, train):
     return nn.BatchNorm(use_running_average=not train or name in self.frozen_bn,
                         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype, name=name)(x)
@@ -317,7 +319,6 @@ class EfficientNetV2(nn.Module):
 
 HEADS = ("keras", "flatten", "none")
 POOLINGS = ("avg", "max", "none")
-HEAD_LAYERS = {"keras": ("predictions",), "flatten": ("head_dense", "predictions"), "none": ()}
 
 
 def _factory(variant: str):

@@ -17,6 +17,7 @@ CLI: python -m bloodcell_jax.weights.keras_port --model=efficientnetv2-s \\
 import json
 import os
 import socket
+import urllib.parse
 from typing import Dict, Optional, Tuple
 
 import h5py
@@ -28,7 +29,10 @@ from bloodcell_jax import models
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.models import efficientnet_v2 as effnet
 
-KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/"
+# Where keras.applications fetches the ImageNet files (an environment variable may point at a mirror).
+KERAS_WEIGHTS_URL = os.environ.get(
+    "BLOODCELL_JAX_KERAS_WEIGHTS_URL",
+    "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/")
 PORT_RECORD = "port.json"
 
 # Keras weight name -> (Flax collection, Flax variable name).
@@ -181,9 +185,10 @@ def download_keras_weights(model_name: str, include_top: bool, timeout: float = 
   """The official ImageNet file, through keras's download cache; fails fast when offline."""
   file_name = f"{model_name}{'' if include_top else '_notop'}.h5"
   url = KERAS_WEIGHTS_URL + file_name
-  host = url.split("/")[2]
+  parsed = urllib.parse.urlparse(url)
+  host = parsed.hostname
   try:
-    socket.create_connection((host, 443), timeout=timeout).close()
+    socket.create_connection((host, parsed.port or 443), timeout=timeout).close()
   except OSError as e:
     raise UserError(
         f"--download: cannot reach {host} ({e}). On a machine with network access, fetch "

@@ -1,0 +1,80 @@
+"""Start a run from existing weights: a Keras file, a ported checkpoint, or an earlier run.
+
+Every backbone variable of the new model must be found, with its shape, in the
+source; the classifier head (the model's `HEAD_LAYERS`) is freshly initialised
+unless `keep_head` (then it must match too). Anything else is an error that
+names the variables, so a wrong model or file never half-loads.
+"""
+
+import os
+from typing import Dict, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from bloodcell_jax.errors import UserError
+from bloodcell_jax.weights import keras_port
+
+
+def load_variables(path: str, model_name: str, where: str = "config.model.init_from"
+                   ) -> Dict[str, dict]:
+  """{"params", "batch_stats"} from `path`, whichever of the three kinds it is."""
+  path = os.path.expanduser(path)
+  if path.endswith(".h5"):
+    return keras_port.load_keras_weights(model_name, path)
+  if os.path.isfile(os.path.join(path, keras_port.PORT_RECORD)):
+    variables, record = keras_port.load_ported(path)
+    if record.get("model") != model_name:
+      raise UserError(f"{where}={path}: holds {record.get('model')} weights, "
+                      f"config.model.name is {model_name}")
+    return variables
+  for kind in ("best", "latest"):
+    directory = os.path.abspath(os.path.join(path, "checkpoints", kind))
+    if os.path.isdir(directory):
+      state = _restore_raw_state(directory)
+      if state is not None:
+        return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+  raise UserError(f"{where}={path}: expected a Keras .h5 file, a directory written by "
+                  "bloodcell_jax.weights.keras_port, or a workdir with checkpoints")
+
+
+def _restore_raw_state(directory: str):
+  """The saved train state as plain nested dicts of arrays (its optimizer may differ from ours)."""
+  manager = ocp.CheckpointManager(directory, item_names=("state", "meta"))
+  try:
+    step = manager.best_step() if manager.best_step() is not None else manager.latest_step()
+    if step is None:
+      return None
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, dict(restored["state"]))
+  finally:
+    manager.close()
+
+
+def merge(fresh: Dict[str, dict], loaded: Dict[str, dict], head_layers, keep_head: bool,
+          source: str) -> Tuple[Dict[str, dict], dict]:
+  """`fresh` variables with every non-head leaf taken from `loaded`; returns (variables, summary)."""
+  is_head = lambda path: path.split("/")[0] in head_layers
+  merged, missing, mismatched, reinit, taken = {}, [], [], set(), 0
+  for collection, tree in fresh.items():
+    have = traverse_util.flatten_dict(loaded.get(collection) or {}, sep="/")
+    out = {}
+    for path, value in traverse_util.flatten_dict(tree, sep="/").items():
+      if is_head(path) and not keep_head:
+        out[path] = value
+        reinit.add(path.split("/")[0])
+      elif path not in have:
+        missing.append(f"{collection}/{path}")
+      elif np.shape(have[path]) != np.shape(value):
+        mismatched.append(f"{collection}/{path} {np.shape(have[path])} vs {np.shape(value)}")
+      else:
+        out[path] = np.asarray(have[path], np.asarray(value).dtype)
+        taken += 1
+    merged[collection] = traverse_util.unflatten_dict(out, sep="/")
+  if missing or mismatched:
+    raise UserError(f"config.model.init_from={source}: does not fit the model: " + "; ".join(
+        f"{what} ({len(items)}): {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}"
+        for what, items in (("missing", missing), ("shape differs", mismatched)) if items))
+  return merged, {"from": source, "variables_loaded": taken, "head_reinitialised": sorted(reinit)}

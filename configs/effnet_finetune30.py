@@ -1,0 +1,11 @@
+"""Study stage 2: the first 480 of the backbone's 513 Keras layers frozen, the rest and the head
+train. Start it from stage 1: --config.model.init_from=<effnet_transfer workdir> (head kept)."""
+
+from configs import effnet_common
+
+
+def get_config():
+  config = effnet_common.get_config()
+  config.optim.freeze_keras_layers = 480
+  config.model.init_head = "keep"
+  return config
