@@ -1,9 +1,11 @@
 """Where a train step's time goes: traces a few steps with jax.profiler and sums time per XLA op.
 
-  python benchmarks/profile_step.py [--config=configs/cnn.py] [--steps=3] [--top=15]
+  python benchmarks/profile_step.py [--config=configs/cnn.py] [--steps=3] [--top=15] [--by_kind]
 
 Prints one JSON object per line, heaviest first: {"bench": "profile", "op": ...,
-"ms_per_step": ...}, then {"op": "step", ...} with the wall time of a step. Op
+"ms_per_step": ...} (with --by_kind, ops are summed by kind: the name without
+its number, e.g. all `transpose_copy_fusion.N`), then {"op": "step", ...} with
+the wall time of a step. Op
 names are XLA's (fusions, convolutions); `XLA_FLAGS=--xla_dump_to=DIR` maps them
 back to HLO. The full trace stays in --trace_dir for TensorBoard / Perfetto.
 """
@@ -30,6 +32,7 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--top", type=int, default=15)
   parser.add_argument("--trace_dir", default=None)
+  parser.add_argument("--by_kind", action="store_true", help="sum ops by kind")
   args = parser.parse_args(argv)
 
   config = step_setup.load_config(args.config)  # before JAX starts: sets XLA flags
@@ -54,7 +57,8 @@ def main(argv=None):
   per_op = collections.Counter()
   for event in events:
     if event.get("ph") == "X" and not event["name"].startswith(_NOT_OPS):
-      per_op[event["name"]] += event.get("dur", 0) / 1000 / args.steps
+      name = event["name"].rsplit(".", 1)[0] if args.by_kind else event["name"]
+      per_op[name] += event.get("dur", 0) / 1000 / args.steps
   for op, ms in per_op.most_common(args.top):
     print(json.dumps({"bench": "profile", "op": op, "ms_per_step": round(ms, 2)}))
   print(json.dumps({"bench": "profile", "op": "step", "ms_per_step": round(step_ms, 1),

@@ -38,6 +38,7 @@ def parse_args(argv=None):
   parser.add_argument("--steps", type=int, default=20, help="timed steps")
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--config", default=None, help="recipe (default: the model's own)")
+  parser.add_argument("--ld_preload", default="", help="e.g. a tcmalloc .so, for every impl")
   return parser.parse_args(argv)
 
 
@@ -130,6 +131,7 @@ def run_one(args):
   print(json.dumps({"bench": "train_step", "model": args.model, "impl": args.impl,
                     "batch": args.batch, "image_size": args.image_size,
                     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                    "ld_preload": os.environ.get("LD_PRELOAD", ""),
                     "images_per_s": round(args.batch / seconds, 2),
                     "step_ms_median": round(1000 * seconds, 1),
                     "peak_rss_mb": round(peak_rss_mb, 1), **extra}), flush=True)
@@ -144,6 +146,8 @@ def main(argv=None):
   for model in [args.model] if args.model else MODELS:
     for impl in [args.impl] if args.impl else IMPLS:
       env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+      if args.ld_preload:
+        env["LD_PRELOAD"] = args.ld_preload
       if impl.startswith("keras"):
         env["BLOODCELL_JAX_KEEP_XLA_FLAGS"] = "1"  # Keras runs as its users run it
       subprocess.run([sys.executable, os.path.abspath(__file__), f"--model={model}",

@@ -8,7 +8,7 @@ from flax import traverse_util
 
 from bloodcell_jax import build, sharding, steps
 from bloodcell_jax.weights import init_from
-from configs import effnet_finetune30
+from configs import effnet_finetune30, effnet_staged
 from tests.conftest import run_launch
 
 MODEL = "efficientnetv2-b0"
@@ -66,25 +66,46 @@ def test_frozen_batchnorm_can_keep_training_statistics():
   assert not any(moved[p] for p, v in labels.items() if v == "freeze")
 
 
+STAGED_CONFIG = """
+from configs import cnn
+
+
+def get_config():
+  config = cnn.get_config()
+  config.stages.s1_head = dict(num_epochs=1, optim=dict(freeze="logits/.*=train, .*=freeze"))
+  config.stages.s2_top = dict(num_epochs=1, optim=dict(freeze="conv0/.*=freeze"))
+  config.stages.s3_all = dict(num_epochs=1, optim=dict(freeze=""))
+  return config
+"""
+
+
 def test_staged_run_chains_stages_through_best_checkpoints(tmp_path):
-  run_launch(tmp_path, f"--config.model.name={MODEL}", f"--config.image_size={SIZE}",
-             "--config.data.synthetic_size=96", "--config.batch_size=16",
-             "--config.eval_batch_size=32", "--config.model.dense_units=16",
-             "--config.stages.s1_transfer.num_epochs=1",
-             "--config.stages.s2_finetune30.num_epochs=1",
-             "--config.stages.s2_finetune30.optim.freeze_keras_layers=150",
-             "--config.stages.s3_full.num_epochs=1",
-             config="configs/effnet_staged.py", tiny=False)
-  results = json.loads((tmp_path / "results.json").read_text())
-  assert list(results["stages"]) == ["s1_transfer", "s2_finetune30", "s3_full"]
-  stage = {name: init_from.load_variables(str(tmp_path / name), MODEL)["params"]
-           for name in results["stages"]}
-  s1, s2, s3 = (traverse_util.flatten_dict(stage[n], sep="/") for n in results["stages"])
-  assert results["stages"]["s1_transfer"]["weights"]["from"] is None
-  assert results["stages"]["s2_finetune30"]["weights"]["from"] == str(tmp_path / "s1_transfer")
-  assert results["stages"]["s2_finetune30"]["weights"]["head_reinitialised"] == []
-  # Stage 2 froze the first 150 Keras layers: those are exactly stage 1's best values.
-  np.testing.assert_array_equal(s2["stem_conv/kernel"], s1["stem_conv/kernel"])
-  assert not np.array_equal(s2["predictions/kernel"], s1["predictions/kernel"])
-  # Stage 3 trains everything.
-  assert not np.array_equal(s3["stem_conv/kernel"], s2["stem_conv/kernel"])
+  config_file = tmp_path / "staged.py"
+  config_file.write_text(STAGED_CONFIG)
+  workdir = tmp_path / "run"
+  run_launch(workdir, config=str(config_file))
+  results = json.loads((workdir / "results.json").read_text())
+  names = ["s1_head", "s2_top", "s3_all"]
+  assert list(results["stages"]) == names
+  assert results["val_accuracy"] == results["stages"]["s3_all"]["val_accuracy"]
+  params = {n: traverse_util.flatten_dict(
+      init_from.load_variables(str(workdir / n), "cnn")["params"], sep="/") for n in names}
+  weights = {n: results["stages"][n]["weights"] for n in names}
+  assert weights["s1_head"]["from"] is None
+  assert weights["s2_top"]["from"] == str(workdir / "s1_head")
+  assert weights["s2_top"]["head_reinitialised"] == []  # later stages keep the head
+  # Each stage starts from the previous best: what a stage froze is exactly that.
+  np.testing.assert_array_equal(params["s2_top"]["conv0/kernel"],
+                                params["s1_head"]["conv0/kernel"])
+  assert not np.array_equal(params["s2_top"]["conv1/kernel"], params["s1_head"]["conv1/kernel"])
+  assert not np.array_equal(params["s3_all"]["conv0/kernel"], params["s2_top"]["conv0/kernel"])
+
+
+def test_effnet_staged_recipe_is_the_study_sequence():
+  config = effnet_staged.get_config()
+  assert sorted(config.stages) == ["s1_transfer", "s2_finetune30", "s3_full"]
+  transfer, finetune, full = (config.stages[n] for n in sorted(config.stages))
+  assert transfer.optim.freeze.endswith(".*=freeze") and not transfer.optim.freeze_keras_layers
+  assert finetune.optim.freeze == "" and finetune.optim.freeze_keras_layers == 480
+  assert full.optim.freeze == "" and full.optim.freeze_keras_layers == 0
+  assert "brightness" in full.augment.train and "brightness" not in transfer.augment.train
