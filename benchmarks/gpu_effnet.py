@@ -25,7 +25,7 @@ import time
 # JAX and PyTorch share the GPU here: JAX must not take 75% of its memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import step_setup  # pylint: disable=g-import-not-at-top,wrong-import-position  (project on sys.path)
+import step_setup  # pylint: disable=wrong-import-position  (puts the project on sys.path)
 
 ROOT = step_setup.ROOT
 

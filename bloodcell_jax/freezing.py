@@ -53,7 +53,7 @@ def freeze_labels(config, params) -> Optional[dict]:
 
 
 def frozen_batchnorm_layers(labels) -> Tuple[str, ...]:
-  """Keras names of BatchNorm layers whose scale is frozen (`block2b/expand_bn` -> `block2b_expand_bn`)."""
+  """Keras names of the BatchNorm layers whose scale is frozen (`block2b_expand_bn`)."""
   if labels is None:
     return ()
   flat = traverse_util.flatten_dict(labels, sep="/")

@@ -185,6 +185,21 @@ def _initial_weights(config, model, state, mesh, tx):
   return state, summary
 
 
+def _warn_if_config_changed(config, workdir: str):
+  """A workdir resumes whatever it holds: say so loudly when the settings differ from its run's."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    before = _flat_hparams(json.load(f))
+  now = _flat_hparams(json.loads(config.to_json_best_effort()))
+  changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+  if changed:
+    logging.warning("%s holds a run started with other settings; it resumes from its checkpoints "
+                    "with the new ones (use a fresh --workdir to start over): %s", workdir,
+                    ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed))
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) in `workdir`, evaluates the best checkpoint, returns results."""
   os.makedirs(workdir, exist_ok=True)
@@ -192,6 +207,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info("data: %s", describe_data(data.train))
   num_classes = len(data.class_names)
   if jax.process_index() == 0:
+    _warn_if_config_changed(config, workdir)
     splits_lib.write_manifest(data, os.path.join(workdir, "split_manifest.json"))
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))

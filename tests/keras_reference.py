@@ -17,7 +17,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import h5py  # pylint: disable=g-import-not-at-top,wrong-import-position
 import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-from keras.src.legacy.saving import legacy_h5_format  # pylint: disable=g-import-not-at-top,wrong-import-position
+from keras.src.legacy.saving import legacy_h5_format  # pylint: disable=wrong-import-position
 
 VARIANTS = {"b0": "EfficientNetV2B0", "s": "EfficientNetV2S"}
 FREEZE_FIRST = 480
@@ -61,7 +61,8 @@ def write(out_dir: str, size: int):
       if short == "b0":
         model.save(os.path.join(out_dir, f"{stem}_model.h5"))
         model.save_weights(os.path.join(out_dir, f"{stem}.weights.h5"))
-      np.save(os.path.join(out_dir, f"{stem}_output.npy"), np.asarray(model(images, training=False)))
+      np.save(os.path.join(out_dir, f"{stem}_output.npy"),
+              np.asarray(model(images, training=False)))
       names = block_outputs(model)
       stages = keras.Model(model.input, [model.get_layer(n).output for n in names])
       outputs = stages(images, training=False)

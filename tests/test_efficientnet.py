@@ -138,7 +138,8 @@ def _copy_without_layer(src, dst, layer):
 
 
 def test_port_refuses_files_that_do_not_fit(keras_ref, tmp_path):
-  with pytest.raises(UserError, match=r"stem_conv/kernel has shape \(3, 3, 3, 24\), efficientnetv2-b0 expects .* is --model right"):
+  with pytest.raises(UserError, match=r"stem_conv/kernel has shape \(3, 3, 3, 24\), "
+                     r"efficientnetv2-b0 expects .* is --model right"):
     keras_port.load_keras_weights(MODEL["b0"], str(keras_ref / "s_notop.h5"))
   _copy_without_layer(keras_ref / "b0_notop.h5", tmp_path / "cut.h5", "block4b_se_reduce")
   with pytest.raises(UserError, match=r"model variables missing from the file \(2\): "

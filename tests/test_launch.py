@@ -58,10 +58,13 @@ def test_tiny_cnn_learns_the_synthetic_classes(synthetic_run):
 def test_rerun_of_a_finished_run_only_evaluates(synthetic_run):
   workdir, _ = synthetic_run
   before = json.load(open(os.path.join(workdir, "results.json")))
-  result = run_launch(workdir, "--config.num_epochs=12")
+  result = run_launch(workdir, "--config.num_epochs=12", "--config.train.log_every_steps=5")
   after = json.load(open(os.path.join(workdir, "results.json")))
   assert "resumed" in result.stderr and "images/s" not in result.stderr
   assert after["val_accuracy"] == before["val_accuracy"]
+  # Resuming under other settings is allowed, and said.
+  assert "holds a run started with other settings" in result.stderr
+  assert "train.log_every_steps: 4 -> 5" in result.stderr
 
 
 def test_predict_writes_one_row_per_image(synthetic_run, tmp_path):

@@ -1,4 +1,4 @@
-"""EfficientNetV2 (Tan & Le, 2021) with Keras's exact conventions, so Keras ImageNet weights port 1:1.
+"""EfficientNetV2 (Tan & Le, 2021) with Keras's exact conventions, so Keras weights port 1:1.
 
 Every variant is a block table plus width/depth coefficients, expanded by
 `block_specs` into one `BlockSpec` per block; the module and the Keras layer
@@ -165,7 +165,8 @@ def keras_layers(variant: Variant, include_top: bool = True) -> Tuple[Tuple[str,
   for spec in block_specs(variant):
     p = spec.name + "_"
     if spec.expand_ratio != 1:
-      layers += [(p + "expand_conv", True), (p + "expand_bn", True), (p + "expand_activation", False)]
+      layers += [(p + "expand_conv", True), (p + "expand_bn", True),
+                 (p + "expand_activation", False)]
     if spec.kind == "mbconv":
       layers += [(spec.name + DEPTHWISE_SUFFIX, True), (p + "bn", True), (p + "activation", False)]
     if spec.se_ratio:

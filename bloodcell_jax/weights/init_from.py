@@ -55,7 +55,7 @@ def _restore_raw_state(directory: str):
 
 def merge(fresh: Dict[str, dict], loaded: Dict[str, dict], head_layers, keep_head: bool,
           source: str) -> Tuple[Dict[str, dict], dict]:
-  """`fresh` variables with every non-head leaf taken from `loaded`; returns (variables, summary)."""
+  """`fresh` with every non-head leaf taken from `loaded`; returns (variables, summary)."""
   is_head = lambda path: path.split("/")[0] in head_layers
   merged, missing, mismatched, reinit, taken = {}, [], [], set(), 0
   for collection, tree in fresh.items():

@@ -29,7 +29,7 @@ from bloodcell_jax import models
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.models import efficientnet_v2 as effnet
 
-# Where keras.applications fetches the ImageNet files (an environment variable may point at a mirror).
+# Where keras.applications fetches the ImageNet files (the variable may name a mirror).
 KERAS_WEIGHTS_URL = os.environ.get(
     "BLOODCELL_JAX_KERAS_WEIGHTS_URL",
     "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/")
