@@ -8,6 +8,8 @@ step: the input pipeline rebuilds any step's batches from it.
 import os
 from typing import Optional
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 # What `best/` ranks by: the early-stopping metric, negated for losses, so higher is better.
@@ -62,10 +64,15 @@ def _restore(manager, step, target_state):
   return restored["state"], dict(restored["meta"])
 
 
-def restore_state_from(directory: str, target_state):
-  """The newest train state in an Orbax checkpoint directory (predict, init_from)."""
+def restore_raw_state(directory: str):
+  """The best (else newest) saved train state in `directory` as nested dicts of numpy arrays,
+  whatever optimizer wrote it (for init_from and predict), or None if there is none."""
   manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
   try:
-    return _restore(manager, manager.latest_step(), target_state)
+    step = manager.best_step() if manager.best_step() is not None else manager.latest_step()
+    if step is None:
+      return None
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, dict(restored["state"]))
   finally:
     manager.close()

@@ -22,6 +22,7 @@ from bloodcell_jax.checkpoint import Checkpoints
 from bloodcell_jax.data import pipeline, splits as splits_lib
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.metrics import summarize_confusion
+from bloodcell_jax.models import efficientnet_v2
 from bloodcell_jax.weights import init_from
 from bloodcell_jax.writers import create_writer
 
@@ -166,8 +167,10 @@ def _initial_weights(config, model, state, mesh, tx):
   """Replaces the fresh parameters with `config.model.init_from`'s; returns (state, summary)."""
   source = config.model.init_from
   if not source:
-    logging.warning("no config.model.init_from: training %s from scratch (random "
-                    "initialisation)", config.model.name)
+    # Loud for models that have pretrained weights to start from.
+    log = logging.warning if config.model.name in efficientnet_v2.VARIANTS else logging.info
+    log("no config.model.init_from: training %s from scratch (random initialisation)",
+        config.model.name)
     return state, {"from": None}
   if config.model.init_head not in ("reinit", "keep"):
     raise UserError(f"config.model.init_head='{config.model.init_head}': expected reinit or keep")

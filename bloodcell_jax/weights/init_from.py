@@ -9,11 +9,10 @@ names the variables, so a wrong model or file never half-loads.
 import os
 from typing import Dict, Tuple
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from bloodcell_jax import checkpoint
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.weights import keras_port
 
@@ -33,24 +32,11 @@ def load_variables(path: str, model_name: str, where: str = "config.model.init_f
   for kind in ("best", "latest"):
     directory = os.path.abspath(os.path.join(path, "checkpoints", kind))
     if os.path.isdir(directory):
-      state = _restore_raw_state(directory)
+      state = checkpoint.restore_raw_state(directory)
       if state is not None:
         return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
   raise UserError(f"{where}={path}: expected a Keras .h5 file, a directory written by "
                   "bloodcell_jax.weights.keras_port, or a workdir with checkpoints")
-
-
-def _restore_raw_state(directory: str):
-  """The saved train state as plain nested dicts of arrays (its optimizer may differ from ours)."""
-  manager = ocp.CheckpointManager(directory, item_names=("state", "meta"))
-  try:
-    step = manager.best_step() if manager.best_step() is not None else manager.latest_step()
-    if step is None:
-      return None
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return jax.tree.map(np.asarray, dict(restored["state"]))
-  finally:
-    manager.close()
 
 
 def merge(fresh: Dict[str, dict], loaded: Dict[str, dict], head_layers, keep_head: bool,
