@@ -193,6 +193,12 @@ def keras_to_flax_path(layer_name: str) -> str:
   return f"{match[1]}/{match[2]}" if match else layer_name
 
 
+def batch_norm(x, name, keras_name, frozen_bn, train, dtype):
+  """Keras's BatchNorm inside a compact module; frozen layers use their running statistics."""
+  return nn.BatchNorm(use_running_average=not train or keras_name in frozen_bn,
+                      momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name)(x)
+
+
 class DepthwiseConv(nn.Module):
   """Depthwise k x k convolution, TF "SAME" padding, no bias; kernel (k, k, 1, C)."""
   kernel_size: int = 3
@@ -216,12 +222,8 @@ class Block(nn.Module):
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding="SAME", use_bias=bias,
                    kernel_init=_conv_init, dtype=self.dtype, name=name)
 
-  def _bn(self, name):
-    return nn.BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype, name=name)
-
   def _norm(self, x, name, train):
-    frozen = f"{self.spec.name}_{name}" in self.frozen_bn
-    return self._bn(name)(x, use_running_average=not train or frozen)
+    return batch_norm(x, name, f"{self.spec.name}_{name}", self.frozen_bn, train, self.dtype)
 
   @nn.compact
   def __call__(self, inputs, train: bool = False):
@@ -279,8 +281,7 @@ class EfficientNetV2(nn.Module):
   HEAD_LAYERS = ("head_dense", "predictions")  # re-initialised when starting from other weights
 
   def _bn(self, x, name, train):
-    return nn.BatchNorm(use_running_average=not train or name in self.frozen_bn,
-                        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype, name=name)(x)
+    return batch_norm(x, name, name, self.frozen_bn, train, self.dtype)
 
   def features(self, x, train: bool):
     v = VARIANTS[self.variant]
