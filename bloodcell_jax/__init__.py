@@ -31,3 +31,8 @@ def _tune_xla_cpu_flags() -> None:
 
 
 _tune_xla_cpu_flags()
+
+# TensorFlow only runs the input pipeline here; its C++ warnings (grappler's cost model
+# cannot size ops on batches of varying length, which the per-image op choice makes)
+# would flood the training log. Set TF_CPP_MIN_LOG_LEVEL yourself to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bloodcell_jax.data import augment, pipeline, splits
+from bloodcell_jax.data import augment, image_ops, pipeline, splits
 from bloodcell_jax.data.sources import ImageSet
 from bloodcell_jax.errors import UserError
 
@@ -39,7 +39,7 @@ def test_processes_split_each_global_batch_into_disjoint_parts():
 
 def test_train_batches_resume_exactly_and_augment_per_image():
   source = pipeline.InMemorySource(tiny_set())
-  kwargs = dict(seed=3, batch_size=4, num_steps=6, augmentation="flip|brightness(0.3)")
+  kwargs = dict(seed=3, batch_size=4, num_steps=6, augmentation="flip|random_brightness(0.3)")
   full = list(pipeline.train_batches(source, start_step=0, **kwargs))
   resumed = list(pipeline.train_batches(source, start_step=2, **kwargs))
   assert len(full) == 6 and len(resumed) == 4
@@ -55,7 +55,7 @@ def test_train_batches_resume_exactly_and_augment_per_image():
 
 def test_augmentation_of_an_example_does_not_depend_on_batching_or_process():
   source = pipeline.InMemorySource(tiny_set(n=8))
-  kwargs = dict(seed=5, start_step=0, augmentation="affine(rotate=0.2, zoom=0.2)|contrast(0.5)")
+  kwargs = dict(seed=5, start_step=0, augmentation="affine(rotate=0.2, zoom=0.2)|random_contrast(0.5)")
   whole = np.concatenate([b["image"] for b in pipeline.train_batches(
       source, batch_size=8, num_steps=1, **kwargs)])
   halves = [np.concatenate([b["image"] for b in pipeline.train_batches(
@@ -63,8 +63,9 @@ def test_augmentation_of_an_example_does_not_depend_on_batching_or_process():
             for p in range(2)]
   smaller = np.concatenate([b["image"] for b in pipeline.train_batches(
       source, batch_size=4, num_steps=2, **kwargs)])
-  np.testing.assert_array_equal(whole, np.concatenate(halves))
-  np.testing.assert_array_equal(whole, smaller)
+  # Equal up to float rounding: batched reductions may sum in another order.
+  np.testing.assert_allclose(whole, np.concatenate(halves), atol=1e-3)
+  np.testing.assert_allclose(whole, smaller, atol=1e-3)
 
 
 @pytest.mark.parametrize("n, batch, processes", [(10, 4, 1), (10, 4, 2), (8, 8, 1), (3, 8, 2)])
@@ -84,7 +85,7 @@ def test_eval_visits_every_example_exactly_once(n, batch, processes):
 
 def test_seeded_eval_augmentation_is_repeatable_and_changes_images():
   source = pipeline.InMemorySource(tiny_set(n=4))
-  spec = "flip|affine(rotate=0.5)|brightness(0.2)"
+  spec = "flip|affine(rotate=0.5)|random_brightness(0.2)"
   a = next(pipeline.eval_batches(source, batch_size=4, augmentation=spec, seed=1))["image"]
   b = next(pipeline.eval_batches(source, batch_size=4, augmentation=spec, seed=1))["image"]
   c = next(pipeline.eval_batches(source, batch_size=4, augmentation=spec, seed=2))["image"]
@@ -94,40 +95,53 @@ def test_seeded_eval_augmentation_is_repeatable_and_changes_images():
 
 
 def test_zero_magnitude_affine_is_identity_and_flips_are_exact():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  image = tf.constant(tiny_set(n=1).images[0], tf.float32)
-  seed = tf.constant([1, 2], tf.int64)
-  out = augment.parse("affine(rotate=0.0, translate=0.0, zoom=0.0)")(image, seed)
-  np.testing.assert_allclose(out.numpy(), image.numpy(), atol=1e-3)
-  flipped = augment.parse("flip(horizontal=True, vertical=False)")
-  outputs = {flipped(image, tf.constant([0, s], tf.int64)).numpy().tobytes() for s in range(20)}
-  assert outputs == {image.numpy().tobytes(), image.numpy()[:, ::-1].tobytes()}
+  image = tiny_set(n=1).images[0].astype(np.float32)
+  images = np.repeat(image[None], 20, axis=0)
+  seeds = np.stack([np.zeros(20), np.arange(20)], 1)
+  out = augment.parse("affine(rotate=0.0, translate=0.0, zoom=0.0)").apply_with_seeds(
+      images, seeds)["image"]
+  np.testing.assert_allclose(out.numpy(), images, atol=1e-3)
+  flipped = augment.parse("flip(horizontal=True, vertical=False)").apply_with_seeds(
+      images, seeds)["image"].numpy()
+  assert {x.tobytes() for x in flipped} == {image.tobytes(), image[:, ::-1].tobytes()}
 
 
 def test_quarter_turns_shifts_and_zoom_match_numpy():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   pixels = tiny_set(n=1, size=9).images[0].astype(np.float32)
-  image = tf.constant(pixels)
-  turn = lambda a: augment.apply_affine(image, angle=a, interpolation="nearest").numpy()
+  image = tf.constant(pixels[None])
+
+  def affine(angle=0.0, scale=1.0, shift_x=0.0, **kwargs):
+    vector = lambda v: tf.constant([v], tf.float32)
+    return image_ops.affine(image, vector(angle), vector(scale), vector(shift_x), vector(0.0),
+                            **kwargs).numpy()[0]
+  turn = lambda a: affine(angle=a, interpolation="nearest")
   # Counter-clockwise on screen is numpy's rot90 (which rotates rows towards the top).
   np.testing.assert_array_equal(turn(np.pi / 2), np.rot90(pixels, 1))
   np.testing.assert_array_equal(turn(-np.pi / 2), np.rot90(pixels, -1))
-  shifted = augment.apply_affine(image, angle=0.0, shift_x=2.0, fill_mode="constant").numpy()
+  shifted = affine(shift_x=2.0, fill_mode="constant")
   np.testing.assert_array_equal(shifted[:, 2:], pixels[:, :-2])
   np.testing.assert_array_equal(shifted[:, :2], 0.0)
-  zoomed = augment.apply_affine(image, angle=0.0, scale=2.0, interpolation="nearest").numpy()
+  zoomed = affine(scale=2.0, interpolation="nearest")
   np.testing.assert_array_equal(zoomed[4, 4], pixels[4, 4])  # the centre stays put
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("flip|spin(3)", "unknown op 'spin'"),
-    ("affine(rotate=)", "cannot parse op"),
-    ("brightness(delta=0.1, gamma=2)", "bad arguments for 'brightness'"),
-    ("affine(fill_mode='mirror')", "fill_mode='mirror'"),
-])
-def test_bad_augmentation_specs_are_one_line_errors(spec, message):
-  with pytest.raises(UserError, match=message):
-    augment.parse(spec, "config.augment.train")
+def test_mixing_ops_are_refused_for_evaluation():
+  source = pipeline.InMemorySource(tiny_set(n=4))
+  with pytest.raises(UserError, match="mixup and cutmix mix training batches"):
+    pipeline.eval_batches(source, batch_size=4, augmentation="flip|mixup(0.2)",
+                          where="config.augment.eval_strong")
+
+
+def test_jsd_views_come_out_of_the_training_stream():
+  source = pipeline.InMemorySource(tiny_set(n=8))
+  batch = next(pipeline.train_batches(source, seed=0, batch_size=4, start_step=0, num_steps=1,
+                                      augmentation="flip|augmix(severity=0.3)", views=2))
+  assert batch["views"].shape == (4, 2, 16, 16, 3) and batch["image"].shape == (4, 16, 16, 3)
+  # The clean image is only flipped: it is one of the originals, up to a flip.
+  originals = {x.astype(np.float32).tobytes() for img in source.data.images
+               for x in (img, img[:, ::-1], img[::-1], img[::-1, ::-1])}
+  assert all(x.tobytes() in originals for x in batch["image"])
 
 
 def test_stratified_split_keeps_class_shares_and_is_seeded():

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from bloodcell_jax.data import augment
 from bloodcell_jax.data.sources import ImageSet
+from bloodcell_jax.errors import UserError
 
 # The input pipeline runs on the host: keep TensorFlow off the accelerators.
 tf.config.set_visible_devices([], "GPU")
@@ -62,33 +63,54 @@ class InMemorySource:
 
 
 def _dataset(source: InMemorySource, examples, epochs, mask, seed: int,
-             augmentation: str, where: str, batch_size: int) -> tf.data.Dataset:
-  op = augment.parse(augmentation, where)
+             augmentation: str, where: str, batch_size: int, views: int = 0,
+             training: bool = True) -> tf.data.Dataset:
+  """Batches of gathered, augmented examples. Each example's random draws come from its own
+  stateless seed (per element); the ops then run on whole batches (one op call per batch)."""
+  pipe = augment.parse(augmentation, where, views=views)
+  if pipe.mixes_batch and not training:
+    raise UserError(f"{where}: mixup and cutmix mix training batches; they cannot be used for "
+                    "evaluation")
+  num_classes = len(source.data.class_names)
   seed = tf.constant(seed, tf.int64)
 
-  def load(example, epoch, valid):
-    image = tf.cast(tf.gather(source.images, example), tf.float32)
-    if augmentation:
-      image_seed = tf.random.experimental.stateless_fold_in(tf.stack([seed, epoch]), example)
-      image = op(image, image_seed)
-    return {"image": image, "label": tf.gather(source.labels, example), "mask": valid}
+  def draw(example, epoch, valid):
+    image_seed = tf.random.experimental.stateless_fold_in(tf.stack([seed, epoch]), example)
+    uniforms, gammas = pipe.draws(image_seed)
+    return example, valid, uniforms, gammas
+
+  def load(example, valid, uniforms=None, gammas=None):
+    images = tf.gather(source.images, example)  # uint8: the first ops move 4x fewer bytes
+    labels = tf.gather(source.labels, example)
+    if pipe.is_identity:
+      batch = {"image": tf.cast(images, tf.float32), "label": labels}
+    else:
+      batch = pipe(images, uniforms, gammas, labels=labels, num_classes=num_classes)
+    batch["mask"] = valid
+    return batch
 
   ds = tf.data.Dataset.from_tensor_slices((examples, epochs, mask))
+  if pipe.is_identity:
+    ds = ds.map(lambda example, epoch, valid: (example, valid))
+  else:
+    ds = ds.map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def train_batches(source: InMemorySource, *, seed: int, batch_size: int,
-                  start_step: int, num_steps: int, augmentation: str,
+                  start_step: int, num_steps: int, augmentation: str, views: int = 0,
                   process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-  """Local batches (numpy) for global steps [start_step, num_steps)."""
+  """Local batches (numpy) for global steps [start_step, num_steps); `views` AugMix views per
+  image for the Jensen-Shannon loss."""
   examples, epochs = stream_indices(len(source), seed, start_step * batch_size,
                                     num_steps * batch_size)
   examples, epochs = (process_slice(v, batch_size, process_index, process_count)
                       for v in (examples, epochs))
   mask = np.ones(len(examples), np.float32)
   ds = _dataset(source, examples, epochs, mask, seed, augmentation,
-                "config.augment.train", batch_size // process_count)
+                "config.augment.train", batch_size // process_count, views=views)
   return ds.as_numpy_iterator()
 
 
@@ -105,5 +127,5 @@ def eval_batches(source: InMemorySource, *, batch_size: int, augmentation: str =
                     for v in (examples, mask))
   epochs = np.full(len(examples), _EVAL_STREAM, np.int64)
   ds = _dataset(source, examples, epochs, mask, seed, augmentation, where,
-                batch_size // process_count)
+                batch_size // process_count, training=False)
   return ds.as_numpy_iterator()
