@@ -1,4 +1,4 @@
-"""Losses: class-weighted, label-smoothed cross-entropy and L1/L2 penalties."""
+"""Losses: class-weighted, label-smoothed cross-entropy, AugMix's Jensen-Shannon consistency, L1/L2."""
 
 import re
 
@@ -24,6 +24,19 @@ def weighted_cross_entropy(logits, labels, *, num_classes: int, class_weights=No
     weights = weights * (targets @ class_weights)
   count = jnp.ones_like(losses).sum() if mask is None else jnp.maximum(mask.sum(), 1.0)
   return (losses * weights).sum() / count
+
+
+def jensen_shannon(logits, mask=None):
+  """AugMix's consistency loss over views (N, V, C): the mean over views of KL(p_v || M),
+  M the views' mean distribution (clipped at 1e-7 as the paper's code), averaged over
+  the batch (padded examples masked out)."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  log_mixture = jnp.log(jnp.clip(probs.mean(axis=1, keepdims=True), 1e-7, 1.0))
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  per_example = (probs * (log_probs - log_mixture)).sum(-1).mean(-1)
+  if mask is None:
+    return per_example.mean()
+  return (per_example * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
 def weight_penalty(params, *, l1: float = 0.0, l2: float = 0.0,

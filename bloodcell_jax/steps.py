@@ -36,6 +36,7 @@ class LossConfig:
   l1: float = 0.0
   l2: float = 0.0
   regularize: str = r".*kernel$"
+  jsd_weight: float = 0.0  # AugMix's Jensen-Shannon consistency (the paper: 12)
 
 
 def init_variables(model, rng, image_size: int):
@@ -79,18 +80,40 @@ def _apply(model, state, params, images, train: bool, rng=None):
   return logits, updates.get("batch_stats", state.batch_stats)
 
 
+def _with_views(batch: dict):
+  """The clean images and their AugMix views (N, V, ...) as one batch of N * (V + 1), each
+  image next to its views so that every device keeps its own examples."""
+  images = batch["image"]
+  if "views" not in batch:
+    return images, 1
+  stacked = jnp.concatenate([images[:, None], batch["views"]], axis=1)
+  return stacked.reshape((-1,) + images.shape[1:]), stacked.shape[1]
+
+
 def train_step(state: TrainState, batch: dict, *, model, tx, loss_config: LossConfig,
                learning_rate_fn):
-  """One optimisation step on a global batch; returns (new state, metrics)."""
+  """One optimisation step on a global batch; returns (new state, metrics).
+
+  A batch with "views" also trains on them (BatchNorm sees all of them) and adds the
+  Jensen-Shannon consistency between each image and its views; the cross-entropy and
+  the metrics are of the clean images.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
+  images, num_views = _with_views(batch)
 
   def loss_fn(params):
-    logits, batch_stats = _apply(model, state, params, batch["image"], True, rng)
+    logits, batch_stats = _apply(model, state, params, images, True, rng)
+    if num_views > 1:
+      logits = logits.reshape((-1, num_views, logits.shape[-1]))
+      consistency = losses.jensen_shannon(logits, batch.get("mask"))
+      logits = logits[:, 0]
     loss = losses.weighted_cross_entropy(
         logits, batch["label"], num_classes=loss_config.num_classes,
         class_weights=(None if loss_config.class_weights is None
                        else jnp.asarray(loss_config.class_weights)),
         label_smoothing=loss_config.label_smoothing, mask=batch.get("mask"))
+    if num_views > 1:
+      loss = loss + loss_config.jsd_weight * consistency
     penalty = losses.weight_penalty(params, l1=loss_config.l1, l2=loss_config.l2,
                                     pattern=loss_config.regularize)
     return loss + penalty, (loss, logits, batch_stats)

@@ -19,7 +19,7 @@ from clu import periodic_actions
 
 from bloodcell_jax import build, freezing, optim, report, sharding, steps
 from bloodcell_jax.checkpoint import Checkpoints
-from bloodcell_jax.data import pipeline, splits as splits_lib
+from bloodcell_jax.data import augment, offline, pipeline, splits as splits_lib
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.metrics import summarize_confusion
 from bloodcell_jax.models import efficientnet_v2
@@ -61,7 +61,7 @@ def _loss_config(config, train_labels, num_classes):
   return steps.LossConfig(num_classes=num_classes, class_weights=weights,
                           label_smoothing=config.loss.label_smoothing,
                           l1=config.loss.l1, l2=config.loss.l2,
-                          regularize=config.loss.regularize)
+                          regularize=config.loss.regularize, jsd_weight=config.loss.jsd_weight)
 
 
 class Evaluator:
@@ -139,6 +139,7 @@ class _Run:
   steps_per_epoch: int
   total_steps: int
   weights: dict  # where the weights came from, and how many train
+  offline: dict  # the offline augmented copies in the training set
 
 
 def run_stages(config, workdir: str) -> dict:
@@ -215,6 +216,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
+  data, offline_summary = _with_offline_copies(config, data, workdir)
   mesh = sharding.make_mesh()
   for key in ("batch_size", "eval_batch_size"):
     sharding.check_batch_size(config[key], f"config.{key}")
@@ -242,12 +244,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
                          config.eval_batch_size, data.class_names),
       checkpoints=Checkpoints(workdir, keep=config.train.keep_checkpoints),
       writer=create_writer(workdir), steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-      weights=weights)
+      weights=weights, offline=offline_summary)
   try:
     return _resume_train_evaluate(run, state)
   finally:  # also on errors: Orbax's background threads must stop before the interpreter
     run.checkpoints.close()
     run.writer.close()
+
+
+def _with_offline_copies(config, data, workdir: str):
+  """The splits with `config.data.offline_copies` augmented copies added to the training set."""
+  spec = config.data.offline_augment or augment.per_image_part(config.augment.train,
+                                                              "config.augment.train")
+  train, summary = offline.with_copies(data.train, config.data.offline_copies, spec, config.seed,
+                                       os.path.join(workdir, "offline_augmentation"))
+  return dataclasses.replace(data, train=train), summary
 
 
 def _resume_train_evaluate(run: _Run, state) -> dict:
@@ -274,6 +285,7 @@ def _train_loop(run: _Run, state, loop: LoopState):
   batches = pipeline.train_batches(
       run.train_source, seed=config.seed, batch_size=config.batch_size, start_step=loop.step,
       num_steps=run.total_steps, augmentation=config.augment.train,
+      views=2 if config.loss.jsd_weight else 0,
       process_index=jax.process_index(), process_count=jax.process_count())
   progress = _Progress(loop.step, run.total_steps, config.batch_size)
   accumulated = None
@@ -396,6 +408,7 @@ def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
       "dataset": data.train.describe(),
       "model": config.model.name,
       "weights": run.weights,
+      "offline_augmentation": run.offline,
   }
   if jax.process_index() == 0:
     report.plot_confusion(confusion, data.class_names, os.path.join(workdir, "confusion_val.png"),

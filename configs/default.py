@@ -23,13 +23,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.val_fraction = 0.1
   config.data.class_names = PBC_CLASS_NAMES  # for .npz sources (ImageFolder uses folder names)
   config.data.synthetic_size = 2000
+  # Offline augmentation: K augmented copies of each training image, made once and cached
+  # in the workdir, by `offline_augment` (empty: the per-image ops of augment.train).
+  config.data.offline_copies = 0
+  config.data.offline_augment = ""
 
   config.augment = ml_collections.ConfigDict()
-  # The study's basic augmentation: flips, translation, rotation, zoom (Keras factors).
+  # Ops joined by '|' (bloodcell_jax/data/augment.py lists them). The study's basic
+  # augmentation: flips, translation, rotation, zoom (Keras factors).
   config.augment.train = "flip|affine(rotate=0.1, translate=0.1, zoom=0.1)"
   # The strong, seeded augmentation behind "augmented validation accuracy".
   config.augment.eval_strong = ("flip|affine(rotate=0.5, translate=0.2, zoom=0.3)"
-                                "|brightness(0.2)|contrast(0.4)")
+                                "|random_brightness(0.2)|random_contrast(0.4)")
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "cnn"
@@ -52,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.l1 = 0.0
   config.loss.l2 = 1e-3  # the study's best: L2 1e-3 on kernels, added to the loss
   config.loss.regularize = r".*kernel$"  # which parameters the L1/L2 terms cover
+  # AugMix's Jensen-Shannon consistency (the paper: 12; needs an augmix op in augment.train):
+  # each batch also carries two AugMix views of every image, tripling the step's work.
+  config.loss.jsd_weight = 0.0
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "adam"  # adam | adamw | sgd | lion

@@ -155,3 +155,23 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
   assert results["stopped_early"] is True
   assert (results["epochs"], results["best_step"]) == (3, 18)
   assert os.listdir(os.path.join(workdir, "checkpoints", "best")) == ["18"]
+
+
+def test_strong_pipeline_with_jsd_mixup_and_offline_copies(tmp_path):
+  workdir = str(tmp_path / "strong")
+  strong = ("flip|randaugment(num_ops=2, magnitude=0.5)|augmix(severity=0.3)"
+            "|random_brightness(0.2)|mixup(0.2)")
+  args = ("--config.num_epochs=1", f"--config.augment.train={strong}",
+          "--config.loss.jsd_weight=12", "--config.data.offline_copies=1")
+  with pytest.raises(AssertionError, match="jsd_weight.*mixup|mixup.*jsd_weight"):
+    run_launch(workdir, *args)
+  run_launch(workdir, *args[:-2], "--config.data.offline_copies=1")
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  offline = results["offline_augmentation"]
+  assert offline["copies"] == 1 and offline["augmentation"] == strong.rsplit("|", 1)[0]
+  assert results["num_train"] == 2 * offline["num_original"] == 2 * 288
+  assert os.path.isfile(offline["cache"])
+  jsd_dir = str(tmp_path / "jsd")
+  run_launch(jsd_dir, "--config.num_epochs=1", "--config.loss.jsd_weight=12",
+             "--config.augment.train=flip|augmix(severity=0.3)")
+  assert np.isfinite(json.load(open(os.path.join(jsd_dir, "results.json")))["val_loss"])

@@ -97,3 +97,17 @@ def test_bad_optimizer_settings_are_user_errors():
   with pytest.raises(UserError, match="use optim.name=adamw"):
     optim.make_optimizer(optim_config(name="adam", weight_decay=0.1), params, 1, 1)
   assert isinstance(optim_config(), ml_collections.ConfigDict)
+
+
+def test_jensen_shannon_is_zero_for_agreeing_views_and_matches_its_formula():
+  same = jnp.tile(jnp.array([[[1.0, -2.0, 0.5]]]), (4, 3, 1))
+  np.testing.assert_allclose(losses.jensen_shannon(same), 0.0, atol=1e-7)
+  logits = jax.random.normal(jax.random.PRNGKey(0), (5, 3, 4))
+  p = np.asarray(jax.nn.softmax(logits))
+  m = p.mean(axis=1, keepdims=True)
+  expected = (p * (np.log(p) - np.log(m))).sum(-1).mean()
+  np.testing.assert_allclose(losses.jensen_shannon(logits), expected, rtol=1e-5)
+  mask = jnp.array([1.0, 1.0, 0.0, 0.0, 0.0])
+  np.testing.assert_allclose(losses.jensen_shannon(logits, mask),
+                             (p * (np.log(p) - np.log(m))).sum(-1).mean(-1)[:2].mean(),
+                             rtol=1e-5)
