@@ -1,4 +1,4 @@
-"""Losses: class-weighted, label-smoothed cross-entropy, AugMix's Jensen-Shannon consistency, L1/L2."""
+"""Losses: weighted, label-smoothed cross-entropy, AugMix's Jensen-Shannon consistency, L1/L2."""
 
 import re
 

@@ -55,7 +55,8 @@ def test_train_batches_resume_exactly_and_augment_per_image():
 
 def test_augmentation_of_an_example_does_not_depend_on_batching_or_process():
   source = pipeline.InMemorySource(tiny_set(n=8))
-  kwargs = dict(seed=5, start_step=0, augmentation="affine(rotate=0.2, zoom=0.2)|random_contrast(0.5)")
+  kwargs = dict(seed=5, start_step=0,
+                augmentation="affine(rotate=0.2, zoom=0.2)|random_contrast(0.5)")
   whole = np.concatenate([b["image"] for b in pipeline.train_batches(
       source, batch_size=8, num_steps=1, **kwargs)])
   halves = [np.concatenate([b["image"] for b in pipeline.train_batches(

@@ -74,8 +74,7 @@ class Pipeline:
   """
 
   def __init__(self, ops, views: int = 0, where: str = "augmentation"):
-    self.where = where
-    image_ops_ = [op for op in ops if not op.mixes_batch]
+    per_image = [op for op in ops if not op.mixes_batch]
     mixing = [op for op in ops if op.mixes_batch]
     if mixing and ops[-len(mixing):] != mixing:
       raise UserError(f"{where}: {', '.join(op.name for op in mixing)} mix the batch and must "
@@ -86,16 +85,16 @@ class Pipeline:
       raise UserError(f"{where}: the Jensen-Shannon loss (config.loss.jsd_weight) compares each "
                       "image with its views; it cannot be combined with mixup or cutmix")
     if views:
-      names = [op.name for op in image_ops_]
+      names = [op.name for op in per_image]
       if names.count("augmix") != 1:
         raise UserError(f"{where}: the Jensen-Shannon loss (config.loss.jsd_weight) needs "
                         f"exactly one augmix op in the pipeline, found {names.count('augmix')}")
       split = names.index("augmix")
-      self._prefix = [self._allocate(op) for op in image_ops_[:split]]
-      self._view_steps = [self._allocate(image_ops_[split]) for _ in range(views)]
-      self._suffix = [self._allocate(op) for op in image_ops_[split + 1:]]
+      self._prefix = [self._allocate(op) for op in per_image[:split]]
+      self._view_steps = [self._allocate(per_image[split]) for _ in range(views)]
+      self._suffix = [self._allocate(op) for op in per_image[split + 1:]]
     else:
-      self._prefix = [self._allocate(op) for op in image_ops_]
+      self._prefix = [self._allocate(op) for op in per_image]
       self._view_steps, self._suffix = [], []
     self._mixing = [self._allocate(op) for op in mixing]
 
@@ -251,9 +250,10 @@ def affine(rotate: float = 0.0, translate: float = 0.0, zoom: float = 0.0,
     height = tf.cast(tf.shape(images)[1], tf.float32)
     width = tf.cast(tf.shape(images)[2], tf.float32)
     d = 2.0 * u - 1.0
-    return image_ops.affine(images, d[:, 0] * rotate * 2.0 * math.pi, 1.0 + d[:, 1] * zoom,
-                            d[:, 2] * translate * width, d[:, 3] * translate * height,
-                            fill=fill_value, fill_mode=fill_mode, interpolation=interpolation)
+    return image_ops.affine(_float(images), d[:, 0] * rotate * 2.0 * math.pi,
+                            1.0 + d[:, 1] * zoom, d[:, 2] * translate * width,
+                            d[:, 3] * translate * height, fill=fill_value, fill_mode=fill_mode,
+                            interpolation=interpolation)
   return Op("affine", apply, num_uniforms=4)
 
 

@@ -11,6 +11,9 @@ Ops defined on integer levels (equalize, posterize) round float input to the
 nearest level first, as if the image had been stored as uint8 like PIL's.
 Geometric ops resample bilinearly about the image centre; pixels that come from
 outside the image are `fill` (or follow `fill_mode`: reflect, wrap, nearest).
+
+Selections are written as arithmetic (`a + mask * (b - a)`): TensorFlow's select
+kernel is several times slower than a multiply-add on CPU.
 """
 
 import functools
@@ -23,11 +26,7 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 def keeps_dtype(op):
-  """Runs `op` in float32 and returns the input's dtype (uint8 rounded and clipped).
-
-  Selections are written as arithmetic (`a + mask * (b - a)`): TensorFlow's select kernel
-  is several times slower than a multiply-add on CPU.
-  """
+  """Runs `op` in float32 and returns the input's dtype (uint8 rounded and clipped)."""
   @functools.wraps(op)
   def wrapped(images, *args, **kwargs):
     dtype = images.dtype
@@ -187,6 +186,7 @@ def _about_centre(images, a, b, d, e):
   return tf.stack([a, b, cx - a * cx - b * cy, d, e, cy - d * cx - e * cy], axis=1)
 
 
+@keeps_dtype
 def rotate(images, degrees, fill=128.0, fill_mode="constant", interpolation="bilinear"):
   """Rotates counter-clockwise (as PIL's Image.rotate) by `degrees` about the centre."""
   angle = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
@@ -275,6 +275,7 @@ def translate_y(images, pixels, fill=128.0, fill_mode="constant", interpolation=
                              interpolation)
 
 
+@keeps_dtype
 def affine(images, angle, scale, shift_x, shift_y, fill=0.0, fill_mode="reflect",
            interpolation="bilinear"):
   """Rotation by `angle` (radians, counter-clockwise), scaling about the centre, then a shift in

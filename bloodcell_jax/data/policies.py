@@ -1,4 +1,4 @@
-"""RandAugment (Cubuk et al. 2020) and AugMix (Hendrycks et al. 2020) over batches, chosen per image.
+"""RandAugment (Cubuk et al. 2020) and AugMix (Hendrycks et al. 2020) over batches, per image.
 
 Magnitudes live on one [0, 1] scale (Keras's `factor`; the study's best RandAugment
 magnitude was 0.5, its AugMix severity 0.3). `LEVELS` maps a magnitude to each op's
