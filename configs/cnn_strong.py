@@ -8,8 +8,9 @@ tenth to the CPU time of a step.
 
 from configs import cnn
 
-STUDY_FINAL_AUGMENTATION = ("randaugment(num_ops=2, magnitude=0.5)|augmix(severity=0.3)"
-                            "|random_brightness(0.2)|random_contrast(0.2)")
+# Magnitudes as Keras's layers draw them: uniform up to the factor, per image and op.
+STUDY_FINAL_AUGMENTATION = ("randaugment(num_ops=2, magnitude=0.5, random_magnitude=True)"
+                            "|augmix(severity=0.3)|random_brightness(0.2)|random_contrast(0.2)")
 
 
 def get_config():

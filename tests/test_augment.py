@@ -259,3 +259,16 @@ def test_preview_draws_every_op_and_the_configured_pipeline(tmp_path):
        f"--out={out}", "--magnitudes=0,2"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env=subprocess_env())
   assert bad.returncode == 2 and "--magnitudes=0,2: expected numbers in [0, 1]" in bad.stderr
+
+
+def test_random_magnitude_draws_up_to_the_magnitude_per_image():
+  """brightness at magnitude m scales by 1 +- 0.9 m: fixed, two values; random, a spread within."""
+  images = np.full((400, 4, 4, 3), 100.0, np.float32)
+  seeds = np.stack([np.zeros(400), np.arange(400)], 1)
+  spec = "randaugment(num_ops=1, magnitude=0.5, ops='brightness'{})"
+  fixed = augment.parse(spec.format("")).apply_with_seeds(images, seeds)["image"].numpy()
+  assert set(np.round(fixed[:, 0, 0, 0], 3)) == {55.0, 145.0}
+  spread = augment.parse(spec.format(", random_magnitude=True")).apply_with_seeds(
+      images, seeds)["image"].numpy()[:, 0, 0, 0]
+  assert 55.0 - 1e-3 <= spread.min() and spread.max() <= 145.0 + 1e-3
+  assert len(np.unique(np.round(spread, 3))) > 300 and abs(np.median(np.abs(spread - 100)) - 22.5) < 4

@@ -307,15 +307,18 @@ def _op_names(ops, default):
 
 @register("randaugment")
 def randaugment(num_ops: int = 2, magnitude: float = 0.5, magnitude_std: float = 0.0,
-                ops=None, fill: float = 128.0, fill_mode: str = "constant") -> Op:
-  """RandAugment: `num_ops` ops chosen per image from `ops` (default: the paper's 14)."""
+                random_magnitude: bool = False, ops=None, fill: float = 128.0,
+                fill_mode: str = "constant") -> Op:
+  """RandAugment: `num_ops` ops chosen per image from `ops` (default: the paper's 14), at
+  `magnitude`, or uniform in [0, magnitude] with `random_magnitude` (Keras's semantics)."""
   _check_range("magnitude", magnitude, 0.0, 1.0)
   names = _op_names(ops, policies.RANDAUGMENT_OPS)
   fill_mode = _check_fill_mode(fill_mode)
 
   def apply(images, u, g):
     return policies.randaugment(images, u, num_ops=num_ops, magnitude=magnitude,
-                                magnitude_std=magnitude_std, names=names, fill=fill,
+                                magnitude_std=magnitude_std,
+                                random_magnitude=random_magnitude, names=names, fill=fill,
                                 fill_mode=fill_mode)
   return Op("randaugment", apply, num_uniforms=policies.randaugment_uniforms(num_ops))
 

@@ -121,15 +121,19 @@ def randaugment_uniforms(num_ops: int) -> int:
 
 
 def randaugment(images, uniforms, *, num_ops=2, magnitude=0.5, magnitude_std=0.0,
-                names=RANDAUGMENT_OPS, fill=128.0, fill_mode="constant"):
+                random_magnitude=False, names=RANDAUGMENT_OPS, fill=128.0, fill_mode="constant"):
   """`num_ops` ops in a row, each chosen uniformly per image, at `magnitude` (plus Gaussian noise of
-  std `magnitude_std` per image and op, clipped to [0, 1], as timm's `mstd`)."""
+  std `magnitude_std` per image and op, clipped to [0, 1], as timm's `mstd`), or with
+  `random_magnitude` at a magnitude uniform in [0, magnitude] per image and op (Keras's
+  RandAugment, whose `factor` bounds each op's random strength)."""
   per_op = 2 + OP_UNIFORMS
   images = tf.cast(images, tf.float32)
   for k in range(num_ops):
     u = uniforms[:, k * per_op:(k + 1) * per_op]
     level = tf.fill(tf.shape(u[:, 0]), float(magnitude))
-    if magnitude_std > 0:
+    if random_magnitude:
+      level = u[:, 1] * magnitude
+    elif magnitude_std > 0:
       noise = tf.math.ndtri(tf.clip_by_value(u[:, 1], 1e-6, 1.0 - 1e-6)) * magnitude_std
       level = tf.clip_by_value(level + noise, 0.0, 1.0)
     images = apply_chosen(names, _index(u[:, 0], len(names)), images, level, u[:, 2:], fill,
