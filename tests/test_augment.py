@@ -272,3 +272,13 @@ def test_random_magnitude_draws_up_to_the_magnitude_per_image():
       images, seeds)["image"].numpy()[:, 0, 0, 0]
   assert 55.0 - 1e-3 <= spread.min() and spread.max() <= 145.0 + 1e-3
   assert len(np.unique(np.round(spread, 3))) > 300 and abs(np.median(np.abs(spread - 100)) - 22.5) < 4
+
+
+@pytest.mark.parametrize("policy", ["randaugment(num_ops=2, magnitude=0.8, p=0.3)",
+                                    "augmix(severity=0.8, p=0.3)"])
+def test_policies_apply_to_each_image_with_probability_p(real_images, policy):
+  images = np.repeat(real_images[:1], 300, axis=0)
+  seeds = np.stack([np.zeros(300), np.arange(300)], 1)
+  out = augment.parse(policy).apply_with_seeds(images, seeds)["image"].numpy()
+  untouched = np.abs(out - images).reshape(300, -1).max(1) == 0
+  assert 0.6 < untouched.mean() < 0.8, policy  # 0.7, plus identity draws of RandAugment

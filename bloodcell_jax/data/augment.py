@@ -298,6 +298,21 @@ for _name in policies.LEVELS:
   register(_name)(_single(_name))
 
 
+def _sometimes(op: Op, p: float) -> Op:
+  """`op` on each image with probability `p`: it runs only on the images whose draw chose it."""
+  _check_range("p", p, 0.0, 1.0)
+  if p == 1.0:
+    return op
+
+  def apply(images, u, g):
+    images = _float(images)
+    chosen = tf.where(u[:, 0] < p)[:, 0]
+    augmented = op.apply(tf.gather(images, chosen), tf.gather(u[:, 1:], chosen),
+                         tf.gather(g, chosen))
+    return tf.tensor_scatter_nd_update(images, chosen[:, None], _float(augmented))
+  return dataclasses.replace(op, apply=apply, num_uniforms=op.num_uniforms + 1)
+
+
 def _op_names(ops, default):
   if ops is None:
     return default
@@ -308,9 +323,10 @@ def _op_names(ops, default):
 @register("randaugment")
 def randaugment(num_ops: int = 2, magnitude: float = 0.5, magnitude_std: float = 0.0,
                 random_magnitude: bool = False, ops=None, fill: float = 128.0,
-                fill_mode: str = "constant") -> Op:
+                fill_mode: str = "constant", p: float = 1.0) -> Op:
   """RandAugment: `num_ops` ops chosen per image from `ops` (default: the paper's 14), at
-  `magnitude`, or uniform in [0, magnitude] with `random_magnitude` (Keras's semantics)."""
+  `magnitude`, or uniform in [0, magnitude] with `random_magnitude` (Keras's semantics);
+  applied to each image with probability `p`."""
   _check_range("magnitude", magnitude, 0.0, 1.0)
   names = _op_names(ops, policies.RANDAUGMENT_OPS)
   fill_mode = _check_fill_mode(fill_mode)
@@ -320,16 +336,17 @@ def randaugment(num_ops: int = 2, magnitude: float = 0.5, magnitude_std: float =
                                 magnitude_std=magnitude_std,
                                 random_magnitude=random_magnitude, names=names, fill=fill,
                                 fill_mode=fill_mode)
-  return Op("randaugment", apply, num_uniforms=policies.randaugment_uniforms(num_ops))
+  return _sometimes(Op("randaugment", apply,
+                        num_uniforms=policies.randaugment_uniforms(num_ops)), p)
 
 
 @register("augmix")
 def augmix(severity: float = 0.3, width: int = 3, depth: int = -1, alpha: float = 1.0,
            all_ops: bool = False, ops=None, fill: float = 128.0,
-           fill_mode: str = "constant") -> Op:
+           fill_mode: str = "constant", p: float = 1.0) -> Op:
   """AugMix: `width` chains of `depth` ops (-1: 1 to 3), Dirichlet(alpha) chain weights, a
   Beta(alpha, alpha) blend with the image; ops from the paper's list (`all_ops` adds color,
-  contrast, brightness and sharpness)."""
+  contrast, brightness and sharpness); applied to each image with probability `p`."""
   _check_range("severity", severity, 0.0, 1.0)
   if width < 1 or depth == 0 or depth > 3 or alpha <= 0:
     raise ValueError(f"width={width}, depth={depth}, alpha={alpha}: expected width >= 1, "
@@ -340,8 +357,8 @@ def augmix(severity: float = 0.3, width: int = 3, depth: int = -1, alpha: float 
   def apply(images, u, g):
     return policies.augmix(images, u, g, severity=severity, width=width, depth=depth,
                            names=names, fill=fill, fill_mode=fill_mode)
-  return Op("augmix", apply, num_uniforms=policies.augmix_uniforms(width),
-            gamma_alphas=policies.augmix_gamma_alphas(width, alpha))
+  return _sometimes(Op("augmix", apply, num_uniforms=policies.augmix_uniforms(width),
+                        gamma_alphas=policies.augmix_gamma_alphas(width, alpha)), p)
 
 
 def _beta(g):
