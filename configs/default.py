@@ -23,6 +23,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.val_fraction = 0.1
   config.data.class_names = PBC_CLASS_NAMES  # for .npz sources (ImageFolder uses folder names)
   config.data.synthetic_size = 2000
+  # Clean data.train before the split (duplicates, label conflicts, contamination, copies
+  # of data.val / data.test); cached by content. See README "Cleaning".
+  config.data.clean = False
+  config.data.cleaning = ml_collections.ConfigDict()
+  config.data.cleaning.cache_dir = ""  # empty: ~/.cache/bloodcell_jax/cleaning
+  config.data.cleaning.keep_file = ""  # a reviewed keep.txt to apply instead of a run
+  config.data.cleaning.keep_conflicts = False  # True: one image per label of a conflict
+  config.data.cleaning.keep_leaked = False  # True: keep training copies of val/test images
+  config.data.cleaning.near_min_similarity = 0.93  # aligned fine-detail correlation
+  config.data.cleaning.near_radius = 2.25  # thumbnail distance of near-duplicate candidates
+  config.data.cleaning.near_tables = 20  # hash tables of the near-duplicate search
+  config.data.cleaning.max_shift = 12  # pixels of translation the pixel check searches
+  config.data.cleaning.colour_coverage = 0.99  # the cell colour gamut: share of pixels...
+  config.data.cleaning.colour_fit_fraction = 0.8  # ...of the most typically coloured images
+  config.data.cleaning.colour_tolerance = 20.0  # grey levels from the gamut that still count
+  config.data.cleaning.max_off_colour_fraction = 0.5  # of a 16x16 tile, off the colour gamut
+  config.data.cleaning.max_texture_z = 6.5  # robust z of a tile's detail / hard edges
+  config.data.cleaning.min_std = 6.0  # luma std below this: blank
+  config.data.cleaning.contact_sheets = True
   # Offline augmentation: K augmented copies of each training image, made once and cached
   # in the workdir, by `offline_augment` (empty: the per-image ops of augment.train).
   config.data.offline_copies = 0

@@ -17,6 +17,8 @@ class Splits:
   train: ImageSet
   val: ImageSet
   test: Optional[ImageSet]
+  # With config.data.clean: what cleaning removed (cleaning/cache.py `summary`); else None.
+  cleaning: Optional[dict] = None
 
   @property
   def class_names(self):
@@ -45,24 +47,35 @@ def stratified_split(data: ImageSet, val_fraction: float, seed: int):
 
 
 def load_splits(data_config, image_size: int, seed: int) -> Splits:
-  """Reads the configured sources and splits train into train/validation."""
+  """Reads the configured sources and splits train into train/validation.
+
+  With `data_config.clean`, the training source is cleaned first (duplicates,
+  label conflicts, contamination, copies of the val/test sources; see
+  bloodcell_jax/data/cleaning) and only what its keep list holds is split.
+  """
   common = dict(class_names=tuple(data_config.class_names),
                 synthetic_size=data_config.synthetic_size, seed=seed)
   full = load_source(data_config.train, image_size, default_split="train", **common)
   common["folder_classes"] = full.class_names
-  if data_config.val:
-    train = full
-    val = load_source(data_config.val, image_size, default_split="val", **common)
-  else:
-    train, val = stratified_split(full, data_config.val_fraction, seed)
+  val = (load_source(data_config.val, image_size, default_split="val", **common)
+         if data_config.val else None)
   test = (load_source(data_config.test, image_size, default_split="test", **common)
           if data_config.test else None)
+  cleaning = None
+  if data_config.get("clean", False):
+    from bloodcell_jax.data.cleaning import cache  # pylint: disable=g-import-not-at-top
+    held_out = {name: s for name, s in (("val", val), ("test", test)) if s is not None}
+    full, cleaning = cache.clean_for_training(full, held_out, data_config.get("cleaning"))
+  if val is not None:
+    train = full
+  else:
+    train, val = stratified_split(full, data_config.val_fraction, seed)
   for other in (val, test):
     if other is not None and tuple(other.class_names) != tuple(train.class_names):
       raise UserError(f"{other.name}: its labels index the classes {list(other.class_names)} "
                       f"(config.data.class_names), but the training data has "
                       f"{list(train.class_names)}; make config.data.class_names match")
-  return Splits(train, val, test)
+  return Splits(train, val, test, cleaning)
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:

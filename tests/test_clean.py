@@ -1,0 +1,458 @@
+"""Dataset cleaning: duplicates, near duplicates, conflicts, contamination, leakage, training."""
+
+import collections
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from bloodcell_jax.data import sources, splits, synthetic
+from bloodcell_jax.data.cleaning import cache, injection, neighbours, report, run
+from bloodcell_jax.data.cleaning import fingerprints as fp, settings as settings_lib
+from bloodcell_jax.errors import UserError
+from conftest import PBC96, ROOT, subprocess_env
+
+SETTINGS = settings_lib.CleaningSettings()
+
+
+def _cells(n, seed=0):
+  """n generated cells, or a seeded sample of the real images (n / 8 per class) if present."""
+  if os.path.isdir(PBC96):
+    rng = np.random.default_rng(seed)
+    paths, labels = [], []
+    for label, name in enumerate(sources.PBC_CLASS_NAMES):
+      files = sorted(os.listdir(os.path.join(PBC96, name)))
+      picked = np.sort(rng.choice(len(files), n // 8 + (label < n % 8), replace=False))
+      paths += [os.path.join(PBC96, name, files[i]) for i in picked]
+      labels += [label] * len(picked)
+    order = rng.permutation(len(paths))  # classes mixed, as in the generated set
+    images = np.stack([sources.read_image_file(paths[i], 96)[0] for i in order])
+    return images, np.asarray(labels, np.int32)[order], "pbc96 sample"
+  data = synthetic.generate(n, 96, seed=seed)
+  # The generator draws smooth shapes; real smears have fine texture, which is what tells
+  # two similar cells apart. Give each image its own.
+  rng = np.random.default_rng(seed)
+  texture = ndimage.gaussian_filter(rng.normal(0, 1, data.images.shape[:3]).astype(np.float32),
+                                    (0, 1.5, 1.5))
+  texture *= 8.0 / texture.std()
+  images = np.clip(data.images + texture[..., None], 0, 255).astype(np.uint8)
+  return images, data.labels, "generated"
+
+
+def _image_set(images, labels, ids=None, name="test"):
+  ids = np.asarray(ids if ids is not None else [str(i) for i in range(len(images))])
+  return sources.ImageSet(images, np.asarray(labels, np.int32), ids, sources.PBC_CLASS_NAMES,
+                          name=name)
+
+
+def _write_folder(root, images, labels, names=None, fmt="JPEG"):
+  """An ImageFolder of the PBC classes; returns the relative ids in write order."""
+  ids = []
+  for k, (image, label) in enumerate(zip(images, labels)):
+    name = names[k] if names else f"img_{k:04d}.{'jpg' if fmt == 'JPEG' else 'png'}"
+    rel = os.path.join(sources.PBC_CLASS_NAMES[label], name)
+    os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
+    Image.fromarray(image).save(os.path.join(root, rel), fmt, **(
+        {"quality": 95} if fmt == "JPEG" else {}))
+    ids.append(rel)
+  return ids
+
+
+def _snapshot(root):
+  """Bytes digest and mtime of every file under root."""
+  out = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      path = os.path.join(d, f)
+      with open(path, "rb") as handle:
+        out[path] = (hashlib.md5(handle.read()).hexdigest(), os.stat(path).st_mtime_ns)
+  return out
+
+
+def _groups(result, kind):
+  return sorted(sorted(str(result.data.ids[i]) for i in f.members) for f in result.of_kind(kind))
+
+
+# ---------------------------------------------------------------------------------------------
+# Duplicates, conflicts and the CLI on files
+
+
+@pytest.fixture(scope="module")
+def dirty_folder(tmp_path_factory):
+  """An ImageFolder with an exact copy in another format, a conflict and near copies."""
+  root = str(tmp_path_factory.mktemp("dirty") / "data")
+  images, labels, _ = _cells(60, seed=1)
+  ids = _write_folder(root, images, labels)
+  decoded = [np.asarray(Image.open(os.path.join(root, i)).convert("RGB")) for i in ids]
+  rng = np.random.default_rng(0)
+  extra = {
+      # Same decoded pixels, other bytes (PNG): an exact duplicate.
+      "exact_png": (decoded[3], labels[3], "copy_of_3.png", "PNG"),
+      # The same image filed under another class: a label conflict.
+      "conflict": (decoded[5], (labels[5] + 1) % 8, "also_5.png", "PNG"),
+      "flip": (np.ascontiguousarray(decoded[7][:, ::-1]), labels[7], "flip_7.png", "PNG"),
+      "rot90": (np.ascontiguousarray(np.rot90(decoded[9])), labels[9], "rot_9.png", "PNG"),
+      "jpeg70": (injection.jpeg(decoded[11], 70), labels[11], "q70_11.jpg", "JPEG"),
+      "shift": (injection.shifted(decoded[13], 3, -2), labels[13], "shift_13.png", "PNG"),
+      "nudged": (injection.near_copy(decoded[15], "brightness_contrast", rng), labels[15],
+                 "bright_15.png", "PNG"),
+  }
+  extra_ids = {}
+  for key, (image, label, name, fmt) in extra.items():
+    extra_ids[key] = _write_folder(root, [image], [label], [name], fmt)[0]
+  return root, ids, extra_ids
+
+
+@pytest.fixture(scope="module")
+def dirty_result(dirty_folder):
+  root, _, _ = dirty_folder
+  return run.clean(sources.load_source(root, 96), SETTINGS)
+
+
+def test_exact_duplicates_are_found_whatever_the_file_bytes(dirty_folder, dirty_result):
+  _, ids, extra = dirty_folder
+  assert _groups(dirty_result, "exact_duplicate") == sorted([
+      sorted([ids[3], extra["exact_png"]]), sorted([ids[5], extra["conflict"]])])
+
+
+def test_near_duplicates_are_found_through_flips_turns_shifts_and_reencoding(
+    dirty_folder, dirty_result):
+  _, ids, extra = dirty_folder
+  expected = [sorted([ids[k], extra[key]]) for k, key in
+              ((7, "flip"), (9, "rot90"), (11, "jpeg70"), (13, "shift"), (15, "nudged"))]
+  assert _groups(dirty_result, "near_duplicate") == sorted(expected)
+  pairs = {frozenset((p["a"], p["b"])): p for f in dirty_result.of_kind("near_duplicate")
+           for p in f.details["pairs"]}
+  assert pairs[frozenset((ids[7], extra["flip"]))]["transform"] == "flip"
+  assert pairs[frozenset((ids[9], extra["rot90"]))]["transform"] in ("rot90", "rot270")
+  shift = pairs[frozenset((ids[13], extra["shift"]))]
+  # The shift moves image b onto image a; the copy was moved by (3, -2).
+  assert shift["shift"] == ([-3, 2] if shift["b"] == extra["shift"] else [3, -2])
+  assert all(p["similarity"] >= SETTINGS.near_min_similarity for p in pairs.values())
+
+
+def test_a_conflicting_group_is_removed_unless_kept(dirty_folder, dirty_result):
+  root, ids, extra = dirty_folder
+  conflict, = dirty_result.of_kind("label_conflict")
+  assert sorted(str(dirty_result.data.ids[i]) for i in conflict.members) == sorted(
+      [ids[5], extra["conflict"]])
+  kept = set(dirty_result.data.ids[dirty_result.keep])
+  assert ids[5] not in kept and extra["conflict"] not in kept
+  first, second = sorted([ids[3], extra["exact_png"]])  # the first in id order stays
+  assert first in kept and second not in kept
+  lenient = run.clean(sources.load_source(root, 96),
+                      settings_lib.CleaningSettings(keep_conflicts=True))
+  kept = set(lenient.data.ids[lenient.keep])
+  assert ids[5] in kept and extra["conflict"] in kept  # one image per label
+
+
+def test_cli_writes_report_keep_list_and_sheets_and_never_touches_the_input(
+    dirty_folder, tmp_path):
+  root, ids, extra = dirty_folder
+  before = _snapshot(root)
+  out = tmp_path / "out"
+  result = subprocess.run(
+      [sys.executable, "-m", "bloodcell_jax.data.clean", f"--data={root}", f"--out={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env=subprocess_env())
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "exact duplicates: 2 groups" in result.stdout
+  assert "label conflicts:  1 groups" in result.stdout
+  assert _snapshot(root) == before
+  with open(out / "report.json") as f:
+    written = json.load(f)
+  kinds = collections.Counter(f["kind"] for f in written["findings"])
+  assert kinds["exact_duplicate"] == 2 and kinds["near_duplicate"] == 5
+  assert kinds["label_conflict"] == 1
+  for finding in written["findings"]:
+    assert set(finding) == {"kind", "ids", "score", "details"}
+  kept = report.read_keep(out / "keep.txt")
+  # Of each group the first id stays; both images of the conflict go.
+  dropped = {max(ids[k], extra[key]) for k, key in ((3, "exact_png"), (7, "flip"), (9, "rot90"),
+                                                    (11, "jpeg70"), (13, "shift"),
+                                                    (15, "nudged"))}
+  dropped |= {ids[5], extra["conflict"]}
+  dropped |= set(written["removed"]["contaminated"])
+  everything = sorted(ids + list(extra.values()))
+  assert kept == [i for i in everything if i not in dropped]
+  sheets = sorted(p.name for p in out.glob("contact_*.png"))
+  assert {"contact_exact_duplicate_1.png", "contact_near_duplicate_1.png",
+          "contact_label_conflict_1.png"} <= set(sheets)
+
+
+def test_leakage_into_the_test_set_is_found_exact_and_near(dirty_folder, tmp_path):
+  root, ids, _ = dirty_folder
+  data = sources.load_source(root, 96)
+  position = {i: k for k, i in enumerate(data.ids)}
+  test_images = [data.images[position[ids[20]]],
+                 injection.jpeg(np.ascontiguousarray(np.rot90(data.images[position[ids[21]]],
+                                                              2)), 75),
+                 synthetic.generate(1, 96, seed=99).images[0]]
+  test = _image_set(np.stack(test_images), [0, 0, 0], name="held-out")
+  result = run.clean(data, SETTINGS, {"test": test})
+  leaks = {f.details["held_out_ids"][0]: [str(data.ids[i]) for i in f.members]
+           for f in result.of_kind("leakage")}
+  assert leaks == {"0": [ids[20]], "1": [ids[21]]}
+  kept = set(result.data.ids[result.keep])
+  assert ids[20] not in kept and ids[21] not in kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Injected contamination and near duplicates: recall and precision per kind
+
+
+def _precision_recall(flagged, truth_kind, kind):
+  """Recall of `kind`; precision counting every false alarm against `kind`."""
+  true_positive = int((flagged & (truth_kind == kind)).sum())
+  false_alarm = int((flagged & (truth_kind == "clean")).sum())
+  total = int((truth_kind == kind).sum())
+  return true_positive / total, true_positive / max(true_positive + false_alarm, 1)
+
+
+def test_injected_contamination_and_near_duplicates_are_found():
+  images, labels, origin = _cells(2000, seed=7)
+  rng = np.random.default_rng(3)
+  baseline = run.clean(_image_set(images, labels), SETTINGS)
+  native_pairs = set()
+  for kind in ("exact_duplicate", "near_duplicate"):
+    for f in baseline.of_kind(kind):
+      native_pairs |= {(int(a), int(b)) for a in f.members for b in f.members if a < b}
+
+  per_kind = 30
+  contaminants, truth = [], []
+  for kind in injection.CONTAMINANT_KINDS:
+    for _ in range(per_kind):
+      contaminants.append(injection.contaminant(kind, rng, images[rng.integers(len(images))]))
+      truth.append(kind)
+  copies, sources_of, copy_kinds = [], [], []
+  for kind in injection.COPY_KINDS:
+    for source in rng.choice(len(images), 20, replace=False):
+      copies.append(injection.near_copy(images[source], kind, rng))
+      sources_of.append(int(source))
+      copy_kinds.append(kind)
+  everything = np.concatenate([images, np.stack(contaminants), np.stack(copies)])
+  all_labels = np.concatenate([labels, np.zeros(len(contaminants), np.int32),
+                               labels[np.asarray(sources_of)]])
+  result = run.clean(_image_set(everything, all_labels), SETTINGS)
+
+  n, c = len(images), len(contaminants)
+  truth_kind = np.asarray(["clean"] * n + truth + ["copy"] * len(copies))
+  flagged = result.contamination_scores.flagged
+  lines = [f"{origin}: {n} images, {c} contaminants, {len(copies)} near copies"]
+  for kind in injection.CONTAMINANT_KINDS:
+    recall, precision = _precision_recall(flagged, truth_kind, kind)
+    lines.append(f"contaminated/{kind}: recall {recall:.3f} precision {precision:.3f}")
+    assert recall >= 0.95 and precision >= 0.95, "\n".join(lines)
+
+  linked = set()
+  for kind in ("exact_duplicate", "near_duplicate"):
+    for f in result.of_kind(kind):
+      linked |= {(int(a), int(b)) for a in f.members for b in f.members if a < b}
+  injected = {(s, n + c + k) for k, s in enumerate(sources_of)}
+  # A copy of an image that has a native duplicate also links to that duplicate: not false.
+  twins = collections.defaultdict(set)
+  for a, b in native_pairs:
+    twins[a].add(b)
+    twins[b].add(a)
+  expected = injected | {(min(t, k), max(t, k)) for s, k in injected for t in twins[s]}
+  expected |= {(min(k1, k2), max(k1, k2)) for s1, k1 in injected for s2, k2 in injected
+               if s1 == s2 and k1 != k2}
+  false_links = linked - expected - native_pairs
+  for kind in injection.COPY_KINDS:
+    mine = {(s, n + c + k) for k, (s, ck) in enumerate(zip(sources_of, copy_kinds)) if ck == kind}
+    recall = len(mine & linked) / len(mine)
+    precision = len(mine & linked) / max(len(mine & linked) + len(false_links), 1)
+    lines.append(f"near_duplicate/{kind}: recall {recall:.3f} precision {precision:.3f}")
+    assert recall >= 0.95 and precision >= 0.95, "\n".join(lines)
+  print("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# The real images
+
+
+@pytest.fixture(scope="module")
+def pbc96_cleaned():
+  if not os.path.isdir(PBC96):
+    pytest.skip(f"real data not present at {PBC96}")
+  data = sources.load_source(PBC96, 96)
+  start = time.perf_counter()
+  result = run.clean(data, SETTINGS)
+  return result, time.perf_counter() - start
+
+
+def _byte_identical_groups(root):
+  by_digest = collections.defaultdict(list)
+  for d, _, files in os.walk(root):
+    for f in files:
+      if f.endswith(".jpg"):
+        with open(os.path.join(d, f), "rb") as handle:
+          by_digest[hashlib.md5(handle.read()).hexdigest()].append(
+              os.path.relpath(os.path.join(d, f), root))
+  return sorted(sorted(g) for g in by_digest.values() if len(g) > 1)
+
+
+def test_pbc96_every_byte_identical_group_and_the_conflict_are_found(pbc96_cleaned):
+  result, _ = pbc96_cleaned
+  expected = _byte_identical_groups(PBC96)
+  assert len(expected) == 16
+  assert _groups(result, "exact_duplicate") == expected
+  conflicts = _groups(result, "label_conflict")
+  assert ["eosinophil/EO_225902.jpg", "neutrophil/BNE_191112.jpg"] in conflicts
+  assert len(conflicts) == 1
+
+
+def test_pbc96_flags_under_half_a_percent_and_runs_under_a_minute(pbc96_cleaned):
+  result, seconds = pbc96_cleaned
+  contaminated = len(result.of_kind("contaminated"))
+  assert contaminated / len(result.data) <= 0.005, contaminated
+  assert seconds < 60, seconds
+  kept = result.keep
+  removed = set(np.concatenate([v for v in result.removed.values()]).tolist())
+  assert kept.sum() == len(result.data) - len(removed)
+  assert len(result.data) - kept.sum() < 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Training integration and errors
+
+
+def _data_config(train, cache_dir, **cleaning):
+  config = ml_collections.ConfigDict({
+      "train": train, "val": "", "test": "", "val_fraction": 0.25,
+      "class_names": sources.PBC_CLASS_NAMES, "synthetic_size": 0, "clean": True,
+      "cleaning": {"cache_dir": str(cache_dir), "keep_file": "", **cleaning}})
+  return config
+
+
+def test_training_cleans_before_the_split_and_reuses_the_cache(dirty_folder, tmp_path):
+  root, ids, extra = dirty_folder
+  config = _data_config(root, tmp_path / "cache")
+  first = splits.load_splits(config, 96, seed=0)
+  summary = first.cleaning
+  assert summary["reused_cache"] is False
+  assert summary["removed"]["label_conflict"] == 2
+  assert summary["findings"]["exact_duplicate"] == 2
+  used = set(first.train.ids) | set(first.val.ids)
+  removed = {ids[5], extra["conflict"], max(ids[7], extra["flip"]), max(ids[3], extra["exact_png"])}
+  assert not used & removed
+  assert set(summary["removed_ids"]["label_conflict"]) == {ids[5], extra["conflict"]}
+  assert len(used) == summary["num_kept"]
+  assert os.path.isfile(os.path.join(summary["report_dir"], "keep.txt"))
+  again = splits.load_splits(config, 96, seed=0)
+  assert again.cleaning["reused_cache"] is True
+  assert again.cleaning["report_dir"] == summary["report_dir"]
+  assert list(again.train.ids) == list(first.train.ids)
+  other = splits.load_splits(_data_config(root, tmp_path / "cache", keep_conflicts=True), 96, 0)
+  assert other.cleaning["report_dir"] != summary["report_dir"]  # other settings, other key
+
+
+def test_a_reviewed_keep_file_is_applied_and_checked(dirty_folder, tmp_path):
+  root, ids, _ = dirty_folder
+  keep = tmp_path / "keep.txt"
+  keep.write_text("".join(f"{i}\n" for i in ids[:40]))
+  config = _data_config(root, tmp_path / "cache", keep_file=str(keep))
+  cleaned = splits.load_splits(config, 96, seed=0)
+  assert sorted(set(cleaned.train.ids) | set(cleaned.val.ids)) == sorted(ids[:40])
+  assert cleaned.cleaning["keep_file"] == str(keep)
+  keep.write_text("basophil/not_there.jpg\n")
+  with pytest.raises(UserError, match="not_there.jpg' is not in"):
+    splits.load_splits(config, 96, seed=0)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "no such file or directory"),
+    ("unreadable", "unreadable image"),
+    ("npz_keys", "expected keys 'images' and 'labels'"),
+    ("out_inside", "inside the input"),
+    ("bad_setting", "--near_min_similarity=1.5: expected a value in"),
+])
+def test_bad_input_is_one_line_naming_the_path_or_flag(tmp_path, problem, message):
+  root = tmp_path / "data"
+  images, labels, _ = _cells(4, seed=2)
+  _write_folder(str(root), images, labels)
+  args = [f"--data={root}", f"--out={tmp_path / 'out'}"]
+  if problem == "missing":
+    args[0] = f"--data={tmp_path / 'nope'}"
+  elif problem == "unreadable":
+    (root / "basophil").mkdir(exist_ok=True)
+    (root / "basophil" / "broken.jpg").write_bytes(b"not a jpeg")
+  elif problem == "npz_keys":
+    np.savez(tmp_path / "wrong.npz", pixels=images)
+    args[0] = f"--data={tmp_path / 'wrong.npz'}"
+  elif problem == "out_inside":
+    args[1] = f"--out={root / 'report'}"
+  elif problem == "bad_setting":
+    args.append("--near_min_similarity=1.5")
+  result = subprocess.run([sys.executable, "-m", "bloodcell_jax.data.clean", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=subprocess_env())
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last
+  if problem == "unreadable":
+    assert "broken.jpg" in last
+
+
+def test_config_keys_match_the_settings_and_are_validated():
+  import runpy  # pylint: disable=g-import-not-at-top
+  config = runpy.run_path(os.path.join(ROOT, "configs", "default.py"))["get_config"]()
+  assert config.data.clean is False
+  chosen = settings_lib.from_mapping(config.data.cleaning)
+  assert chosen == settings_lib.CleaningSettings()
+  with pytest.raises(UserError, match=r"config.data.cleaning.max_texture_z=-1.0"):
+    settings_lib.from_mapping({"max_texture_z": -1})
+  with pytest.raises(UserError, match=r"unknown key\(s\) \['near_radios'\]"):
+    settings_lib.from_mapping({"near_radios": 1})
+
+
+def test_npz_sources_report_row_indices(tmp_path):
+  images, labels, _ = _cells(30, seed=4)
+  images = np.concatenate([images, images[2:3]])
+  labels = np.concatenate([labels, labels[2:3]])
+  path = tmp_path / "course.npz"
+  np.savez(path, images=images, labels=labels)
+  result = run.clean(sources.load_source(str(path), 96), SETTINGS)
+  assert _groups(result, "exact_duplicate") == [["2", "30"]]
+  written = report.write(result, str(tmp_path / "out"))
+  assert written["findings"][0]["ids"] == ["2", "30"] or any(
+      f["ids"] == ["2", "30"] for f in written["findings"])
+  assert "30" not in report.read_keep(tmp_path / "out" / "keep.txt")
+
+
+def test_fingerprint_changes_with_pixels_labels_and_settings():
+  images, labels, _ = _cells(6, seed=5)
+  data = _image_set(images, labels)
+  key = cache.fingerprint(data, {}, SETTINGS)
+  assert key == cache.fingerprint(_image_set(images.copy(), labels), {}, SETTINGS)
+  changed = images.copy()
+  changed[0, 0, 0, 0] ^= 1
+  assert key != cache.fingerprint(_image_set(changed, labels), {}, SETTINGS)
+  assert key != cache.fingerprint(_image_set(images, (labels + 1) % 8), {}, SETTINGS)
+  assert key != cache.fingerprint(data, {}, settings_lib.CleaningSettings(min_std=5.0))
+
+
+def test_hash_search_finds_copies_in_every_orientation_and_few_others():
+  rng = np.random.default_rng(0)
+  basis, _ = np.linalg.qr(rng.normal(size=(64, 64)))
+  thumbs = (rng.normal(size=(5000, 64)) * np.arange(1, 65) ** -0.75) @ basis
+  thumbs = fp.standardise(thumbs.astype(np.float32))
+  originals = np.arange(0, 400, 2)
+  for k, i in enumerate(originals):  # image i+1 is image i turned by g, plus a little noise
+    thumbs[i + 1] = fp.oriented(thumbs[i:i + 1], k % 8)[0] + rng.normal(0, 0.05, 64)
+  thumbs = fp.standardise(thumbs)
+  index = neighbours.ThumbnailIndex(thumbs, tables=20)
+  found = index.query(thumbs, radius=2.25, same_set=True)
+  pairs = {(int(a), int(b)): int(g) for a, b, g in zip(found.a, found.b, found.g)}
+  assert all((i, i + 1) in pairs for i in originals)
+  # g turns b (the copy) back onto a: the inverse of the turn that made it.
+  assert all(pairs[(i, i + 1)] == fp.INVERSE[k % 8] for k, i in enumerate(originals))
+  assert len(pairs) < 1.2 * len(originals)
+  assert all(fp.dihedral(fp.dihedral(np.arange(6).reshape(2, 3), g), fp.INVERSE[g]).tolist()
+             == [[0, 1, 2], [3, 4, 5]] for g in range(8))
