@@ -1,0 +1,77 @@
+"""The tensorflow-datasets builder: a cleaned ImageFolder becomes versioned train/val/test splits."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bloodcell_jax.data import sources, synthetic
+from bloodcell_jax.errors import UserError
+from conftest import ROOT, subprocess_env
+
+tfds = pytest.importorskip("tensorflow_datasets")
+from bloodcell_jax.data import tfds_pbc  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="module")
+def folder_and_keep(tmp_path_factory):
+  """A 48-image ImageFolder (PNG, 6 per class) and a keep.txt that drops 8 of them."""
+  root = tmp_path_factory.mktemp("tfds")
+  data = synthetic.generate(48, 96, seed=3)
+  ids = []
+  for k, (image, label) in enumerate(zip(data.images, data.labels)):
+    rel = os.path.join(sources.PBC_CLASS_NAMES[label], f"cell_{k:02d}.png")
+    os.makedirs(root / "data" / os.path.dirname(rel), exist_ok=True)
+    Image.fromarray(image).save(root / "data" / rel)
+    ids.append(rel)
+  kept = sorted(ids)[::6] + sorted(ids)[1::6] + sorted(ids)[2::6] + sorted(ids)[3::6] + \
+      sorted(ids)[4::6]
+  (root / "keep.txt").write_text("".join(f"{i}\n" for i in sorted(kept)))
+  return root, dict(zip(ids, data.images)), sorted(kept)
+
+
+def test_build_and_load_with_the_manifest_applied(folder_and_keep):
+  root, pixels, kept = folder_and_keep
+  builder = tfds_pbc.build(str(root / "tfds"), "tiny", str(root / "data"),
+                           keep_file=str(root / "keep.txt"), val_fraction=0.25,
+                           test_fraction=0.25)
+  assert builder.info.version == "1.0.0"
+  sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
+  assert sizes == {"train": 20, "validation": 10, "test": 10}
+  assert builder.info.metadata["num_removed_by_manifest"] == 8
+  assert builder.info.metadata["keep_file_blake2b"]
+  seen = []
+  for split in ("train", "validation", "test"):
+    ds = tfds.load("pbc_cells/tiny", split=split, data_dir=str(root / "tfds"))
+    for example in tfds.as_numpy(ds):
+      image_id = example["id"].decode()
+      np.testing.assert_array_equal(example["image"], pixels[image_id])  # lossless
+      assert sources.PBC_CLASS_NAMES[example["label"]] == image_id.split("/")[0]
+      seen.append(image_id)
+  assert sorted(seen) == kept  # every kept image once, nothing else
+
+
+def test_the_module_cli_prepares_the_same_dataset(folder_and_keep, tmp_path):
+  root, _, kept = folder_and_keep
+  result = subprocess.run(
+      [sys.executable, "-m", "bloodcell_jax.data.build_tfds", f"--source={root / 'data'}",
+       f"--keep_file={root / 'keep.txt'}", "--name=cli", f"--data_dir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env=subprocess_env())
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "prepared pbc_cells/cli/1.0.0" in result.stdout
+  with open(tmp_path / "pbc_cells" / "cli" / "1.0.0" / "dataset_info.json") as f:
+    info = json.load(f)
+  counts = sum(int(s["shardLengths"][0]) for s in info["splits"])
+  assert counts == len(kept)
+
+
+def test_a_keep_file_for_other_data_is_refused(folder_and_keep, tmp_path):
+  root, _, _ = folder_and_keep
+  wrong = tmp_path / "keep.txt"
+  wrong.write_text("basophil/elsewhere.png\n")
+  with pytest.raises(UserError, match="elsewhere.png' is not in"):
+    tfds_pbc.build(str(tmp_path / "tfds"), "wrong", str(root / "data"), keep_file=str(wrong))
