@@ -209,6 +209,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   data = splits_lib.load_splits(config.data, config.image_size, config.seed)
   logging.info("data: %s", describe_data(data.train))
+  if data.cleaning:
+    logging.info("cleaning removed %d of %d images (%s); report in %s",
+                 data.cleaning["num_removed"], data.cleaning["num_input"],
+                 ", ".join(f"{k}: {v}" for k, v in data.cleaning["removed"].items()),
+                 data.cleaning["report_dir"])
   num_classes = len(data.class_names)
   if jax.process_index() == 0:
     _warn_if_config_changed(config, workdir)
@@ -409,6 +414,7 @@ def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
       "model": config.model.name,
       "weights": run.weights,
       "offline_augmentation": run.offline,
+      "cleaning": data.cleaning,
   }
   if jax.process_index() == 0:
     report.plot_confusion(confusion, data.class_names, os.path.join(workdir, "confusion_val.png"),
