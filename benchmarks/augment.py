@@ -11,6 +11,7 @@ draw one per batch. Keras runs on its TensorFlow backend, as a tf.data map shoul
 """
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -114,6 +115,8 @@ def main(argv=None):
       batches = (our_batches(source, name, args) if impl == "bloodcell_jax"
                  else keras_batches(subset.images, name, args.batch))
       median, rates = images_per_s(batches, args)
+      del batches  # stop its prefetching threads before the next measurement
+      gc.collect()
       results[name, impl] = median
       print(json.dumps({"bench": "augment", "pipeline": name, "impl": impl,
                         "images_per_s": round(median, 1),
