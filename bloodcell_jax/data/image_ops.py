@@ -62,10 +62,6 @@ def grayscale(images):
   return tf.tensordot(images, tf.constant(_LUMA), axes=[[3], [0]])[..., None]
 
 
-def identity(images):
-  return images
-
-
 def invert(images):
   return tf.cast(255, images.dtype) - images
 
