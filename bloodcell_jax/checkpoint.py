@@ -19,7 +19,10 @@ BEST_METRIC = "early_stopping_score"
 def _manager(directory: str, max_to_keep: int, best_metric: Optional[str] = None):
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True,
-      best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode="max")
+      best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode="max",
+      # Both managers save the same step; their cross-process barriers need distinct names.
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=os.path.basename(directory)))
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_names=("state", "meta"))
 
@@ -64,15 +67,22 @@ def _restore(manager, step, target_state):
   return restored["state"], dict(restored["meta"])
 
 
+def _one_local_device():
+  """Where arrays go when the devices that saved them are not here."""
+  return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
 def restore_raw_state(directory: str):
   """The best (else newest) saved train state in `directory` as nested dicts of numpy arrays,
-  whatever optimizer wrote it (for init_from and predict), or None if there is none."""
+  whatever optimizer and whatever devices wrote it (for init_from and predict), or None if
+  there is none."""
   manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
   try:
     step = manager.best_step() if manager.best_step() is not None else manager.latest_step()
     if step is None:
       return None
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(fallback_sharding=_one_local_device())))
     return jax.tree.map(np.asarray, dict(restored["state"]))
   finally:
     manager.close()

@@ -27,10 +27,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
 _INPUT = flags.DEFINE_string("input", None, "Image folder or .npz to predict.")
 _OUTPUT = flags.DEFINE_string("output", "predictions.csv", "CSV file to write.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
+_EMA = flags.DEFINE_bool("ema", False, "Use the moving average of the weights (a run with "
+                         "config.train.ema_decay > 0) instead of the raw weights.")
 
 
-def load_run(workdir: str):
-  """(config, class names, model, state) of the best checkpoint in `workdir`."""
+def load_run(workdir: str, ema: bool = False):
+  """(config, class names, model, state) of the best checkpoint in `workdir` (its
+  weight average with `ema`)."""
   config_path = os.path.join(workdir, "config.json")
   manifest_path = os.path.join(workdir, "split_manifest.json")
   for path in (config_path, manifest_path):
@@ -44,7 +47,7 @@ def load_run(workdir: str):
   model = models.build_model(config, len(class_names))
   state, _ = steps.create_train_state(model, lambda p: optax.identity(),
                                       jax.random.PRNGKey(0), config.image_size, mesh)
-  variables = init_from.load_variables(workdir, config.model.name, where="--workdir")
+  variables = init_from.load_variables(workdir, config.model.name, where="--workdir", ema=ema)
   state = jax.device_put(state.replace(params=variables["params"],
                                        batch_stats=variables["batch_stats"]),
                          sharding.replicated(mesh))
@@ -99,7 +102,7 @@ def main(argv):
   del argv
   if not _WORKDIR.value or not _INPUT.value:
     raise UserError("--workdir and --input are required")
-  config, class_names, model, state = load_run(_WORKDIR.value)
+  config, class_names, model, state = load_run(_WORKDIR.value, _EMA.value)
   ids, images = read_unlabelled(_INPUT.value, config.image_size)
   probabilities = predict(model, state, images, _BATCH_SIZE.value)
   write_csv(_OUTPUT.value, ids, probabilities, class_names)

@@ -1,6 +1,7 @@
 """What a run leaves for people: results.json and the confusion-matrix picture."""
 
 import json
+import os
 
 import matplotlib
 matplotlib.use("Agg")
@@ -29,9 +30,16 @@ def plot_confusion(confusion: np.ndarray, class_names, path: str, title: str) ->
   plt.close(fig)
 
 
+def write_text(path: str, text: str) -> None:
+  """Writes whole or not at all: a run killed mid-write leaves the previous file."""
+  partial = f"{path}.{os.getpid()}.partial"
+  with open(partial, "w") as f:
+    f.write(text)
+  os.replace(partial, path)
+
+
 def write_json(path: str, payload: dict) -> None:
-  with open(path, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True, default=_jsonable)
+  write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
 
 
 def _jsonable(value):

@@ -30,8 +30,15 @@ def global_batch(local_batch: dict, mesh) -> dict:
           for k, v in local_batch.items()}
 
 
-def check_batch_size(batch_size: int, what: str = "config.batch_size") -> None:
+def check_batch_size(batch_size: int, what: str = "config.batch_size",
+                     micro_batches: int = 1) -> None:
+  """Every device gets an equal share of the batch, and of each of its micro-batches."""
   devices, processes = jax.device_count(), jax.process_count()
   if batch_size % devices or batch_size % processes:
     raise UserError(f"{what}={batch_size}: must be divisible by the number of devices "
                     f"({devices}) and processes ({processes})")
+  if micro_batches < 1:
+    raise UserError(f"config.grad_accum_steps={micro_batches}: expected 1 or more")
+  if batch_size % (devices * micro_batches):
+    raise UserError(f"{what}={batch_size}: with config.grad_accum_steps={micro_batches} it must "
+                    f"be divisible by {micro_batches} x the number of devices ({devices})")

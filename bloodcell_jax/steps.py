@@ -26,6 +26,12 @@ class TrainState(flax.struct.PyTreeNode):
   batch_stats: Any
   opt_state: Any
   rng: jnp.ndarray
+  # Exponential moving average of {"params", "batch_stats"}; {} when config.train.ema_decay=0.
+  ema: Any = flax.struct.field(default_factory=dict)
+
+  def with_ema_weights(self) -> "TrainState":
+    """This state with the averaged weights in place of the raw ones (for evaluation)."""
+    return self.replace(params=self.ema["params"], batch_stats=self.ema["batch_stats"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +57,14 @@ def param_shapes(model, image_size: int):
                         jax.random.PRNGKey(0))[0]
 
 
-def create_train_state(model, tx_factory, rng, image_size: int, mesh) -> tuple:
+def create_train_state(model, tx_factory, rng, image_size: int, mesh, *,
+                       ema: bool = False) -> tuple:
   """Initialises replicated state on the mesh; returns (state, optimizer).
 
   `tx_factory(params)` builds the optimizer, which may need the parameter tree
   (freezing masks). Initialisation is jitted with replicated outputs so that
-  every process holds the same values.
+  every process holds the same values. `ema` keeps an average of the weights,
+  starting from the initial ones.
   """
   init_rng, train_rng = jax.random.split(rng)
   tx = tx_factory(param_shapes(model, image_size))
@@ -64,9 +72,29 @@ def create_train_state(model, tx_factory, rng, image_size: int, mesh) -> tuple:
   def init(rng):
     params, batch_stats = init_variables(model, rng, image_size)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), rng=train_rng)
+                      opt_state=tx.init(params), rng=train_rng,
+                      ema=_ema_start(params, batch_stats) if ema else {})
   state = jax.jit(init, out_shardings=sharding.replicated(mesh))(init_rng)
   return state, tx
+
+
+def _ema_start(params, batch_stats) -> dict:
+  return {"params": params, "batch_stats": batch_stats}
+
+
+def reset_ema(state: TrainState) -> TrainState:
+  """Restarts the average from the current weights (after loading pretrained ones)."""
+  return state.replace(ema=_ema_start(state.params, state.batch_stats)) if state.ema else state
+
+
+def _update_ema(ema: dict, params, batch_stats, step, decay: float) -> dict:
+  """ema <- d * ema + (1 - d) * weights, with d = min(decay, (1 + t) / (10 + t)): the
+  warm-up of tf.train.ExponentialMovingAverage's num_updates, so that early averages
+  are not dominated by the random initialisation."""
+  t = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+  return jax.tree.map(lambda e, w: d * e + (1.0 - d) * w, ema,
+                      {"params": params, "batch_stats": batch_stats})
 
 
 def _apply(model, state, params, images, train: bool, rng=None):
@@ -90,15 +118,29 @@ def _with_views(batch: dict):
   return stacked.reshape((-1,) + images.shape[1:]), stacked.shape[1]
 
 
-def train_step(state: TrainState, batch: dict, *, model, tx, loss_config: LossConfig,
-               learning_rate_fn):
-  """One optimisation step on a global batch; returns (new state, metrics).
+def microbatches(batch: dict, count: int) -> dict:
+  """A global batch as `count` micro-batches (count, N / count, ...).
+
+  Micro-batch a holds examples a, a + count, a + 2 * count, ...: an equal share of
+  every device's contiguous block of the batch, so splitting moves no data between
+  devices (the batch size must be a multiple of count * devices).
+  """
+  return jax.tree.map(lambda x: jnp.swapaxes(x.reshape((-1, count) + x.shape[1:]), 0, 1),
+                      batch)
+
+
+def _unmicrobatch(x):
+  """Inverse of `microbatches` for one array (count, N / count, ...) -> (N, ...)."""
+  return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+
+
+def _gradients(model, state: TrainState, batch: dict, rng, loss_config: LossConfig):
+  """Gradient of the loss on one (micro-)batch: (grads, (data loss, logits, batch_stats)).
 
   A batch with "views" also trains on them (BatchNorm sees all of them) and adds the
   Jensen-Shannon consistency between each image and its views; the cross-entropy and
-  the metrics are of the clean images.
+  the logits are of the clean images.
   """
-  rng = jax.random.fold_in(state.rng, state.step)
   images, num_views = _with_views(batch)
 
   def loss_fn(params):
@@ -118,11 +160,54 @@ def train_step(state: TrainState, batch: dict, *, model, tx, loss_config: LossCo
                                     pattern=loss_config.regularize)
     return loss + penalty, (loss, logits, batch_stats)
 
-  grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  return jax.grad(loss_fn, has_aux=True)(state.params)
+
+
+def _accumulated_gradients(model, state: TrainState, batch: dict, rng, loss_config: LossConfig,
+                           count: int):
+  """`_gradients` of the whole batch computed over `count` micro-batches in sequence.
+
+  The mean of the micro-batch gradients is the gradient of the whole batch's loss
+  (every micro-batch has the same number of examples, and the weight penalty is in
+  each). BatchNorm differs, as with any accumulation: the forward pass normalises
+  by micro-batch statistics. Each micro-batch starts from the same running
+  statistics and their updates are averaged, so the first layer's running mean is
+  the whole batch's.
+  """
+  def accumulate(total, micro_and_index):
+    micro, index = micro_and_index
+    grads, (loss, logits, batch_stats) = _gradients(
+        model, state, micro, jax.random.fold_in(rng, index), loss_config)
+    total = jax.tree.map(jnp.add, total, (grads, batch_stats))
+    return total, (loss, logits)
+
+  zeros = jax.tree.map(jnp.zeros_like, (state.params, state.batch_stats))
+  (grads, batch_stats), (loss, logits) = jax.lax.scan(
+      accumulate, zeros, (microbatches(batch, count), jnp.arange(count)))
+  grads, batch_stats = jax.tree.map(lambda t: t / count, (grads, batch_stats))
+  return grads, (loss.mean(), _unmicrobatch(logits), batch_stats)
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, loss_config: LossConfig,
+               learning_rate_fn, grad_accum_steps: int = 1, ema_decay: float = 0.0):
+  """One optimisation step on a global batch; returns (new state, metrics).
+
+  `grad_accum_steps` > 1 computes the gradient over that many micro-batches in
+  sequence (same update as the whole batch, a fraction of the activation memory).
+  The loss and accuracy reported are of the clean images, without the penalty.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  if grad_accum_steps > 1:
+    grads, (loss, logits, batch_stats) = _accumulated_gradients(
+        model, state, batch, rng, loss_config, grad_accum_steps)
+  else:
+    grads, (loss, logits, batch_stats) = _gradients(model, state, batch, rng, loss_config)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+  ema = (_update_ema(state.ema, params, batch_stats, state.step, ema_decay)
+         if state.ema else state.ema)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state)
+                            opt_state=opt_state, ema=ema)
   labels = batch["label"] if batch["label"].ndim == 1 else jnp.argmax(batch["label"], -1)
   metrics = TrainMetrics.single_from_model_output(
       loss=loss, logits=logits, labels=labels, learning_rate=learning_rate_fn(state.step))

@@ -16,6 +16,7 @@ from typing import Optional
 import jax
 import numpy as np
 from clu import periodic_actions
+from jax.experimental import multihost_utils
 
 from bloodcell_jax import build, freezing, optim, report, sharding, steps
 from bloodcell_jax.checkpoint import Checkpoints
@@ -101,22 +102,35 @@ def _is_improvement(value, loop: LoopState, config) -> bool:
 
 
 class _StopRequest:
-  """Turns SIGTERM (preemption) into a save at the next step boundary."""
+  """Preemption (SIGTERM) as a save at a step boundary that every process agrees on.
+
+  One process: a handler sets a flag that the next step boundary sees. Several
+  processes: JAX's preemption sync manager (started by jax.distributed.initialize)
+  hears SIGTERM on any process and names one step, the same on every process, at
+  which all of them save; a Python handler here would hide the signal from it.
+  """
 
   def __init__(self):
-    self.requested = False
+    self._signalled = False
     self._previous = None
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._previous = None
+    if jax.process_count() == 1:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread
+        self._previous = None
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step`; call it at every step, on every process."""
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -183,8 +197,8 @@ def _initial_weights(config, model, state, mesh, tx):
                summary["variables_loaded"],
                ", ".join(summary["head_reinitialised"]) + " re-initialised"
                if summary["head_reinitialised"] else "kept")
-  replace = lambda s, v: s.replace(params=v["params"], batch_stats=v["batch_stats"],
-                                   opt_state=tx.init(v["params"]))
+  replace = lambda s, v: steps.reset_ema(s.replace(
+      params=v["params"], batch_stats=v["batch_stats"], opt_state=tx.init(v["params"])))
   state = jax.jit(replace, out_shardings=sharding.replicated(mesh))(state, variables)
   return state, summary
 
@@ -218,19 +232,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     _warn_if_config_changed(config, workdir)
     splits_lib.write_manifest(data, os.path.join(workdir, "split_manifest.json"))
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    report.write_text(os.path.join(workdir, "config.json"),
+                      config.to_json_best_effort(indent=2, sort_keys=True))
 
   data, offline_summary = _with_offline_copies(config, data, workdir)
   mesh = sharding.make_mesh()
-  for key in ("batch_size", "eval_batch_size"):
-    sharding.check_batch_size(config[key], f"config.{key}")
+  sharding.check_batch_size(config.batch_size, "config.batch_size",
+                            micro_batches=config.grad_accum_steps)
+  sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
+  if not 0.0 <= config.train.ema_decay < 1.0:
+    raise UserError(f"config.train.ema_decay={config.train.ema_decay}: expected 0 (off) or a "
+                    "decay in (0, 1), e.g. 0.999")
   steps_per_epoch = -(-len(data.train) // config.batch_size)
   total_steps = config.num_epochs * steps_per_epoch
   model, tx_factory, labels = build.model_and_optimizer(config, num_classes, steps_per_epoch,
                                                         total_steps)
   state, tx = steps.create_train_state(model, tx_factory, jax.random.PRNGKey(config.seed),
-                                       config.image_size, mesh)
+                                       config.image_size, mesh,
+                                       ema=config.train.ema_decay > 0)
   state, weights = _initial_weights(config, model, state, mesh, tx)
   weights["trainable_parameters"], weights["frozen_parameters"] = freezing.count(labels,
                                                                                  state.params)
@@ -244,7 +263,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
           mesh, model=model, tx=tx,
           learning_rate_fn=optim.learning_rate_schedule(config.optim, steps_per_epoch,
                                                         total_steps),
-          loss_config=_loss_config(config, data.train.labels, num_classes)),
+          loss_config=_loss_config(config, data.train.labels, num_classes),
+          grad_accum_steps=config.grad_accum_steps, ema_decay=config.train.ema_decay),
       evaluate=Evaluator(steps.jit_eval_step(mesh, model=model), mesh,
                          config.eval_batch_size, data.class_names),
       checkpoints=Checkpoints(workdir, keep=config.train.keep_checkpoints),
@@ -308,13 +328,14 @@ def _train_loop(run: _Run, state, loop: LoopState):
         progress.log(step, summary)
         accumulated = None
       loop.train_seconds = time.perf_counter() - started
+      stopping = stop_request.reached(step)
       if end_of_epoch:
         loop.epoch = -(-step // run.steps_per_epoch)
         if _end_epoch(run, state, loop):
           break
-      elif (ckpt_every and step % ckpt_every == 0) or stop_request.requested:
+      elif (ckpt_every and step % ckpt_every == 0) or stopping:
         run.checkpoints.save(state, dataclasses.asdict(loop))
-      if stop_request.requested:
+      if stopping:
         logging.warning("SIGTERM: saved step %d in %s; exiting to be resumed", step,
                         run.workdir)
         run.checkpoints.wait()
@@ -339,6 +360,8 @@ def _end_epoch(run: _Run, state, loop: LoopState) -> bool:
   """Validates, updates early stopping, checkpoints; True when training should stop."""
   config = run.config
   summary, _ = run.evaluate(state, run.val_source, "val")
+  if state.ema:
+    summary.update(run.evaluate(state.with_ema_weights(), run.val_source, "ema_val")[0])
   metric = config.train.early_stopping_metric
   if metric not in summary:
     raise UserError(f"config.train.early_stopping_metric='{metric}': expected one of "
@@ -354,9 +377,10 @@ def _end_epoch(run: _Run, state, loop: LoopState) -> bool:
   scalars = {k: v for k, v in summary.items() if not isinstance(v, dict)}
   run.writer.write_scalars(loop.step, {**scalars, "epoch": loop.epoch})
   run.writer.flush()
-  logging.info("epoch %d step %d: val_accuracy %.4f, balanced %.4f, val_loss %.4f%s",
+  logging.info("epoch %d step %d: val_accuracy %.4f, balanced %.4f, val_loss %.4f%s%s",
                loop.epoch, loop.step, summary["val_accuracy"], summary["val_balanced_accuracy"],
-               summary["val_loss"], " (best)" if improved else "")
+               summary["val_loss"], f", ema_val_accuracy {summary['ema_val_accuracy']:.4f}"
+               if state.ema else "", " (best)" if improved else "")
   run.checkpoints.save(state, dataclasses.asdict(loop),
                        best_score=_score(metric, value) if improved else None)
   if loop.stopped_early:
@@ -388,23 +412,34 @@ def _format_seconds(seconds: float) -> str:
   return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
+def _evaluate_splits(run: _Run, state, prefix: str = ""):
+  """Validation, augmented validation and test metrics of `state` (keys start with
+  `prefix`), with the validation and test confusion matrices."""
+  config, evaluate = run.config, run.evaluate
+  val, confusion = evaluate(state, run.val_source, f"{prefix}val")
+  augmented, _ = evaluate(state, run.val_source, f"{prefix}augmented_val",
+                          augmentation=config.augment.eval_strong, seed=config.seed)
+  test, test_confusion = {}, None
+  if run.data.test is not None:
+    test, test_confusion = evaluate(state, pipeline.InMemorySource(run.data.test),
+                                    f"{prefix}test")
+  return {**val, **augmented, **test}, confusion, test_confusion
+
+
 def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
-  """Evaluates the best checkpoint on validation, augmented validation and test."""
-  config, workdir, data, evaluate = run.config, run.workdir, run.data, run.evaluate
+  """Evaluates the best checkpoint (and its weight average, if kept) on validation,
+  augmented validation and test."""
+  config, workdir, data = run.config, run.workdir, run.data
   restored = run.checkpoints.restore_best(state)
   if restored is not None:
     state, _ = restored
-  val, confusion = evaluate(state, run.val_source, "val")
-  augmented, _ = evaluate(state, run.val_source, "augmented_val",
-                          augmentation=config.augment.eval_strong, seed=config.seed)
-  test = None
-  if data.test is not None:
-    test, test_confusion = evaluate(state, pipeline.InMemorySource(data.test), "test")
+  metrics, confusion, test_confusion = _evaluate_splits(run, state)
+  if state.ema:
+    metrics.update(_evaluate_splits(run, state.with_ema_weights(), "ema_")[0])
   results = {
-      **val, **augmented,
-      "balanced_val_accuracy": val["val_balanced_accuracy"],
-      "test_accuracy": test["test_accuracy"] if test else None,
-      **({k: v for k, v in test.items() if k != "test_accuracy"} if test else {}),
+      **metrics,
+      "balanced_val_accuracy": metrics["val_balanced_accuracy"],
+      "test_accuracy": metrics.get("test_accuracy"),
       "num_train": len(data.train), "num_val": len(data.val),
       "num_test": len(data.test) if data.test is not None else 0,
       "train_seconds": loop.train_seconds, "steps": loop.step, "epochs": loop.epoch,
@@ -419,17 +454,18 @@ def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
   if jax.process_index() == 0:
     report.plot_confusion(confusion, data.class_names, os.path.join(workdir, "confusion_val.png"),
                           f"validation (step {loop.best_step}), accuracy "
-                          f"{val['val_accuracy']:.2%}")
-    if test:
+                          f"{results['val_accuracy']:.2%}")
+    if test_confusion is not None:
       report.plot_confusion(test_confusion, data.class_names,
                             os.path.join(workdir, "confusion_test.png"),
-                            f"test, accuracy {test['test_accuracy']:.2%}")
+                            f"test, accuracy {results['test_accuracy']:.2%}")
     report.write_json(os.path.join(workdir, "results.json"), results)
   run.writer.write_scalars(loop.step, {k: v for k, v in results.items()
                                        if k.endswith("accuracy") and isinstance(v, float)})
-  logging.info("results: val_accuracy %.4f, augmented_val_accuracy %.4f, test_accuracy %s "
+  logging.info("results: val_accuracy %.4f, augmented_val_accuracy %.4f, test_accuracy %s%s "
                "(%s)", results["val_accuracy"], results["augmented_val_accuracy"],
-               "n/a" if test is None else f"{results['test_accuracy']:.4f}",
+               "n/a" if test_confusion is None else f"{results['test_accuracy']:.4f}",
+               f", ema_val_accuracy {results['ema_val_accuracy']:.4f}" if state.ema else "",
                describe_data(data.train))
   return results
 

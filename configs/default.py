@@ -13,6 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.num_epochs = 10
   config.batch_size = 64  # global, over all devices and processes
+  # Compute each step's gradient over this many micro-batches in sequence: the update of
+  # the whole batch with a fraction of the memory (BatchNorm sees micro-batches).
+  config.grad_accum_steps = 1
   config.eval_batch_size = 256
   config.image_size = 96
 
@@ -107,6 +110,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 0  # 0 = at each epoch end only
   config.train.keep_checkpoints = 2
+  # Also keep an exponential moving average of the weights (e.g. 0.999; 0 = off), evaluated
+  # beside the raw weights as ema_val_accuracy, ema_test_accuracy, ...
+  config.train.ema_decay = 0.0
 
   # Staged fine-tuning: named stages, run in name order, each a set of overrides
   # of this config, each starting from the previous stage's best checkpoint.

@@ -118,6 +118,10 @@ def test_test_source_and_npz_training_data(tmp_path):
     ("--config.data.train=/no/such/folder", "error: /no/such/folder: no such file or directory"),
     ("--config.model.name=resnet", "error: config.model.name='resnet': unknown model"),
     ("--config.augment.train=flip|twist", "error: config.augment.train: unknown op 'twist'"),
+    ("--config.grad_accum_steps=3", "error: config.batch_size=16: with "
+     "config.grad_accum_steps=3 it must be divisible by 3 x the number of devices (1)"),
+    ("--config.train.ema_decay=1.5", "error: config.train.ema_decay=1.5: expected 0 (off) or "
+     "a decay in (0, 1)"),
 ])
 def test_bad_input_is_one_error_line_and_nonzero_exit(tmp_path, flag, message):
   result = run_launch(str(tmp_path / "run"), flag, check=False)
@@ -175,3 +179,34 @@ def test_strong_pipeline_with_jsd_mixup_and_offline_copies(tmp_path):
   run_launch(jsd_dir, "--config.num_epochs=1", "--config.loss.jsd_weight=12",
              "--config.augment.train=flip|augmix(severity=0.3)")
   assert np.isfinite(json.load(open(os.path.join(jsd_dir, "results.json")))["val_loss"])
+
+
+def predicted_probabilities(workdir, folder, out, *flags):
+  result = subprocess.run([sys.executable, "-m", "bloodcell_jax.predict", f"--workdir={workdir}",
+                           f"--input={folder}", f"--output={out}", *flags], cwd=ROOT,
+                          capture_output=True, text=True, env=subprocess_env())
+  if result.returncode:
+    return result.stderr.strip().splitlines()[-1]
+  return np.array([[float(v) for k, v in row.items() if k.startswith("p_")]
+                   for row in csv.DictReader(open(out))])
+
+
+def test_weight_average_and_gradient_accumulation_end_to_end(synthetic_run, tmp_path):
+  workdir = str(tmp_path / "ema")
+  result = run_launch(workdir, "--config.num_epochs=2", "--config.grad_accum_steps=2",
+                      "--config.train.ema_decay=0.9",
+                      "--config.train.early_stopping_metric=ema_val_accuracy")
+  assert "ema_val_accuracy" in result.stderr
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  for split in ("val", "augmented_val"):
+    assert 0.0 <= results[f"ema_{split}_accuracy"] <= 1.0
+  folder = write_image_folder(str(tmp_path / "imgs"), images_per_class=2, size=32)
+  out = str(tmp_path / "preds.csv")
+  raw = predicted_probabilities(workdir, folder, out)
+  averaged = predicted_probabilities(workdir, folder, out, "--ema")
+  assert raw.shape == averaged.shape == (6, 8)
+  assert not np.allclose(raw, averaged, atol=1e-4)
+  assert predicted_probabilities(synthetic_run[0], folder, out, "--ema") == (
+      f"error: --workdir={synthetic_run[0]}: its run kept no weight average "
+      "(config.train.ema_decay was 0)")
+

@@ -1,13 +1,17 @@
-"""The jitted, sharded train step gives the same result on 1 and on 4 devices."""
+"""The jitted train step on 8 devices equals the step on 1 device; gradient accumulation
+equals the whole batch; the weight average is the average it claims to be."""
 
 import json
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT, run_launch, subprocess_env
 
+# Trains a tiny CNN for 3 steps per variant on however many devices XLA_FLAGS gives,
+# from the same initial state and batches; prints every variant's final variables.
 SCRIPT = r"""
 import json, sys
 import numpy as np
@@ -15,41 +19,109 @@ import jax
 from bloodcell_jax import models, optim, sharding, steps
 from configs import default
 
-config = default.get_config()
-config.model.filters = (4, 8, 8, 8)
-config.model.dense_units = 8
-config.model.norm = "batch"
-config.model.dropout = 0.0
-mesh = sharding.make_mesh()
-model = models.build_model(config, 8)
-state, tx = steps.create_train_state(
-    model, lambda p: optim.make_optimizer(config.optim, p, 10, 10)[0],
-    jax.random.PRNGKey(0), 32, mesh)
-train_fn = steps.jit_train_step(mesh, model=model, tx=tx, learning_rate_fn=lambda s: 1e-3,
-                                loss_config=steps.LossConfig(num_classes=8, l2=1e-3))
-rng = np.random.default_rng(0)
-for _ in range(3):
-  batch = {"image": rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32),
-           "label": rng.integers(0, 8, 8).astype(np.int32)}
-  state, metrics = train_fn(state, sharding.global_batch(batch, mesh))
-leaves = jax.tree.leaves({"params": state.params, "batch_stats": state.batch_stats})
+def run(norm, batch_size, accum=1, ema_decay=0.0):
+  config = default.get_config()
+  config.model.filters = (4, 8, 8, 8)
+  config.model.dense_units = 8
+  config.model.norm = norm
+  config.model.dropout = 0.0
+  mesh = sharding.make_mesh()
+  model = models.build_model(config, 8)
+  state, tx = steps.create_train_state(
+      model, lambda p: optim.make_optimizer(config.optim, p, 10, 10)[0],
+      jax.random.PRNGKey(0), 32, mesh, ema=ema_decay > 0)
+  train_fn = steps.jit_train_step(mesh, model=model, tx=tx, learning_rate_fn=lambda s: 1e-3,
+                                  loss_config=steps.LossConfig(num_classes=8, l2=1e-3),
+                                  grad_accum_steps=accum, ema_decay=ema_decay)
+  rng = np.random.default_rng(0)
+  initial = flat({"params": state.params, "batch_stats": state.batch_stats})
+  trajectory = []
+  for _ in range(3):
+    batch = {"image": rng.uniform(0, 255, (batch_size, 32, 32, 3)).astype(np.float32),
+             "label": rng.integers(0, 8, batch_size).astype(np.int32),
+             "mask": np.ones(batch_size, np.float32)}
+    state, metrics = train_fn(state, sharding.global_batch(batch, mesh))
+    trajectory.append(flat({"params": state.params, "batch_stats": state.batch_stats}))
+  return {"initial": initial, "final": trajectory[-1], "trajectory": trajectory,
+          "batch_stats": flat(state.batch_stats), "ema": flat(state.ema) if state.ema else None}
+
+def flat(tree):
+  return [np.asarray(leaf).ravel().tolist() for leaf in jax.tree.leaves(tree)]
+
+variants = json.loads(sys.argv[1])
 print(json.dumps({"devices": jax.device_count(),
-                  "leaves": [np.asarray(l).ravel().tolist() for l in leaves]}))
+                  **{name: run(**kwargs) for name, kwargs in variants.items()}}))
 """
 
 
-def run_on(devices: int) -> dict:
+def run_on(devices: int, **variants) -> dict:
   env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, check=True,
-                       capture_output=True, text=True).stdout
-  return json.loads(out.strip().splitlines()[-1])
+  out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(variants)], cwd=ROOT, env=env,
+                       check=True, capture_output=True, text=True).stdout
+  result = json.loads(out.strip().splitlines()[-1])
+  assert result["devices"] == devices
+  return result
 
 
-def test_four_devices_match_one_device_with_batch_norm():
-  one, four = run_on(1), run_on(4)
-  assert (one["devices"], four["devices"]) == (1, 4)
-  for a, b in zip(one["leaves"], four["leaves"]):
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+def assert_close(a, b, rtol=2e-5, atol=2e-6):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+def assert_differs(a, b):
+  assert any(not np.allclose(x, y, rtol=1e-3, atol=1e-4) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def one_device():
+  return run_on(1, batch_norm=dict(norm="batch", batch_size=8),
+                whole=dict(norm="none", batch_size=16),
+                accumulated=dict(norm="none", batch_size=16, accum=4),
+                batch_norm_whole=dict(norm="batch", batch_size=16),
+                batch_norm_accumulated=dict(norm="batch", batch_size=16, accum=4),
+                ema=dict(norm="batch", batch_size=8, ema_decay=0.9))
+
+
+@pytest.fixture(scope="module")
+def eight_devices():
+  return run_on(8, batch_norm=dict(norm="batch", batch_size=8),
+                accumulated=dict(norm="none", batch_size=16, accum=2))
+
+
+def test_eight_devices_match_one_device_with_batch_norm(one_device, eight_devices):
+  # One example per device: per-device BatchNorm statistics would be far off.
+  assert_close(one_device["batch_norm"]["final"], eight_devices["batch_norm"]["final"])
+
+
+def test_gradient_accumulation_matches_the_whole_batch(one_device, eight_devices):
+  whole = one_device["whole"]["final"]
+  assert_differs(whole, one_device["whole"]["trajectory"][0])  # it trained
+  assert_close(whole, one_device["accumulated"]["final"])
+  assert_close(whole, eight_devices["accumulated"]["final"])
+
+
+def test_accumulation_averages_batch_norm_running_means(one_device):
+  # After one step from the same state, the first BatchNorm layer's running mean is the
+  # whole batch's (deeper layers see inputs normalised by micro-batch statistics).
+  # Leaves are in key order: batch_stats before params, each layer's mean before its var.
+  whole = one_device["batch_norm_whole"]
+  accumulated = one_device["batch_norm_accumulated"]
+  assert accumulated["batch_stats"], "no BatchNorm statistics"
+  first_step = lambda run: run["trajectory"][0][:len(run["batch_stats"])]
+  means_whole, means_accumulated = first_step(whole)[::2], first_step(accumulated)[::2]
+  assert_differs(means_whole, [np.zeros(len(m)) for m in means_whole])
+  assert_close(means_whole[:1], means_accumulated[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_ema_is_the_warmed_up_average_of_the_trajectory(one_device):
+  run = one_device["ema"]
+  average = [np.asarray(leaf) for leaf in run["initial"]]
+  for t, weights in enumerate(run["trajectory"]):
+    decay = min(0.9, (1 + t) / (10 + t))
+    average = [decay * a + (1 - decay) * np.asarray(w) for a, w in zip(average, weights)]
+  assert_close(run["ema"], average)
+  assert_differs(run["ema"], run["final"])
 
 
 def test_batch_not_divisible_by_the_device_count_is_a_user_error(tmp_path):

@@ -17,9 +17,10 @@ from bloodcell_jax.errors import UserError
 from bloodcell_jax.weights import keras_port
 
 
-def load_variables(path: str, model_name: str, where: str = "config.model.init_from"
-                   ) -> Dict[str, dict]:
-  """{"params", "batch_stats"} from `path`, whichever of the three kinds it is."""
+def load_variables(path: str, model_name: str, where: str = "config.model.init_from",
+                   ema: bool = False) -> Dict[str, dict]:
+  """{"params", "batch_stats"} from `path`, whichever of the three kinds it is; with `ema`,
+  a run's moving average of the weights."""
   path = os.path.expanduser(path)
   if path.endswith(".h5"):
     return keras_port.load_keras_weights(model_name, path)
@@ -33,8 +34,14 @@ def load_variables(path: str, model_name: str, where: str = "config.model.init_f
     directory = os.path.abspath(os.path.join(path, "checkpoints", kind))
     if os.path.isdir(directory):
       state = checkpoint.restore_raw_state(directory)
-      if state is not None:
-        return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+      if state is None:
+        continue
+      if ema:
+        if not state.get("ema"):
+          raise UserError(f"{where}={path}: its run kept no weight average "
+                          "(config.train.ema_decay was 0)")
+        state = state["ema"]
+      return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
   raise UserError(f"{where}={path}: expected a Keras .h5 file, a directory written by "
                   "bloodcell_jax.weights.keras_port, or a workdir with checkpoints")
 
