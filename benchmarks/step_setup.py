@@ -20,7 +20,7 @@ def random_batch(batch, image_size, num_classes=8, seed=0):
   return images, rng.integers(0, num_classes, batch).astype(np.int32)
 
 
-def jitted_step(config, batch, image_size):
+def jitted_step(config, batch, image_size, grad_accum_steps=1):
   """(train_fn, state, device batch) for `config`'s model, optimizer and loss."""
   import jax  # pylint: disable=g-import-not-at-top
   from bloodcell_jax import build, sharding, steps  # pylint: disable=g-import-not-at-top
@@ -33,7 +33,8 @@ def jitted_step(config, batch, image_size):
   train_fn = steps.jit_train_step(
       mesh, model=model, tx=tx, learning_rate_fn=lambda s: config.optim.learning_rate,
       loss_config=steps.LossConfig(num_classes=8, l2=config.loss.l2,
-                                   label_smoothing=config.loss.label_smoothing))
+                                   label_smoothing=config.loss.label_smoothing),
+      grad_accum_steps=grad_accum_steps)
   images, labels = random_batch(batch, image_size)
   device_batch = sharding.global_batch({"image": images, "label": labels}, mesh)
   return train_fn, state, device_batch

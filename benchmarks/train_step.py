@@ -3,6 +3,8 @@
   python benchmarks/train_step.py                    # every model x impl, one process each
   python benchmarks/train_step.py --model=cnn --impl=keras-jax --steps=30
   python benchmarks/train_step.py --model=efficientnetv2-s
+  python benchmarks/train_step.py --model=cnn --devices=8   # sharded path against 1 device
+  python benchmarks/train_step.py --model=cnn --batch=256 --grad_accum_steps=8
 
 Prints one JSON object per line: {"bench": "train_step", "model", "impl", "batch",
 "images_per_s", "step_ms_median", "peak_rss_mb", ...}. Every implementation runs
@@ -11,6 +13,11 @@ the study's head as in configs/effnet.py) on the same random batch, with Adam
 and the same loss, in its own subprocess so that each one's peak memory is its
 own and Keras's backend can be chosen. Run the whole set in one go: this
 machine's speed drifts, so only ratios within one run mean much.
+
+--devices=N times bloodcell_jax's step on 1 device and on N devices (forced host
+devices on a CPU, which share its cores: what it measures there is the cost of
+partitioning the step and of the collectives), with the same global batch, and
+prints {"bench": "sharded_overhead", ...} with the per-step difference.
 """
 
 import argparse
@@ -39,6 +46,9 @@ def parse_args(argv=None):
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--config", default=None, help="recipe (default: the model's own)")
   parser.add_argument("--ld_preload", default="", help="e.g. a tcmalloc .so, for every impl")
+  parser.add_argument("--devices", type=int, default=0,
+                      help="compare 1 and N forced host devices (bloodcell_jax only)")
+  parser.add_argument("--grad_accum_steps", type=int, default=1, help="bloodcell_jax only")
   return parser.parse_args(argv)
 
 
@@ -57,14 +67,16 @@ def time_steps(run_step, args):
 
 def bench_bloodcell_jax(args, config):
   import jax  # pylint: disable=g-import-not-at-top
-  train_fn, state, batch = step_setup.jitted_step(config, args.batch, args.image_size)
+  train_fn, state, batch = step_setup.jitted_step(config, args.batch, args.image_size,
+                                                  args.grad_accum_steps)
   holder = [state]
 
   def run_step():
     holder[0], metrics = train_fn(holder[0], batch)
     jax.block_until_ready(metrics)
   return time_steps(run_step, args), {"devices": jax.device_count(),
-                                      "platform": jax.devices()[0].platform}
+                                      "platform": jax.devices()[0].platform,
+                                      "grad_accum_steps": args.grad_accum_steps}
 
 
 def keras_cnn(config, args):
@@ -137,12 +149,38 @@ def run_one(args):
                     "peak_rss_mb": round(peak_rss_mb, 1), **extra}), flush=True)
 
 
+def run_subprocess(args, env) -> dict:
+  """Runs one --model --impl measurement in its own process; returns its JSON record."""
+  out = subprocess.run([sys.executable, os.path.abspath(__file__), *args], check=True, env=env,
+                       stdout=subprocess.PIPE, text=True).stdout
+  print(out, end="", flush=True)
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def compare_device_counts(args, passthrough):
+  """bloodcell_jax's step on 1 and on `args.devices` devices, same global batch."""
+  records = {}
+  for devices in (1, args.devices):
+    flags = os.environ.get("XLA_FLAGS", "")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={devices}".strip()}
+    records[devices] = run_subprocess([f"--model={args.model or 'cnn'}", "--impl=bloodcell_jax",
+                                       *passthrough], env)
+  one, many = records[1]["step_ms_median"], records[args.devices]["step_ms_median"]
+  print(json.dumps({"bench": "sharded_overhead", "model": args.model or "cnn",
+                    "batch": args.batch, "devices": records[args.devices]["devices"],
+                    "step_ms_1_device": one, "step_ms_n_devices": many,
+                    "overhead_ms": round(many - one, 1), "ratio": round(many / one, 3)}))
+
+
 def main(argv=None):
   args = parse_args(argv)
   if args.model and args.impl:
     return run_one(args)
   passthrough = [a for a in (argv if argv is not None else sys.argv[1:])
-                 if not a.startswith(("--model", "--impl"))]
+                 if not a.startswith(("--model", "--impl", "--devices"))]
+  if args.devices:
+    return compare_device_counts(args, passthrough)
   for model in [args.model] if args.model else MODELS:
     for impl in [args.impl] if args.impl else IMPLS:
       env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
