@@ -193,7 +193,7 @@ def predicted_probabilities(workdir, folder, out, *flags):
 
 def test_weight_average_and_gradient_accumulation_end_to_end(synthetic_run, tmp_path):
   workdir = str(tmp_path / "ema")
-  result = run_launch(workdir, "--config.num_epochs=2", "--config.grad_accum_steps=2",
+  result = run_launch(workdir, "--config.num_epochs=1", "--config.grad_accum_steps=2",
                       "--config.train.ema_decay=0.9",
                       "--config.train.early_stopping_metric=ema_val_accuracy")
   assert "ema_val_accuracy" in result.stderr

@@ -6,10 +6,13 @@ makes all of them save the same step and exit 0.
 Float sums in another order differ in the last bits, and training amplifies such
 differences quickly in a small CNN (an Adam step turns a sign into a full step, a max
 pool's tie goes one way or the other), so these runs are short: 10 steps, no dropout,
-no augmentation. 4 devices in one process or in two agree to 1e-5 there (1e-4 asserted). A 1-device
-program is compiled differently: its runs drift by up to a few percent in 10 steps,
-so the 1-device continuation is held to a looser bound (tests/test_sharding.py holds
-the step itself to 2e-5 on 1 and 8 devices)."""
+no augmentation. 4 devices in one process or in two agree to 1e-5 there (1e-4
+asserted). On one CPU device the last bits of a step also depend on things outside
+the program (importing TensorFlow earlier, or calling the step through a Python
+wrapper, changed them in our runs), and those runs drift by a few percent in 10 steps;
+the 1-device continuation is held to 5%, which a restart from scratch or from another
+data position exceeds (tests/test_sharding.py holds the step itself to 2e-5 on 1 and
+on 8 devices)."""
 
 import glob
 import os
@@ -126,13 +129,17 @@ def test_only_process_zero_writes_logs_and_summaries(four_devices, two_processes
 
 def test_checkpoint_from_four_devices_continues_on_one_device_and_on_two_processes(
     four_devices, tmp_path):
-  first_half = str(tmp_path / "first_half")
-  train(first_half, processes=1, devices_per_process=4, epochs=EPOCHS // 2)
+  half = EPOCHS // 2 * STEPS_PER_EPOCH
   for processes, devices, tolerance in ((2, 2, 1e-4), (1, 1, 0.05)):
     continued = str(tmp_path / f"continued_{processes}x{devices}")
-    shutil.copytree(first_half, continued)
+    shutil.copytree(four_devices, continued)
+    os.remove(os.path.join(continued, "results.json"))
+    for later in glob.glob(os.path.join(continued, "checkpoints", "*", "*")):
+      if os.path.basename(later).isdigit() and int(os.path.basename(later)) > half:  # back to the mid-run checkpoint
+        shutil.rmtree(later)
+    assert max(finished_steps(continued)) == half
     logs = train(continued, processes, devices)
-    assert f"at step {EPOCHS // 2 * STEPS_PER_EPOCH} (epoch {EPOCHS // 2})" in logs[0]
+    assert f"at step {half} (epoch {EPOCHS // 2})" in logs[0]
     assert_same_state(four_devices, continued, tolerance)
 
 
