@@ -183,7 +183,7 @@ def _accumulated_gradients(model, state: TrainState, batch: dict, rng, loss_conf
 
   zeros = jax.tree.map(jnp.zeros_like, (state.params, state.batch_stats))
   # A loop keeps one micro-batch's activations alive at a time. XLA:CPU runs a loop body
-  # ~25x slower than the same ops unrolled (benchmarks/train_step.py --grad_accum_steps),
+  # ~20x slower than the same ops unrolled (benchmarks/train_step.py --grad_accum_steps),
   # so on CPUs the micro-batches are unrolled instead.
   (grads, batch_stats), (loss, logits) = jax.lax.scan(
       accumulate, zeros, (microbatches(batch, count), jnp.arange(count)),
