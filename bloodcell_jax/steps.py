@@ -93,8 +93,7 @@ def _update_ema(ema: dict, params, batch_stats, step, decay: float) -> dict:
   are not dominated by the random initialisation."""
   t = step.astype(jnp.float32)
   d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
-  return jax.tree.map(lambda e, w: d * e + (1.0 - d) * w, ema,
-                      {"params": params, "batch_stats": batch_stats})
+  return jax.tree.map(lambda e, w: d * e + (1.0 - d) * w, ema, _ema_start(params, batch_stats))
 
 
 def _apply(model, state, params, images, train: bool, rng=None):
