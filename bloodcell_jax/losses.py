@@ -30,9 +30,10 @@ def jensen_shannon(logits, mask=None):
   """AugMix's consistency loss over views (N, V, C): the mean over views of KL(p_v || M),
   M the views' mean distribution (clipped at 1e-7 as the paper's code), averaged over
   the batch (padded examples masked out)."""
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  probs = jax.nn.softmax(logits, axis=-1)
   log_mixture = jnp.log(jnp.clip(probs.mean(axis=1, keepdims=True), 1e-7, 1.0))
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
   per_example = (probs * (log_probs - log_mixture)).sum(-1).mean(-1)
   if mask is None:
     return per_example.mean()

@@ -91,7 +91,7 @@ def _update_ema(ema: dict, params, batch_stats, step, decay: float) -> dict:
   """ema <- d * ema + (1 - d) * weights, with d = min(decay, (1 + t) / (10 + t)): the
   warm-up of tf.train.ExponentialMovingAverage's num_updates, so that early averages
   are not dominated by the random initialisation."""
-  t = step.astype(jnp.float32)
+  t = step.astype(float)  # float64 in 64-bit runs
   d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
   return jax.tree.map(lambda e, w: d * e + (1.0 - d) * w, ema, _ema_start(params, batch_stats))
 

@@ -66,7 +66,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.activation = "relu"
   config.model.norm = "none"  # none | batch | group
   config.model.head = "flatten"  # flatten | gap
-  config.model.dtype = "float32"  # compute dtype; parameters stay float32
+  config.model.dtype = "float32"  # compute dtype (bfloat16 on accelerators)
+  # Parameter dtype; float64 (with dtype float64 and JAX_ENABLE_X64=1) makes rounding
+  # negligible, for numerical checks across device and process layouts.
+  config.model.param_dtype = "float32"
   # Weights to start from: a Keras .h5, a ported checkpoint (bloodcell_jax.weights.keras_port)
   # or an earlier run's workdir (its best checkpoint). Empty = random initialisation.
   config.model.init_from = ""

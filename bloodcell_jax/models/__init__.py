@@ -3,6 +3,7 @@
 from typing import Callable, Dict
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
@@ -32,8 +33,20 @@ def build_model(config, num_classes: int, **overrides) -> nn.Module:
   """The model `config.model` describes (its other keys are constructor arguments)."""
   kwargs = {k: v for k, v in config.model.items() if k not in _NOT_CONSTRUCTOR_ARGS}
   kwargs.update(overrides)
-  kwargs["dtype"] = jnp.dtype(kwargs.get("dtype", "float32"))
+  for key in ("dtype", "param_dtype"):
+    kwargs[key] = _dtype(key, kwargs.get(key, "float32"))
   return get_model(config.model.name, num_classes=num_classes, **kwargs)
+
+
+def _dtype(key: str, name) -> jnp.dtype:
+  try:
+    dtype = jnp.dtype(name)
+  except TypeError:
+    raise UserError(f"config.model.{key}='{name}': expected a float dtype such as float32, "
+                    "bfloat16 or float64") from None
+  if jax.dtypes.canonicalize_dtype(dtype) != dtype:  # float64 without x64 would be float32
+    raise UserError(f"config.model.{key}=float64: needs 64-bit JAX (set JAX_ENABLE_X64=1)")
+  return dtype
 
 
 def model_names():

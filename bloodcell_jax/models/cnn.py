@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.models import register
-from bloodcell_jax.models.layers import max_pool_2x2
+from bloodcell_jax.models.layers import batch_norm_dtypes, max_pool_2x2
 
 _ACTIVATIONS = {"relu": nn.relu, "leaky_relu": nn.leaky_relu}
 
@@ -32,8 +32,13 @@ class CNN(nn.Module):
   norm: str = "none"
   head: str = "flatten"
   dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   HEAD_LAYERS = ("dense", "logits")  # re-initialised when starting from other weights
+
+  @property
+  def _dtypes(self) -> dict:
+    return {"dtype": self.dtype, "param_dtype": self.param_dtype}
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -41,7 +46,7 @@ class CNN(nn.Module):
     x = jnp.asarray(x, self.dtype) / 255.0
     for i, features in enumerate(self.filters):
       x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding="SAME",
-                  use_bias=self.norm == "none", dtype=self.dtype, name=f"conv{i}")(x)
+                  use_bias=self.norm == "none", **self._dtypes, name=f"conv{i}")(x)
       # Pool first: for a monotone activation max-pooling commutes with it, and the
       # normalisation and activation then touch 4x fewer values (the step's
       # memory traffic, not its FLOPs, dominates on CPU).
@@ -49,19 +54,19 @@ class CNN(nn.Module):
       x = act(self._normalize(x, train, f"norm{i}"))
     x = x.reshape(x.shape[0], -1) if self.head == "flatten" else x.mean(axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = act(nn.Dense(self.dense_units, dtype=self.dtype, name="dense")(x))
+    x = act(nn.Dense(self.dense_units, **self._dtypes, name="dense")(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x)
-    return x.astype(jnp.float32)
+    x = nn.Dense(self.num_classes, **self._dtypes, name="logits")(x)
+    return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # bfloat16 -> float32
 
   def _normalize(self, x, train, name):
     if self.norm == "batch":
       # Keras's epsilon; momentum 0.9 so statistics settle within short runs.
       return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
-                          dtype=self.dtype, name=name)(x)
+                          **batch_norm_dtypes(self.dtype, self.param_dtype), name=name)(x)
     if self.norm == "group":
       return nn.GroupNorm(num_groups=min(8, x.shape[-1]), epsilon=1e-3,
-                          dtype=self.dtype, name=name)(x)
+                          **self._dtypes, name=name)(x)
     return x
 
 

@@ -84,8 +84,13 @@ def _lax_backward(x, kernel, g, stride):
   return vjp(g)
 
 
+def _wide(dtype):
+  """Sums in float32 at least (bfloat16 inputs), float64 for float64 models."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def _cpu_forward(x, kernel, stride):
-  v, kernel = x.astype(jnp.float32), kernel.astype(jnp.float32)
+  v, kernel = x.astype(_wide(x.dtype)), kernel.astype(_wide(x.dtype))
   if stride == 1:
     k = kernel.shape[0]
     padded = _padded_input(v, k, 1)
@@ -98,9 +103,9 @@ def _cpu_forward(x, kernel, stride):
 
 
 def _cpu_backward(x, kernel, g, stride):
-  g = g.astype(jnp.float32)
-  dx = _shifted_sum(g, kernel.astype(jnp.float32), stride, x.shape[1:3], transpose=True)
-  dk = _kernel_grad(x.astype(jnp.float32), g, kernel.shape[0], stride)
+  g = g.astype(_wide(g.dtype))
+  dx = _shifted_sum(g, kernel.astype(g.dtype), stride, x.shape[1:3], transpose=True)
+  dk = _kernel_grad(x.astype(g.dtype), g, kernel.shape[0], stride)
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 

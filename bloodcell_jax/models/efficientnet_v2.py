@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.models import register
 from bloodcell_jax.models.depthwise import depthwise_conv2d
+from bloodcell_jax.models.layers import batch_norm_dtypes
 
 # One row per stage: block type, repeats, input filters, output filters,
 # expansion ratio, squeeze-excitation ratio, first stride (all kernels are 3x3).
@@ -193,10 +194,16 @@ def keras_to_flax_path(layer_name: str) -> str:
   return f"{match[1]}/{match[2]}" if match else layer_name
 
 
-def batch_norm(x, name, keras_name, frozen_bn, train, dtype):
+def batch_norm(x, name, keras_name, frozen_bn, train, dtypes):
   """Keras's BatchNorm inside a compact module; frozen layers use their running statistics."""
   return nn.BatchNorm(use_running_average=not train or keras_name in frozen_bn,
-                      momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, name=name)(x)
+                      momentum=BN_MOMENTUM, epsilon=BN_EPSILON, **batch_norm_dtypes(**dtypes),
+                      name=name)(x)
+
+
+def _dtypes(module) -> dict:
+  """A module's compute and parameter dtypes, passed on to every layer in it."""
+  return {"dtype": module.dtype, "param_dtype": module.param_dtype}
 
 
 class DepthwiseConv(nn.Module):
@@ -204,11 +211,12 @@ class DepthwiseConv(nn.Module):
   kernel_size: int = 3
   stride: int = 1
   dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", _depthwise_init,
-                        (self.kernel_size, self.kernel_size, 1, x.shape[-1]), jnp.float32)
+                        (self.kernel_size, self.kernel_size, 1, x.shape[-1]), self.param_dtype)
     return depthwise_conv2d(x, kernel[:, :, 0, :].astype(self.dtype), self.stride)
 
 
@@ -217,13 +225,14 @@ class Block(nn.Module):
   spec: BlockSpec
   frozen_bn: Tuple[str, ...] = ()
   dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   def _conv(self, features, kernel, stride, name, bias=False):
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding="SAME", use_bias=bias,
-                   kernel_init=_conv_init, dtype=self.dtype, name=name)
+                   kernel_init=_conv_init, **_dtypes(self), name=name)
 
   def _norm(self, x, name, train):
-    return batch_norm(x, name, f"{self.spec.name}_{name}", self.frozen_bn, train, self.dtype)
+    return batch_norm(x, name, f"{self.spec.name}_{name}", self.frozen_bn, train, _dtypes(self))
 
   @nn.compact
   def __call__(self, inputs, train: bool = False):
@@ -237,7 +246,7 @@ class Block(nn.Module):
                      "expand_conv")(x)
       x = nn.swish(self._norm(x, "expand_bn", train))
     if s.kind == "mbconv":
-      x = DepthwiseConv(s.kernel_size, s.stride, dtype=self.dtype, name="dwconv2")(x)
+      x = DepthwiseConv(s.kernel_size, s.stride, **_dtypes(self), name="dwconv2")(x)
       x = nn.swish(self._norm(x, "bn", train))
     if s.se_ratio:
       se = x.mean(axis=(1, 2), keepdims=True)
@@ -277,33 +286,34 @@ class EfficientNetV2(nn.Module):
   drop_connect_rate: float = DROP_CONNECT_RATE
   frozen_bn: Tuple[str, ...] = ()
   dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
 
   HEAD_LAYERS = ("head_dense", "predictions")  # re-initialised when starting from other weights
 
   def _bn(self, x, name, train):
-    return batch_norm(x, name, name, self.frozen_bn, train, self.dtype)
+    return batch_norm(x, name, name, self.frozen_bn, train, _dtypes(self))
 
   def features(self, x, train: bool):
     v = VARIANTS[self.variant]
-    x = jnp.asarray(x, jnp.float32)
+    x = jnp.asarray(x, self.output_dtype)
     if v.imagenet_normalized:
       x = (x / 255.0 - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
     else:
       x = x / 128.0 - 1.0
     x = x.astype(self.dtype)
     x = nn.Conv(stem_filters(v), (3, 3), (2, 2), padding="SAME", use_bias=False,
-                kernel_init=_conv_init, dtype=self.dtype, name="stem_conv")(x)
+                kernel_init=_conv_init, **_dtypes(self), name="stem_conv")(x)
     x = nn.swish(self._bn(x, "stem_bn", train))
     for spec in block_specs(v, self.drop_connect_rate):
-      x = Block(spec, self.frozen_bn, self.dtype, name=spec.name)(x, train)
+      x = Block(spec, self.frozen_bn, **_dtypes(self), name=spec.name)(x, train)
     x = nn.Conv(top_filters(v), (1, 1), use_bias=False, kernel_init=_conv_init,
-                dtype=self.dtype, name="top_conv")(x)
+                **_dtypes(self), name="top_conv")(x)
     return nn.swish(self._bn(x, "top_bn", train))
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = self.features(x, train)
-    dense = lambda n, name: nn.Dense(n, kernel_init=_dense_init, dtype=self.dtype, name=name)
+    dense = lambda n, name: nn.Dense(n, kernel_init=_dense_init, **_dtypes(self), name=name)
     if self.head == "keras":
       x = nn.Dropout(self.top_dropout, deterministic=not train)(x.mean(axis=(1, 2)))
       x = dense(self.num_classes, "predictions")(x)
@@ -316,7 +326,12 @@ class EfficientNetV2(nn.Module):
       x = x.mean(axis=(1, 2))
     elif self.pooling == "max":
       x = x.max(axis=(1, 2))
-    return x.astype(jnp.float32)
+    return x.astype(self.output_dtype)
+
+  @property
+  def output_dtype(self):
+    """float32, or float64 for a float64 model (bfloat16 computes, float32 comes out)."""
+    return jnp.promote_types(self.dtype, jnp.float32)
 
 
 HEADS = ("keras", "flatten", "none")

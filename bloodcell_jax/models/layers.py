@@ -4,6 +4,14 @@ import jax
 import jax.numpy as jnp
 
 
+def batch_norm_dtypes(dtype, param_dtype) -> dict:
+  """nn.BatchNorm's dtype arguments. Its running statistics stay float32 unless the
+  parameters are float64: flax would otherwise create them float32 and the first
+  float64 update would change their dtype."""
+  return {"dtype": dtype, "param_dtype": param_dtype,
+          "force_float32_reductions": jnp.dtype(param_dtype) != jnp.float64}
+
+
 def _windows_2x2(x):
   b, h, w, c = x.shape
   return x[:, : h - h % 2, : w - w % 2].reshape(b, h // 2, 2, w // 2, 2, c)
