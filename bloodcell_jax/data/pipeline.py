@@ -94,6 +94,8 @@ def _dataset(source: InMemorySource, examples, epochs, mask, seed: int,
     batch["mask"] = valid
     return batch
 
+  # The functions are graph code already: autograph's conversion would only cost start-up.
+  draw, load = (tf.autograph.experimental.do_not_convert(f) for f in (draw, load))
   ds = tf.data.Dataset.from_tensor_slices((examples, epochs, mask))
   if pipe.is_identity:
     ds = ds.map(lambda example, epoch, valid: (example, valid))
