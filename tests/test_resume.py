@@ -12,23 +12,24 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, TINY_OVERRIDES, run_launch, subprocess_env
+from conftest import ROOT, TINY_OVERRIDES, TRAINED_RUN_OVERRIDES as OVERRIDES, run_launch, \
+    subprocess_env
 
-OVERRIDES = ("--config.num_epochs=12", "--config.train.checkpoint_every_steps=3",
-             "--config.train.early_stopping_patience=0",
-             "--config.model.norm=batch")  # batch_stats must survive the restart too
 TOTAL_STEPS = 12 * 18  # 288 training images in batches of 16
 
 
 def final_state(workdir):
+  """(step, state as numpy arrays) of the newest checkpoint, whatever devices saved it and
+  in the dtypes it was saved in (float64 too)."""
   manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest"),
                                   item_names=("state", "meta"))
   step = manager.latest_step()
-  # Whatever devices saved it: onto this process's first device.
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
-      fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))))
+  with jax.enable_x64(True):
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+        fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))))
+    state = jax.tree.map(np.asarray, restored["state"])
   manager.close()
-  return step, restored["state"]
+  return step, state
 
 
 def finished_steps(workdir):
@@ -63,14 +64,7 @@ def assert_same_final_state(workdir_a, workdir_b):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("straight"))
-  run_launch(workdir, *OVERRIDES)
-  return workdir
-
-
-def test_sigterm_saves_exits_zero_and_resumes_exactly(uninterrupted, tmp_path):
+def test_sigterm_saves_exits_zero_and_resumes_exactly(trained_run, tmp_path):
   preempted = str(tmp_path / "preempted")
   process = start_run(preempted)
   wait_for_checkpoint(process, preempted, 24)
@@ -81,7 +75,7 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(uninterrupted, tmp_path):
 
   result = run_launch(preempted, *OVERRIDES)
   assert f"at step {saved}" in result.stderr
-  assert_same_final_state(uninterrupted, preempted)
+  assert_same_final_state(trained_run[0], preempted)
 
 
 def checkpoints_being_written(workdir):
@@ -94,7 +88,7 @@ def checkpoints_being_written(workdir):
   return found
 
 
-def test_sigkill_during_checkpoint_writes_never_restores_wrong(uninterrupted, tmp_path):
+def test_sigkill_during_checkpoint_writes_never_restores_wrong(trained_run, tmp_path):
   killed = str(tmp_path / "killed_while_saving")
   killed_mid_write = 0
   for _ in range(3):
@@ -112,4 +106,4 @@ def test_sigkill_during_checkpoint_writes_never_restores_wrong(uninterrupted, tm
 
   result = run_launch(killed, *OVERRIDES)
   assert "resumed" in result.stderr
-  assert_same_final_state(uninterrupted, killed)
+  assert_same_final_state(trained_run[0], killed)

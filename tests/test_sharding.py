@@ -1,5 +1,11 @@
 """The jitted train step on 8 devices equals the step on 1 device; gradient accumulation
-equals the whole batch; the weight average is the average it claims to be."""
+equals the whole batch; the weight average is the average it claims to be.
+
+In float64, so that the comparisons hold on any CPU: in float32 the layouts differ in
+the last bits of their reductions, by amounts that depend on the CPU (see
+tests/test_multihost.py). In float64 they agree to 1e-13 after 3 steps; RTOL leaves
+four orders of magnitude for another CPU, and one example per device with
+unsynchronised BatchNorm statistics moves them by more than 1e-2."""
 
 import json
 import subprocess
@@ -16,6 +22,7 @@ SCRIPT = r"""
 import json, sys
 import numpy as np
 import jax
+jax.config.update("jax_enable_x64", True)
 from bloodcell_jax import models, optim, sharding, steps
 from configs import default
 
@@ -25,6 +32,7 @@ def run(norm, batch_size, accum=1, ema_decay=0.0):
   config.model.dense_units = 8
   config.model.norm = norm
   config.model.dropout = 0.0
+  config.model.dtype = config.model.param_dtype = "float64"
   mesh = sharding.make_mesh()
   model = models.build_model(config, 8)
   state, tx = steps.create_train_state(
@@ -63,7 +71,10 @@ def run_on(devices: int, **variants) -> dict:
   return result
 
 
-def assert_close(a, b, rtol=2e-5, atol=2e-6):
+RTOL = 1e-10
+
+
+def assert_close(a, b, rtol=RTOL, atol=RTOL / 10):
   assert len(a) == len(b)
   for x, y in zip(a, b):
     np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
@@ -75,12 +86,11 @@ def assert_differs(a, b):
 
 @pytest.fixture(scope="module")
 def one_device():
-  return run_on(1, batch_norm=dict(norm="batch", batch_size=8),
+  # The weight average does not change the weights' trajectory: one variant checks both.
+  return run_on(1, batch_norm=dict(norm="batch", batch_size=8, ema_decay=0.9),
+                batch_norm_accumulated=dict(norm="batch", batch_size=8, accum=4),
                 whole=dict(norm="none", batch_size=16),
-                accumulated=dict(norm="none", batch_size=16, accum=4),
-                batch_norm_whole=dict(norm="batch", batch_size=16),
-                batch_norm_accumulated=dict(norm="batch", batch_size=16, accum=4),
-                ema=dict(norm="batch", batch_size=8, ema_decay=0.9))
+                accumulated=dict(norm="none", batch_size=16, accum=4))
 
 
 @pytest.fixture(scope="module")
@@ -105,17 +115,17 @@ def test_accumulation_averages_batch_norm_running_means(one_device):
   # After one step from the same state, the first BatchNorm layer's running mean is the
   # whole batch's (deeper layers see inputs normalised by micro-batch statistics).
   # Leaves are in key order: batch_stats before params, each layer's mean before its var.
-  whole = one_device["batch_norm_whole"]
+  whole = one_device["batch_norm"]
   accumulated = one_device["batch_norm_accumulated"]
   assert accumulated["batch_stats"], "no BatchNorm statistics"
   first_step = lambda run: run["trajectory"][0][:len(run["batch_stats"])]
   means_whole, means_accumulated = first_step(whole)[::2], first_step(accumulated)[::2]
   assert_differs(means_whole, [np.zeros(len(m)) for m in means_whole])
-  assert_close(means_whole[:1], means_accumulated[:1], rtol=1e-5, atol=1e-6)
+  assert_close(means_whole[:1], means_accumulated[:1])
 
 
 def test_ema_is_the_warmed_up_average_of_the_trajectory(one_device):
-  run = one_device["ema"]
+  run = one_device["batch_norm"]
   average = [np.asarray(leaf) for leaf in run["initial"]]
   for t, weights in enumerate(run["trajectory"]):
     decay = min(0.9, (1 + t) / (10 + t))
