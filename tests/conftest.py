@@ -1,8 +1,10 @@
 """Shared fixtures: tiny generated data, real-data paths, and a launcher for runs."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +13,22 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PBC96 = os.path.join(ROOT, "..", "shared", "data", "pbc96")
 
+# One XLA compilation cache for the session's subprocesses: dozens of tiny runs compile the
+# same programs, and a cached executable is the same code as a fresh compile (it halves a
+# tiny run's start-up). Not for this process: it runs models op by op, and writing each
+# op's executable to the cache costs more than compiling it.
+COMPILATION_CACHE = {
+    "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="bloodcell_jax_tests_xla_"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  shutil.rmtree(COMPILATION_CACHE["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
 # Small enough to train in seconds on 2 cores, big enough to learn something.
 TINY_OVERRIDES = (
     "--config.image_size=32", "--config.data.synthetic_size=320",
@@ -18,6 +36,20 @@ TINY_OVERRIDES = (
     "--config.model.filters=(8, 16, 16, 32)", "--config.model.dense_units=32",
     "--config.train.log_every_steps=4",
 )
+
+
+# One run that several modules read (tests/test_launch.py, tests/test_resume.py): 12 epochs
+# with BatchNorm, whose statistics must survive restarts too, a checkpoint every 3 steps and
+# no early stopping.
+TRAINED_RUN_OVERRIDES = ("--config.num_epochs=12", "--config.train.checkpoint_every_steps=3",
+                         "--config.train.early_stopping_patience=0", "--config.model.norm=batch")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+  """(workdir, CompletedProcess) of the tiny recipe trained with TRAINED_RUN_OVERRIDES."""
+  workdir = str(tmp_path_factory.mktemp("trained_run"))
+  return workdir, run_launch(workdir, *TRAINED_RUN_OVERRIDES)
 
 
 @pytest.fixture
@@ -54,6 +86,6 @@ def run_launch(workdir, *overrides, config="configs/cnn.py", timeout=600, tiny=T
 
 
 def subprocess_env(**extra):
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT, **COMPILATION_CACHE}
   env.update(extra)
   return env

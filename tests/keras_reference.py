@@ -2,7 +2,7 @@
 
 usage: python tests/keras_reference.py OUT_DIR [--size=N]
 
-For B0 and S, with and without the top: Keras weight files in the three
+For B0 with and without the top, and S without: Keras weight files in the three
 formats the port reads, one random [0, 255] input batch, the model's output in
 inference mode, each block's output (for the stage-by-stage comparison) and,
 for S, the weights Keras leaves trainable after freezing its first 480 layers.
@@ -12,14 +12,15 @@ import json
 import os
 import sys
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # builds 3x faster than jax here
 
 import h5py  # pylint: disable=g-import-not-at-top,wrong-import-position
 import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from keras.src.legacy.saving import legacy_h5_format  # pylint: disable=wrong-import-position
 
-VARIANTS = {"b0": "EfficientNetV2B0", "s": "EfficientNetV2S"}
+# (Keras constructor, with the top or not): the top's port is checked on B0, S is the study's.
+VARIANTS = {"b0": ("EfficientNetV2B0", (True, False)), "s": ("EfficientNetV2S", (False,))}
 FREEZE_FIRST = 480
 
 
@@ -37,8 +38,8 @@ def write(out_dir: str, size: int):
   rng = np.random.default_rng(0)
   images = rng.uniform(0, 255, (2, size, size, 3)).astype(np.float32)
   np.save(os.path.join(out_dir, "images.npy"), images)
-  for short, constructor in VARIANTS.items():
-    for top in (True, False):
+  for short, (constructor, tops) in VARIANTS.items():
+    for top in tops:
       keras.utils.set_random_seed(1)
       model = getattr(keras.applications, constructor)(
           weights=None, include_top=top, input_shape=(size, size, 3), classes=8,

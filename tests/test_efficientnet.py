@@ -1,5 +1,6 @@
 """EfficientNetV2 against keras.applications: ported weights, numerical parity, freezing."""
 
+import functools
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ def keras_ref(tmp_path_factory):
   pytest.importorskip("keras")
   out = tmp_path_factory.mktemp("keras_ref")
   subprocess.run([sys.executable, os.path.join(ROOT, "tests", "keras_reference.py"), str(out)],
-                 check=True, capture_output=True, env=subprocess_env(KERAS_BACKEND="jax"),
+                 check=True, capture_output=True, env=subprocess_env(KERAS_BACKEND="tensorflow"),
                  timeout=900)
   return out
 
@@ -49,14 +50,15 @@ def compare_stages(intermediates, keras_blocks, tolerance=PARITY_TOLERANCE):
 
 
 def run_with_intermediates(model, variables, images):
-  out, state = model.apply(variables, images, capture_intermediates=True,
-                           mutable=["intermediates"])
+  # Jitted: compiling the whole forward pass once is 10x faster than running it op by op.
+  out, state = jax.jit(functools.partial(model.apply, capture_intermediates=True,
+                                         mutable=["intermediates"]))(variables, images)
   return np.asarray(out), state["intermediates"]
 
 
 @pytest.mark.parametrize("stem, file_suffix", [
     ("b0_top", ".h5"), ("b0_top", "_model.h5"), ("b0_top", ".weights.h5"),
-    ("b0_notop", ".h5"), ("b0_notop", ".weights.h5"), ("s_top", ".h5"), ("s_notop", ".h5")])
+    ("b0_notop", ".h5"), ("b0_notop", ".weights.h5"), ("s_notop", ".h5")])
 def test_ported_weights_reproduce_keras(keras_ref, stem, file_suffix):
   variant, top = stem.split("_")
   variables = keras_port.load_keras_weights(MODEL[variant], str(keras_ref / (stem + file_suffix)))
@@ -120,11 +122,11 @@ def test_every_variant_has_keras_parameter_count():
 def test_bfloat16_compute_keeps_float32_parameters(keras_ref):
   variables = keras_port.load_keras_weights(MODEL["b0"], str(keras_ref / "b0_notop.h5"))
   images = np.load(keras_ref / "images.npy")
-  full = models.get_model(MODEL["b0"], include_top=False).apply(variables, images)
+  full = jax.jit(models.get_model(MODEL["b0"], include_top=False).apply)(variables, images)
   half_model = models.get_model(MODEL["b0"], include_top=False, dtype=jnp.bfloat16)
-  half = half_model.apply(variables, images)
+  half = jax.jit(half_model.apply)(variables, images)  # op by op, bfloat16 is slow on CPU
   assert half.dtype == jnp.float32
-  params = half_model.init(jax.random.PRNGKey(0), images[:1])["params"]
+  params = jax.eval_shape(half_model.init, jax.random.PRNGKey(0), images[:1])["params"]
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
   assert relative_error(half, np.asarray(full)) < 0.05
 
@@ -161,7 +163,9 @@ def test_port_cli_writes_a_checkpoint_that_init_from_loads(keras_ref, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, ported, direct)
   # Into the study's head: the backbone is the port's, the new head keeps its fresh values.
   model = models.get_model(MODEL["b0"], num_classes=8, head="flatten")
-  fresh = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  # A recognisable stand-in for a fresh initialisation (initialising runs the model).
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  fresh = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), shapes)
   merged, summary = init_from.merge(fresh, ported, model.HEAD_LAYERS, False, str(out))
   assert summary["head_reinitialised"] == ["head_dense", "predictions"]
   np.testing.assert_array_equal(merged["params"]["stem_conv"]["kernel"],

@@ -14,18 +14,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bloodcell_jax.data.sources import PBC_CLASS_NAMES
-from conftest import ROOT, run_launch, subprocess_env, write_image_folder
+from conftest import ROOT, TRAINED_RUN_OVERRIDES, run_launch, subprocess_env, write_image_folder
 
 
-@pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("run"))
-  result = run_launch(workdir, "--config.num_epochs=12")
-  return workdir, result
-
-
-def test_run_leaves_every_artefact(synthetic_run):
-  workdir, result = synthetic_run
+def test_run_leaves_every_artefact(trained_run):
+  workdir, result = trained_run
   results = json.load(open(os.path.join(workdir, "results.json")))
   for key in ("val_accuracy", "augmented_val_accuracy", "test_accuracy",
               "balanced_val_accuracy", "per_class_val_accuracy", "num_train", "num_val",
@@ -49,16 +42,16 @@ def test_run_leaves_every_artefact(synthetic_run):
   assert "images/s" in result.stderr and "ETA" in result.stderr
 
 
-def test_tiny_cnn_learns_the_synthetic_classes(synthetic_run):
-  workdir, _ = synthetic_run
+def test_tiny_cnn_learns_the_synthetic_classes(trained_run):
+  workdir, _ = trained_run
   results = json.load(open(os.path.join(workdir, "results.json")))
   assert results["val_accuracy"] >= 0.5  # chance is 0.125
 
 
-def test_rerun_of_a_finished_run_only_evaluates(synthetic_run):
-  workdir, _ = synthetic_run
+def test_rerun_of_a_finished_run_only_evaluates(trained_run):
+  workdir, _ = trained_run
   before = json.load(open(os.path.join(workdir, "results.json")))
-  result = run_launch(workdir, "--config.num_epochs=12", "--config.train.log_every_steps=5")
+  result = run_launch(workdir, *TRAINED_RUN_OVERRIDES, "--config.train.log_every_steps=5")
   after = json.load(open(os.path.join(workdir, "results.json")))
   assert "resumed" in result.stderr and "images/s" not in result.stderr
   assert after["val_accuracy"] == before["val_accuracy"]
@@ -67,8 +60,8 @@ def test_rerun_of_a_finished_run_only_evaluates(synthetic_run):
   assert "train.log_every_steps: 4 -> 5" in result.stderr
 
 
-def test_predict_writes_one_row_per_image(synthetic_run, tmp_path):
-  workdir, _ = synthetic_run
+def test_predict_writes_one_row_per_image(trained_run, tmp_path):
+  workdir, _ = trained_run
   folder = write_image_folder(str(tmp_path / "imgs"), images_per_class=2, size=40,
                               classes=("x", "y"))
   out = str(tmp_path / "preds.csv")
@@ -191,7 +184,7 @@ def predicted_probabilities(workdir, folder, out, *flags):
                    for row in csv.DictReader(open(out))])
 
 
-def test_weight_average_and_gradient_accumulation_end_to_end(synthetic_run, tmp_path):
+def test_weight_average_and_gradient_accumulation_end_to_end(trained_run, tmp_path):
   workdir = str(tmp_path / "ema")
   result = run_launch(workdir, "--config.num_epochs=1", "--config.grad_accum_steps=2",
                       "--config.train.ema_decay=0.9",
@@ -206,7 +199,7 @@ def test_weight_average_and_gradient_accumulation_end_to_end(synthetic_run, tmp_
   averaged = predicted_probabilities(workdir, folder, out, "--ema")
   assert raw.shape == averaged.shape == (6, 8)
   assert not np.allclose(raw, averaged, atol=1e-4)
-  assert predicted_probabilities(synthetic_run[0], folder, out, "--ema") == (
-      f"error: --workdir={synthetic_run[0]}: its run kept no weight average "
+  assert predicted_probabilities(trained_run[0], folder, out, "--ema") == (
+      f"error: --workdir={trained_run[0]}: its run kept no weight average "
       "(config.train.ema_decay was 0)")
 
