@@ -234,6 +234,7 @@ def test_single_ops_apply_with_their_probability(real_images):
     ("augmix(depth=7)", 0, "depth -1 or 1..3"),
     ("mixup(0.2)|flip", 0, "must come after every per-image op"),
     ("flip", 2, "needs exactly one augmix op"),
+    ("flip|augmix(severity=0.3)|mixup(0.2)", 2, "cannot be combined with mixup or cutmix"),
 ])
 def test_bad_specs_are_one_line_errors(spec, views, message):
   with pytest.raises(UserError, match=message):

@@ -1,5 +1,5 @@
-"""A run killed (SIGKILL, also in the middle of checkpoint writes) or preempted (SIGTERM)
-and started again ends bit-for-bit like an uninterrupted one."""
+"""A run preempted (SIGTERM) and killed (SIGKILL, also in the middle of checkpoint writes),
+and started again each time, ends bit-for-bit like an uninterrupted one."""
 
 import os
 import signal
@@ -39,11 +39,11 @@ def finished_steps(workdir):
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
-def start_run(workdir, *extra):
+def start_run(workdir, *extra, log=os.devnull):
   args = [sys.executable, os.path.join(ROOT, "launch.py"), "--config=configs/cnn.py",
           f"--workdir={workdir}", *TINY_OVERRIDES, *OVERRIDES, *extra]
   return subprocess.Popen(args, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+                          stderr=open(log, "w"))
 
 
 def wait_for_checkpoint(process, workdir, at_least):
@@ -64,20 +64,6 @@ def assert_same_final_state(workdir_a, workdir_b):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_sigterm_saves_exits_zero_and_resumes_exactly(trained_run, tmp_path):
-  preempted = str(tmp_path / "preempted")
-  process = start_run(preempted)
-  wait_for_checkpoint(process, preempted, 24)
-  process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=60) == 0
-  saved = max(finished_steps(preempted))
-  assert saved < TOTAL_STEPS and not os.path.exists(os.path.join(preempted, "results.json"))
-
-  result = run_launch(preempted, *OVERRIDES)
-  assert f"at step {saved}" in result.stderr
-  assert_same_final_state(trained_run[0], preempted)
-
-
 def checkpoints_being_written(workdir):
   """Orbax's temporary directories: checkpoints started and not yet complete."""
   found = []
@@ -88,22 +74,49 @@ def checkpoints_being_written(workdir):
   return found
 
 
-def test_sigkill_during_checkpoint_writes_never_restores_wrong(trained_run, tmp_path):
-  killed = str(tmp_path / "killed_while_saving")
-  killed_mid_write = 0
-  for _ in range(3):
-    before = set(checkpoints_being_written(killed))  # leftovers of earlier kills
-    process = start_run(killed, "--config.train.checkpoint_every_steps=1")
-    deadline = time.time() + 300
-    while not set(checkpoints_being_written(killed)) - before and time.time() < deadline:
-      assert process.poll() is None, "the run ended before it could be killed"
-      time.sleep(0.001)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_mid_write += bool(set(checkpoints_being_written(killed)) - before)
-  assert killed_mid_write >= 2, "too few kills landed inside a checkpoint write"
-  assert max(finished_steps(killed)) < TOTAL_STEPS
+def kill_while_saving(workdir, log) -> bool:
+  """Starts the run with a checkpoint every step and SIGKILLs it as soon as a checkpoint
+  write begins; whether the kill landed inside the write."""
+  before = set(checkpoints_being_written(workdir))  # leftovers of earlier kills
+  process = start_run(workdir, "--config.train.checkpoint_every_steps=1", log=log)
+  deadline = time.time() + 300
+  while not set(checkpoints_being_written(workdir)) - before and time.time() < deadline:
+    assert process.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.001)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  return bool(set(checkpoints_being_written(workdir)) - before)
 
-  result = run_launch(killed, *OVERRIDES)
-  assert "resumed" in result.stderr
-  assert_same_final_state(trained_run[0], killed)
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+  """One run preempted (SIGTERM), then killed three times while saving, then finished:
+  what each interruption left behind, and the logs."""
+  workdir = str(tmp_path_factory.mktemp("interrupted"))
+  logs = [os.path.join(workdir, f"run{i}.log") for i in range(4)]
+  process = start_run(workdir, log=logs[0])
+  wait_for_checkpoint(process, workdir, 24)
+  process.send_signal(signal.SIGTERM)
+  record = {"workdir": workdir, "sigterm_exit_code": process.wait(timeout=60),
+            "sigterm_saved": max(finished_steps(workdir)),
+            "results_after_sigterm": os.path.exists(os.path.join(workdir, "results.json"))}
+  record["kills_inside_writes"] = sum(kill_while_saving(workdir, log) for log in logs[1:])
+  record["saved_after_kills"] = max(finished_steps(workdir))
+  record["after_sigterm_log"] = open(logs[1]).read()
+  record["final_log"] = run_launch(workdir, *OVERRIDES).stderr
+  return record
+
+
+def test_sigterm_saves_exits_zero_and_the_next_run_resumes_there(interrupted):
+  saved = interrupted["sigterm_saved"]
+  assert interrupted["sigterm_exit_code"] == 0
+  assert 24 <= saved < TOTAL_STEPS and not interrupted["results_after_sigterm"]
+  assert f"at step {saved}" in interrupted["after_sigterm_log"]
+
+
+def test_sigkill_during_checkpoint_writes_never_restores_wrong(trained_run, interrupted):
+  assert interrupted["kills_inside_writes"] >= 2, "too few kills landed inside a checkpoint write"
+  assert interrupted["saved_after_kills"] < TOTAL_STEPS
+  assert "resumed" in interrupted["final_log"]
+  # Preempted once and killed three times, it ends bit for bit like the uninterrupted run.
+  assert_same_final_state(trained_run[0], interrupted["workdir"])
