@@ -66,6 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.activation = "relu"
   config.model.norm = "none"  # none | batch | group
   config.model.head = "flatten"  # flatten | gap
+  # Per-image colour normalisation inside the model: none | grey_world | channel_standardize
+  config.model.input_norm = "none"
   config.model.dtype = "float32"  # compute dtype (bfloat16 on accelerators)
   # Parameter dtype; float64 (with dtype float64 and JAX_ENABLE_X64=1) makes rounding
   # negligible, for numerical checks across device and process layouts.

@@ -30,7 +30,9 @@ def get_config():
       dense_units=256,
       dropout=0.5,
       drop_connect_rate=0.2,
+      input_norm="none",  # none | grey_world | channel_standardize
       dtype="float32",  # bfloat16 on accelerators
+      param_dtype="float32",
       init_from="",
       init_head="reinit",
       frozen_bn_mode="inference",

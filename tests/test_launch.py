@@ -78,6 +78,10 @@ def test_predict_writes_one_row_per_image(trained_run, tmp_path):
     assert abs(probs.sum() - 1.0) < 1e-4
     assert int(row["pred"]) == int(np.argmax(probs))
     assert row["pred_name"] == class_names[int(row["pred"])]
+  # Adapted to these (random) images, the BatchNorm statistics and the predictions move.
+  plain = np.array([[float(r[f"p_{c}"]) for c in class_names] for r in rows])
+  adapted = predicted_probabilities(workdir, folder, out, "--adapt_bn")
+  assert adapted.shape == plain.shape and not np.allclose(adapted, plain, atol=1e-3)
 
   npz = str(tmp_path / "rows.npz")
   np.savez(npz, images=np.zeros((3, 32, 32, 3), np.uint8), labels=np.zeros(3, np.int64))

@@ -11,6 +11,9 @@ An empty string is the identity. Ops:
   identity, autocontrast, equalize, invert, rotate, shear_x, shear_y, translate_x, translate_y,
   solarize, solarize_add, posterize, color, contrast, brightness, sharpness, cutout
                                    one op at `magnitude` in [0, 1] with probability `p`
+  shifts                           distribution shifts (bloodcell_jax.data.shifts), chosen per
+                                   image, at random strengths
+  hed_jitter, scale_jitter         stain amounts in HED space; magnification
   mixup, cutmix                    batch-level: mix each image with its partner in the batch
                                    (the batch reversed) and return soft labels; last in the list
 
@@ -26,7 +29,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import tensorflow as tf
 
-from bloodcell_jax.data import image_ops, policies
+from bloodcell_jax.data import image_ops, policies, shifts
 from bloodcell_jax.errors import UserError
 
 
@@ -359,6 +362,65 @@ def augmix(severity: float = 0.3, width: int = 3, depth: int = -1, alpha: float 
                            names=names, fill=fill, fill_mode=fill_mode)
   return _sometimes(Op("augmix", apply, num_uniforms=policies.augmix_uniforms(width),
                         gamma_alphas=policies.augmix_gamma_alphas(width, alpha)), p)
+
+
+def _shift_names(ops):
+  names = [n.strip() for n in ops.split(",")] if isinstance(ops, str) else list(ops or ())
+  names = names or list(shifts.SHIFTS)
+  unknown = [n for n in names if n not in shifts.SHIFTS]
+  if unknown:
+    raise ValueError(f"ops {unknown}: unknown shifts (known: {', '.join(shifts.SHIFTS)})")
+  return names
+
+
+@register("shifts")
+def shifts_op(ops=None, severity: float = 1.0, num_ops: int = 1, p: float = 1.0) -> Op:
+  """Distribution shifts of another microscope, camera, stain or slide
+  (bloodcell_jax.data.shifts): `num_ops` in a row, each chosen per image from `ops`
+  (default: all), at a strength uniform in [0, `severity`] (1: the robustness
+  benchmark's severest level); applied to each image with probability `p`."""
+  _check_range("severity", severity, 0.0, 1.0)
+  names = _shift_names(ops)
+  per_op = 2 + shifts.max_uniforms(names)
+
+  def apply(images, u, g):
+    images = _float(images)
+    for k in range(num_ops):
+      draws = u[:, k * per_op:(k + 1) * per_op]
+      choice = tf.minimum(tf.cast(draws[:, 0] * len(names), tf.int32), len(names) - 1)
+      images = shifts.apply_chosen(names, choice, images, draws[:, 1] * severity, draws[:, 2:])
+    return images
+  return _sometimes(Op("shifts", apply, num_uniforms=num_ops * per_op), p)
+
+
+@register("hed_jitter")
+def hed_jitter(sigma: float = 0.05, bias: float = 0.05, p: float = 1.0) -> Op:
+  """Stain augmentation in HED space (Tellez et al. 2019): each image's haematoxylin, eosin
+  and DAB amounts times a factor uniform in [1 - sigma, 1 + sigma], plus an optical density
+  uniform in [-bias, bias]; applied to each image with probability `p`."""
+  _check_range("sigma", sigma, 0.0, 1.0)
+  _check_range("bias", bias, 0.0, 1.0)
+
+  def apply(images, u, g):
+    d = 2.0 * u - 1.0
+    return shifts.hed_perturb(_float(images), 1.0 + sigma * d[:, :3], bias * d[:, 3:6])
+  return _sometimes(Op("hed_jitter", apply, num_uniforms=6), p)
+
+
+@register("scale_jitter")
+def scale_jitter(min_scale: float = 0.5, max_scale: float = 2.0, p: float = 1.0) -> Op:
+  """Another magnification: the image zoomed about its centre by a factor log-uniform in
+  [min_scale, max_scale], the field beyond the image filled with its background colour;
+  applied to each image with probability `p`."""
+  if not 0 < min_scale <= max_scale:
+    raise ValueError(f"min_scale={min_scale}, max_scale={max_scale}: expected "
+                     "0 < min_scale <= max_scale")
+
+  def apply(images, u, g):
+    scale = tf.exp(math.log(min_scale) + u[:, 0] * math.log(max_scale / min_scale))
+    zero = tf.zeros_like(scale)
+    return shifts.warp_on_background(_float(images), scale, zero, zero)
+  return _sometimes(Op("scale_jitter", apply, num_uniforms=1), p)
 
 
 def _beta(g):

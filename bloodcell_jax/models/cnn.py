@@ -12,7 +12,8 @@ import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.models import register
-from bloodcell_jax.models.layers import batch_norm_dtypes, max_pool_2x2
+from bloodcell_jax.models.layers import (BATCH_NORM_MOMENTUM, INPUT_NORMS, batch_norm_dtypes,
+                                          max_pool_2x2, normalize_input)
 
 _ACTIVATIONS = {"relu": nn.relu, "leaky_relu": nn.leaky_relu}
 
@@ -31,6 +32,7 @@ class CNN(nn.Module):
   activation: str = "relu"
   norm: str = "none"
   head: str = "flatten"
+  input_norm: str = "none"  # layers.INPUT_NORMS
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -43,7 +45,7 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     act = _ACTIVATIONS[self.activation]
-    x = jnp.asarray(x, self.dtype) / 255.0
+    x = normalize_input(jnp.asarray(x, self.dtype), self.input_norm) / 255.0
     for i, features in enumerate(self.filters):
       x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding="SAME",
                   use_bias=self.norm == "none", **self._dtypes, name=f"conv{i}")(x)
@@ -61,9 +63,10 @@ class CNN(nn.Module):
 
   def _normalize(self, x, train, name):
     if self.norm == "batch":
-      # Keras's epsilon; momentum 0.9 so statistics settle within short runs.
-      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
-                          **batch_norm_dtypes(self.dtype, self.param_dtype), name=name)(x)
+      # Keras's epsilon and momentum (0.9: statistics settle within short runs).
+      return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
+                          epsilon=1e-3, **batch_norm_dtypes(self.dtype, self.param_dtype),
+                          name=name)(x)
     if self.norm == "group":
       return nn.GroupNorm(num_groups=min(8, x.shape[-1]), epsilon=1e-3,
                           **self._dtypes, name=name)(x)
@@ -72,11 +75,9 @@ class CNN(nn.Module):
 
 @register("cnn")
 def cnn(num_classes: int = 8, **kwargs) -> CNN:
-  activation, norm, head = (kwargs.get("activation", "relu"), kwargs.get("norm", "none"),
-                            kwargs.get("head", "flatten"))
-  for key, value, allowed in (("activation", activation, _ACTIVATIONS),
-                              ("norm", norm, ("none", "batch", "group")),
-                              ("head", head, ("flatten", "gap"))):
+  for key, allowed in (("activation", _ACTIVATIONS), ("norm", ("none", "batch", "group")),
+                       ("head", ("flatten", "gap")), ("input_norm", INPUT_NORMS)):
+    value = kwargs.get(key, getattr(CNN, key))
     if value not in allowed:
       raise UserError(f"config.model.{key}='{value}': expected one of {', '.join(allowed)}")
   kwargs["filters"] = tuple(kwargs.get("filters", CNN.filters))

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.models import register
 from bloodcell_jax.models.depthwise import depthwise_conv2d
-from bloodcell_jax.models.layers import batch_norm_dtypes
+from bloodcell_jax.models.layers import (BATCH_NORM_MOMENTUM, INPUT_NORMS, batch_norm_dtypes,
+                                          normalize_input)
 
 # One row per stage: block type, repeats, input filters, output filters,
 # expansion ratio, squeeze-excitation ratio, first stride (all kernels are 3x3).
@@ -89,7 +90,7 @@ VARIANTS = {
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BN_MOMENTUM = 0.9
+BN_MOMENTUM = BATCH_NORM_MOMENTUM  # Keras's 0.9
 BN_EPSILON = 1e-3
 DROP_CONNECT_RATE = 0.2
 TOP_DROPOUT = 0.2
@@ -285,6 +286,7 @@ class EfficientNetV2(nn.Module):
   top_dropout: float = TOP_DROPOUT
   drop_connect_rate: float = DROP_CONNECT_RATE
   frozen_bn: Tuple[str, ...] = ()
+  input_norm: str = "none"  # layers.INPUT_NORMS, before the variant's own rescaling
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -295,7 +297,7 @@ class EfficientNetV2(nn.Module):
 
   def features(self, x, train: bool):
     v = VARIANTS[self.variant]
-    x = jnp.asarray(x, self.output_dtype)
+    x = normalize_input(jnp.asarray(x, self.output_dtype), self.input_norm)
     if v.imagenet_normalized:
       x = (x / 255.0 - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
     else:
@@ -343,7 +345,8 @@ def _factory(variant: str):
             pooling: str = "avg", frozen_bn: Sequence[str] = (), **kwargs) -> EfficientNetV2:
     if include_top is not None and not include_top:
       head = "none"
-    for key, value, allowed in (("head", head, HEADS), ("pooling", pooling, POOLINGS)):
+    for key, value, allowed in (("head", head, HEADS), ("pooling", pooling, POOLINGS),
+                                ("input_norm", kwargs.get("input_norm", "none"), INPUT_NORMS)):
       if value not in allowed:
         raise UserError(f"config.model.{key}='{value}': expected one of {', '.join(allowed)}")
     return EfficientNetV2(variant=variant, num_classes=num_classes, head=head, pooling=pooling,

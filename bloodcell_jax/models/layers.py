@@ -4,6 +4,33 @@ import jax
 import jax.numpy as jnp
 
 
+# Keras's BatchNorm momentum, used by every model here (test-time adaptation relies on it).
+BATCH_NORM_MOMENTUM = 0.9
+
+INPUT_NORMS = ("none", "grey_world", "channel_standardize")
+
+
+def normalize_input(x, method: str):
+  """Per-image colour normalisation of float images in [0, 255], before the network.
+
+  grey_world: each channel scaled so that its mean is the image's mean grey (a camera's
+  white balance and a stain's overall cast removed). channel_standardize: each channel
+  shifted and scaled to zero mean and unit variance over the image, Reinhard et al.'s
+  colour transfer in RGB with the target statistics left to the first layer (removes
+  gains and offsets per channel: illumination, contrast, white balance). Applied inside
+  the model, so training, evaluation, prediction and exports all see the same input.
+  """
+  if method == "none":
+    return x
+  mean = x.mean(axis=(1, 2), keepdims=True)
+  if method == "grey_world":
+    return x * (mean.mean(axis=-1, keepdims=True) / jnp.maximum(mean, 1.0))
+  if method == "channel_standardize":
+    std = jnp.sqrt(jnp.square(x - mean).mean(axis=(1, 2), keepdims=True))
+    return (x - mean) / jnp.maximum(std, 1.0) * 64.0 + 128.0  # back on the [0, 255] scale
+  raise ValueError(f"input normalisation {method!r}: expected one of {', '.join(INPUT_NORMS)}")
+
+
 def batch_norm_dtypes(dtype, param_dtype) -> dict:
   """nn.BatchNorm's dtype arguments. Its running statistics stay float32 unless the
   parameters are float64: flax would otherwise create them float32 and the first

@@ -1,0 +1,73 @@
+"""A trained run's model for inference: its best checkpoint loaded, and class probabilities
+of image arrays computed on the device mesh (shared by predict, robustness and the tests)."""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from bloodcell_jax import models, sharding, steps
+from bloodcell_jax.data import sources
+from bloodcell_jax.errors import UserError
+from bloodcell_jax.weights import init_from
+
+
+def load_run(workdir: str, ema: bool = False):
+  """(config, class names, model, state) of the best checkpoint in `workdir` (its
+  weight average with `ema`)."""
+  config_path = os.path.join(workdir, "config.json")
+  manifest_path = os.path.join(workdir, "split_manifest.json")
+  for path in (config_path, manifest_path):
+    if not os.path.isfile(path):
+      raise UserError(f"{path}: missing; --workdir must be a training run's directory")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with open(manifest_path) as f:
+    class_names = json.load(f)["class_names"]
+  mesh = sharding.make_mesh()
+  model = models.build_model(config, len(class_names))
+  state, _ = steps.create_train_state(model, lambda p: optax.identity(),
+                                      jax.random.PRNGKey(0), config.image_size, mesh)
+  variables = init_from.load_variables(workdir, config.model.name, where="--workdir", ema=ema)
+  state = jax.device_put(state.replace(params=variables["params"],
+                                       batch_stats=variables["batch_stats"]),
+                         sharding.replicated(mesh))
+  return config, class_names, model, state
+
+
+def read_unlabelled(path: str, image_size: int):
+  """(ids, uint8 images) for every image under a folder, or every row of an .npz."""
+  if not os.path.exists(path):
+    raise UserError(f"{path}: no such file or directory")
+  if os.path.isdir(path):
+    ids = sorted(os.path.relpath(os.path.join(d, f), path)
+                 for d, _, files in os.walk(path) for f in files
+                 if f.lower().endswith(sources.IMAGE_EXTENSIONS) and not f.startswith("."))
+    if not ids:
+      raise UserError(f"{path}: no {'/'.join(sources.IMAGE_EXTENSIONS)} images found")
+    images = np.stack([sources.read_image_file(os.path.join(path, i), image_size)[0]
+                       for i in ids])
+    return ids, images
+  if path.endswith(".npz"):
+    data = sources.read_npz(path, image_size, split="test", labelled=False)
+    return data.ids.tolist(), data.images
+  raise UserError(f"{path}: expected an image folder or an .npz file")
+
+
+def predict(model, state, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """Class probabilities, computed in padded batches on the device mesh."""
+  mesh = sharding.make_mesh()
+  batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+  forward = steps.jit_predict_step(mesh, model=model)
+  outputs = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size].astype(np.float32)
+    valid = len(chunk)
+    chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:],
+                                            np.float32)])
+    probabilities = forward(state, sharding.global_batch({"image": chunk}, mesh)["image"])
+    outputs.append(np.asarray(probabilities)[:valid])
+  return np.concatenate(outputs)
