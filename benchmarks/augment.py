@@ -22,6 +22,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import step_setup  # pylint: disable=g-bad-import-order,unused-import
+from configs import cnn_robust  # pylint: disable=g-bad-import-order
 
 PIPELINES = {
     "basic": "flip|affine(rotate=0.1, translate=0.1, zoom=0.1)",
@@ -29,8 +30,13 @@ PIPELINES = {
     "augmix": "augmix(severity=0.3)",
     "study_final": ("randaugment(num_ops=2, magnitude=0.5)|augmix(severity=0.3)"
                     "|random_brightness(0.2)|random_contrast(0.2)"),
+    # Ours only (Keras has no such layers): the shift families and configs/cnn_robust.py's.
+    "shifts": "shifts(severity=1.0)",
+    "hed_jitter": "hed_jitter(sigma=0.05, bias=0.02)",
+    "cnn_robust": cnn_robust.get_config().augment.train,
 }
 IMPLS = ("bloodcell_jax", "keras")
+KERAS_PIPELINES = ("basic", "randaugment", "augmix", "study_final")
 
 
 def parse_args(argv=None):
@@ -112,6 +118,8 @@ def main(argv=None):
   results = {}
   for name in [args.pipeline] if args.pipeline else PIPELINES:
     for impl in [args.impl] if args.impl else IMPLS:
+      if impl == "keras" and name not in KERAS_PIPELINES:
+        continue
       batches = (our_batches(source, name, args) if impl == "bloodcell_jax"
                  else keras_batches(subset.images, name, args.batch))
       median, rates = images_per_s(batches, args)

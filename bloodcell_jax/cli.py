@@ -21,24 +21,31 @@ def flatten_keys(config, prefix: str = "") -> list:
   return keys
 
 
-def load_config_file(path: str):
-  """Runs a recipe file's `get_config()`, as config_flags will."""
+def load_config_file(spec: str):
+  """Runs a recipe file's `get_config()`, as config_flags will: `file.py` or `file.py:arg`
+  (then `get_config("arg")`)."""
+  path, sep, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise UserError(f"--config={path}: no such config file (see configs/)")
-  return runpy.run_path(path)["get_config"]()
+  get_config = runpy.run_path(path)["get_config"]
+  try:
+    return get_config(arg) if sep else get_config()
+  except (OSError, ValueError) as e:
+    raise UserError(f"--config={spec}: {e}") from None
 
 
 def check_override_keys(argv, flag: str = "config") -> None:
-  """Rejects `--config.some.key=...` flags whose key the config does not have.
+  """Loads the config file and rejects `--config.some.key=...` flags whose key it does not
+  have.
 
-  config_flags would answer with a traceback; this names the flag and the
-  closest valid keys instead.
+  config_flags would answer a config that fails to load, or an unknown key, with a
+  traceback; this names the flag (and the closest valid keys) in one line instead.
   """
   paths = [a.split("=", 1)[1] for a in argv[1:] if a.startswith(f"--{flag}=")]
-  overrides = [a for a in argv[1:] if a.startswith(f"--{flag}.")]
-  if not paths or not overrides:
+  if not paths:
     return
-  valid = flatten_keys(load_config_file(paths[-1].split(":", 1)[0]))
+  valid = flatten_keys(load_config_file(paths[-1]))
+  overrides = [a for a in argv[1:] if a.startswith(f"--{flag}.")]
   for arg in overrides:
     key = arg[len(flag) + 3:].split("=", 1)[0]
     if key not in valid:

@@ -168,6 +168,9 @@ def _labelled_images(config, class_names, input_path: str):
                       f"run's {list(class_names)}")
     return data.images, data.labels, data.name
   data = splits.load_splits(config.data, config.image_size, config.seed).val
+  if data is None:
+    raise UserError("--workdir: the run has no validation set (config.data.val_fraction=0); "
+                    "pass labelled images with --input")
   return data.images, data.labels, f"validation split of {data.name}"
 
 

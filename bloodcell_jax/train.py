@@ -145,7 +145,7 @@ class _Run:
   mesh: object
   data: splits_lib.Splits
   train_source: pipeline.InMemorySource
-  val_source: pipeline.InMemorySource
+  val_source: Optional[pipeline.InMemorySource]  # None: no validation set (val_fraction=0)
   train_fn: object
   evaluate: Evaluator
   checkpoints: Checkpoints
@@ -229,6 +229,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  ", ".join(f"{k}: {v}" for k, v in data.cleaning["removed"].items()),
                  data.cleaning["report_dir"])
   num_classes = len(data.class_names)
+  if data.val is None:
+    logging.warning("no validation set (config.data.val_fraction=0): no early stopping, and the "
+                    "last epoch's checkpoint is the result")
   if jax.process_index() == 0:
     _warn_if_config_changed(config, workdir)
     splits_lib.write_manifest(data, os.path.join(workdir, "split_manifest.json"))
@@ -258,7 +261,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   run = _Run(
       config=config, workdir=workdir, mesh=mesh, data=data,
       train_source=pipeline.InMemorySource(data.train),
-      val_source=pipeline.InMemorySource(data.val),
+      val_source=pipeline.InMemorySource(data.val) if data.val is not None else None,
       train_fn=steps.jit_train_step(
           mesh, model=model, tx=tx,
           learning_rate_fn=optim.learning_rate_schedule(config.optim, steps_per_epoch,
@@ -357,8 +360,14 @@ def _check_finite(summary: dict, step: int, checkpoints: Checkpoints) -> dict:
 
 
 def _end_epoch(run: _Run, state, loop: LoopState) -> bool:
-  """Validates, updates early stopping, checkpoints; True when training should stop."""
+  """Validates, updates early stopping, checkpoints; True when training should stop.
+  Without a validation set every epoch's checkpoint is the newest best."""
   config = run.config
+  if run.val_source is None:
+    loop.best_step = loop.step
+    logging.info("epoch %d step %d (no validation set)", loop.epoch, loop.step)
+    run.checkpoints.save(state, dataclasses.asdict(loop), best_score=float(loop.step))
+    return False
   summary, _ = run.evaluate(state, run.val_source, "val")
   if state.ema:
     summary.update(run.evaluate(state.with_ema_weights(), run.val_source, "ema_val")[0])
@@ -416,9 +425,11 @@ def _evaluate_splits(run: _Run, state, prefix: str = ""):
   """Validation, augmented validation and test metrics of `state` (keys start with
   `prefix`), with the validation and test confusion matrices."""
   config, evaluate = run.config, run.evaluate
-  val, confusion = evaluate(state, run.val_source, f"{prefix}val")
-  augmented, _ = evaluate(state, run.val_source, f"{prefix}augmented_val",
-                          augmentation=config.augment.eval_strong, seed=config.seed)
+  val, augmented, confusion = {}, {}, None
+  if run.val_source is not None:
+    val, confusion = evaluate(state, run.val_source, f"{prefix}val")
+    augmented, _ = evaluate(state, run.val_source, f"{prefix}augmented_val",
+                            augmentation=config.augment.eval_strong, seed=config.seed)
   test, test_confusion = {}, None
   if run.data.test is not None:
     test, test_confusion = evaluate(state, pipeline.InMemorySource(run.data.test),
@@ -437,10 +448,11 @@ def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
   if state.ema:
     metrics.update(_evaluate_splits(run, state.with_ema_weights(), "ema_")[0])
   results = {
+      "val_accuracy": None, "augmented_val_accuracy": None,  # without a validation set
       **metrics,
-      "balanced_val_accuracy": metrics["val_balanced_accuracy"],
+      "balanced_val_accuracy": metrics.get("val_balanced_accuracy"),
       "test_accuracy": metrics.get("test_accuracy"),
-      "num_train": len(data.train), "num_val": len(data.val),
+      "num_train": len(data.train), "num_val": len(data.val) if data.val is not None else 0,
       "num_test": len(data.test) if data.test is not None else 0,
       "train_seconds": loop.train_seconds, "steps": loop.step, "epochs": loop.epoch,
       "best_step": loop.best_step, "stopped_early": loop.stopped_early,
@@ -452,9 +464,11 @@ def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
       "cleaning": data.cleaning,
   }
   if jax.process_index() == 0:
-    report.plot_confusion(confusion, data.class_names, os.path.join(workdir, "confusion_val.png"),
-                          f"validation (step {loop.best_step}), accuracy "
-                          f"{results['val_accuracy']:.2%}")
+    if confusion is not None:
+      report.plot_confusion(confusion, data.class_names,
+                            os.path.join(workdir, "confusion_val.png"),
+                            f"validation (step {loop.best_step}), accuracy "
+                            f"{results['val_accuracy']:.2%}")
     if test_confusion is not None:
       report.plot_confusion(test_confusion, data.class_names,
                             os.path.join(workdir, "confusion_test.png"),
@@ -462,10 +476,10 @@ def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
     report.write_json(os.path.join(workdir, "results.json"), results)
   run.writer.write_scalars(loop.step, {k: v for k, v in results.items()
                                        if k.endswith("accuracy") and isinstance(v, float)})
-  logging.info("results: val_accuracy %.4f, augmented_val_accuracy %.4f, test_accuracy %s%s "
-               "(%s)", results["val_accuracy"], results["augmented_val_accuracy"],
-               "n/a" if test_confusion is None else f"{results['test_accuracy']:.4f}",
-               f", ema_val_accuracy {results['ema_val_accuracy']:.4f}" if state.ema else "",
+  shown = lambda key: "n/a" if results.get(key) is None else f"{results[key]:.4f}"
+  logging.info("results: val_accuracy %s, augmented_val_accuracy %s, test_accuracy %s%s (%s)",
+               shown("val_accuracy"), shown("augmented_val_accuracy"), shown("test_accuracy"),
+               f", ema_val_accuracy {shown('ema_val_accuracy')}" if state.ema else "",
                describe_data(data.train))
   return results
 

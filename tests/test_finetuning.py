@@ -6,8 +6,10 @@ import json
 import jax
 import numpy as np
 from flax import traverse_util
+from PIL import Image
 
 from bloodcell_jax import build, sharding, steps
+from bloodcell_jax.data import shifts, synthetic
 from bloodcell_jax.weights import init_from
 from configs import effnet_finetune30, effnet_staged
 from tests.conftest import run_launch
@@ -131,3 +133,43 @@ def test_effnet_staged_recipe_is_the_study_sequence():
   assert finetune.optim.freeze == "" and finetune.optim.freeze_keras_layers == 480
   assert full.optim.freeze == "" and full.optim.freeze_keras_layers == 0
   assert "brightness" in full.augment.train and "brightness" not in transfer.augment.train
+
+
+def write_lab_folder(root, per_class: int, seed: int):
+  """A few labelled 'new lab' images: the synthetic cells with another stain, per class."""
+  data = synthetic.generate(per_class * 8 * 3, SIZE, seed=seed)
+  root.mkdir()
+  for c, name in enumerate(data.class_names):
+    (root / name).mkdir()
+    chosen = np.flatnonzero(data.labels == c)[:per_class]
+    for i in chosen:
+      shifted = shifts.apply("stain", data.images[i:i + 1], 0.6,
+                             np.full((1, 6), 0.9, np.float32)).numpy()[0]
+      Image.fromarray(shifted.astype(np.uint8)).save(root / name / f"{i}.png")
+  return root
+
+
+def test_few_shot_adaptation_recipe_starts_from_the_run_and_needs_no_validation(trained_run,
+                                                                                tmp_path):
+  source, _ = trained_run
+  lab = write_lab_folder(tmp_path / "lab", per_class=2, seed=5)
+  held_out = write_lab_folder(tmp_path / "held_out", per_class=1, seed=6)
+  workdir = tmp_path / "adapted"
+  result = run_launch(workdir, f"--config.data.train={lab}", f"--config.data.test={held_out}",
+                      "--config.num_epochs=3", config=f"configs/adapt.py:{source}", tiny=False)
+  assert "no validation set" in result.stderr
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["val_accuracy"] is None and results["num_val"] == 0
+  assert (results["num_train"], results["num_test"]) == (16, 8)
+  assert results["test_accuracy"] is not None and results["steps"] == results["best_step"] == 3
+  assert results["weights"]["from"] == source and results["weights"]["head_reinitialised"] == []
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["model"] == {**json.loads(open(f"{source}/config.json").read())["model"],
+                             "init_from": source, "init_head": "keep"}
+
+  missing = run_launch(tmp_path / "other", config="configs/adapt.py:/no/such/run", tiny=False,
+                       check=False)
+  assert missing.returncode == 2
+  assert missing.stderr.strip().splitlines()[-1] == (
+      "error: --config=configs/adapt.py:/no/such/run: /no/such/run/config.json: missing; after "
+      "':' name a training run's workdir")

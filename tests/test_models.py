@@ -1,12 +1,17 @@
+import glob
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bloodcell_jax import models
+from bloodcell_jax import cli, models
+from bloodcell_jax.data import augment
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models.layers import max_pool_2x2
+from bloodcell_jax.models.layers import max_pool_2x2, normalize_input
+from conftest import ROOT
 
 
 def reference_pool(x):
@@ -70,3 +75,30 @@ def test_unknown_model_and_knobs_are_user_errors():
     models.get_model("resnet")
   with pytest.raises(UserError, match="config.model.norm='layer'"):
     models.get_model("cnn", norm="layer")
+
+
+RECIPES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if os.path.basename(p) not in ("__init__.py", "default.py", "effnet_common.py"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_every_recipe_builds_its_model_and_augmentation(path):
+  config = cli.load_config_file(path)
+  for where in ("train", "eval_strong"):
+    augment.parse(config.augment[where], f"config.augment.{where}")
+  model = models.build_model(config, 8)
+  assert model.input_norm == config.model.get("input_norm", "none")
+
+
+def test_input_normalisations_remove_what_they_claim():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(40, 200, (2, 16, 16, 3)), jnp.float32)
+  gains, offsets = jnp.asarray([0.7, 1.0, 1.3]), jnp.asarray([10.0, -5.0, 20.0])
+  # grey world: a white balance (channel gains) is gone; standardised: gains and offsets.
+  np.testing.assert_allclose(normalize_input(x * gains, "grey_world"),
+                             normalize_input(x, "grey_world") * jnp.mean(gains * x.mean(
+                                 (1, 2), keepdims=True), -1, keepdims=True) /
+                             x.mean((1, 2, 3), keepdims=True), rtol=1e-4)
+  np.testing.assert_allclose(normalize_input(x * gains + offsets, "channel_standardize"),
+                             normalize_input(x, "channel_standardize"), rtol=1e-4, atol=1e-3)
+  np.testing.assert_array_equal(normalize_input(x, "none"), x)

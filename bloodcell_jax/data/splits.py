@@ -15,7 +15,7 @@ from bloodcell_jax.errors import UserError
 @dataclasses.dataclass
 class Splits:
   train: ImageSet
-  val: ImageSet
+  val: Optional[ImageSet]  # None: config.data.val_fraction=0 and no config.data.val
   test: Optional[ImageSet]
   # With config.data.clean: what cleaning removed (cleaning/cache.py `summary`); else None.
   cleaning: Optional[dict] = None
@@ -28,7 +28,8 @@ class Splits:
 def stratified_split(data: ImageSet, val_fraction: float, seed: int):
   """Seeded split that keeps each class's share in both parts."""
   if not 0.0 < val_fraction < 1.0:
-    raise UserError(f"config.data.val_fraction={val_fraction}: expected a value in (0, 1)")
+    raise UserError(f"config.data.val_fraction={val_fraction}: expected a value in (0, 1), "
+                    "or 0 for no validation set")
   counts = np.bincount(data.labels, minlength=len(data.class_names))
   singles = [data.class_names[c] for c in np.flatnonzero(counts == 1)]
   if singles:
@@ -66,8 +67,8 @@ def load_splits(data_config, image_size: int, seed: int) -> Splits:
     from bloodcell_jax.data.cleaning import cache  # pylint: disable=g-import-not-at-top
     held_out = {name: s for name, s in (("val", val), ("test", test)) if s is not None}
     full, cleaning = cache.clean_for_training(full, held_out, data_config.get("cleaning"))
-  if val is not None:
-    train = full
+  if val is not None or data_config.val_fraction == 0:
+    train = full  # a separate validation source, or none (e.g. a few images of a new lab)
   else:
     train, val = stratified_split(full, data_config.val_fraction, seed)
   for other in (val, test):

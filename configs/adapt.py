@@ -1,0 +1,56 @@
+"""Few-shot adaptation of a trained run to a new lab: fine-tune it on k labelled images per class.
+
+  python launch.py --config=configs/adapt.py:runs/cnn_robust --workdir=runs/adapt_lab2 \
+      --config.data.train=lab2_k10/ --config.data.test=lab2_rest/
+
+The part after ':' is the trained run (its workdir); its own config (config.json) is the
+starting point, so the model is built exactly as it was trained and starts from its
+best checkpoint, head included. Then, for a handful of images (10 per class: minutes on
+a CPU):
+- no validation split (there are too few images to spare): a fixed number of steps,
+  the last checkpoint is the result; pass the rest of the lab's labelled images, if
+  any, as data.test to measure;
+- a learning rate 20x below training, constant, no label smoothing;
+- the run's own augmentation (for configs/cnn_robust.py: the shift families), and
+  batches of 16, so each image is seen about 40 times.
+Freeze everything but the head with
+  --config.optim.freeze='(dense|logits|head_dense|predictions)/.*=train, .*=freeze'
+when even fewer images are labelled. Without a run after ':', it starts from
+configs/cnn_robust.py's model (pass --config.model.init_from=RUN yourself).
+"""
+
+import json
+import os
+
+import ml_collections
+
+from configs import cnn_robust
+
+
+def get_config(run: str = ""):
+  if run:
+    path = os.path.join(run, "config.json")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: missing; after ':' name a training run's workdir")
+    with open(path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    config.model.init_from = run
+  else:
+    config = cnn_robust.get_config()
+  config.stages = ml_collections.ConfigDict()
+  config.model.init_head = "keep"  # the same classes: the trained head is the best start
+  config.data.val = ""
+  config.data.val_fraction = 0.0
+  config.data.test = ""
+  config.data.clean = False
+  config.data.offline_copies = 0
+  config.num_epochs = 40  # with k=10 and 8 classes, 200 steps of 16
+  config.batch_size = 16
+  config.eval_batch_size = 64
+  config.optim.schedule = "constant"
+  config.optim.learning_rate = 1e-4
+  config.loss.label_smoothing = 0.0
+  config.train.early_stopping_patience = 0
+  config.train.ema_decay = 0.0
+  config.train.log_every_steps = 20
+  return config
