@@ -5,14 +5,13 @@ illumination, contrast, colour and stain, focus, sensor noise, compression, reso
 magnification and occlusion. A shift takes a batch (N, H, W, 3), float32 in [0, 255]
 or uint8, a strength per image in [0, 1] and per-image uniforms that place its random
 parts (directions, positions, noise seeds); it returns float32 in [0, 255]. Strength 0
-leaves an image as it is (for every shift but JPEG, which always re-encodes; at 0 it
-returns the input too), strength 1 is the severest level of the robustness benchmark,
+leaves an image as it is, strength 1 is the severest level of the robustness benchmark,
 still recognisable to a person, and the benchmark's severities 1..5 are strengths
 0.2 .. 1.0. Sizes in pixels are given for 96 x 96 images and scale with the image.
 
 The same ops serve the benchmark (`bloodcell_jax.robustness`, fixed strength and
-seeds) and training (the `shifts`, `hed_jitter`, `white_balance` and `scale_jitter`
-augmentation ops, random strength per image).
+seeds) and training (the `shifts`, `hed_jitter` and `scale_jitter` augmentation ops,
+random strength per image).
 """
 
 import dataclasses
@@ -106,12 +105,12 @@ def _grid(images):
 
 
 def _background(images):
-  """Each image's background colour (N, 1, 1, 3): the median of its border pixels, which
-  in a blood smear are mostly plasma and red cells, not the centred white cell."""
+  """Each image's background colour (N, 1, 1, 3): the 80th percentile, per channel, of its
+  border pixels. The border of a blood smear image is plasma and red cells, not the
+  centred white cell, and the plasma is the brightest of it."""
   border = tf.concat([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1)
-  k = tf.shape(border)[1] // 2
-  median = tf.sort(border, axis=1)[:, k]
-  return median[:, None, None, :]
+  k = tf.shape(border)[1] * 4 // 5
+  return tf.sort(border, axis=1)[:, k][:, None, None, :]
 
 
 def _luma(images):
