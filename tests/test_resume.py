@@ -12,8 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, TINY_OVERRIDES, TRAINED_RUN_OVERRIDES as OVERRIDES, run_launch, \
-    subprocess_env
+from conftest import (ROOT, TINY_OVERRIDES, TRAINED_RUN_OVERRIDES as OVERRIDES, run_launch,
+                      subprocess_env)
 
 TOTAL_STEPS = 12 * 18  # 288 training images in batches of 16
 
