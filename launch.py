@@ -9,6 +9,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bloodcell_jax import cli  # first: it sets XLA's CPU flags before JAX starts
+from bloodcell_jax import workdir
 import jax  # pylint: disable=g-bad-import-order
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file in configs/.",
@@ -35,8 +36,10 @@ def main(argv):
   logging.info("JAX %s: process %d of %d, %d local / %d global devices (%s)", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)
-  from bloodcell_jax import train  # pylint: disable=g-import-not-at-top  (TensorFlow: slow)
-  train.run_stages(_CONFIG.value, _WORKDIR.value)
+  # One run per workdir; the processes of a multi-process run share process 0's lock.
+  with workdir.exclusive(_WORKDIR.value, holder=jax.process_index() == 0):
+    from bloodcell_jax import train  # pylint: disable=g-import-not-at-top  (TensorFlow: slow)
+    train.run_stages(_CONFIG.value, _WORKDIR.value)
 
 
 def _main_reporting_errors(argv):

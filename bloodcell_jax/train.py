@@ -19,6 +19,7 @@ from clu import periodic_actions
 from jax.experimental import multihost_utils
 
 from bloodcell_jax import build, freezing, optim, report, sharding, steps
+from bloodcell_jax import workdir as workdir_lib
 from bloodcell_jax.checkpoint import Checkpoints
 from bloodcell_jax.data import augment, offline, pipeline, splits as splits_lib
 from bloodcell_jax.errors import UserError
@@ -154,6 +155,7 @@ class _Run:
   total_steps: int
   weights: dict  # where the weights came from, and how many train
   offline: dict  # the offline augmented copies in the training set
+  manifest: dict  # the ids of each split
 
 
 def run_stages(config, workdir: str) -> dict:
@@ -232,11 +234,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if data.val is None:
     logging.warning("no validation set (config.data.val_fraction=0): no early stopping, and the "
                     "last epoch's checkpoint is the result")
+  manifest = splits_lib.manifest(data)
+  workdir_lib.check_identity(workdir, json.loads(config.to_json_best_effort()), manifest)
   if jax.process_index() == 0:
     _warn_if_config_changed(config, workdir)
-    splits_lib.write_manifest(data, os.path.join(workdir, "split_manifest.json"))
-    report.write_text(os.path.join(workdir, "config.json"),
-                      config.to_json_best_effort(indent=2, sort_keys=True))
 
   data, offline_summary = _with_offline_copies(config, data, workdir)
   mesh = sharding.make_mesh()
@@ -272,7 +273,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                          config.eval_batch_size, data.class_names),
       checkpoints=Checkpoints(workdir, keep=config.train.keep_checkpoints),
       writer=create_writer(workdir), steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-      weights=weights, offline=offline_summary)
+      weights=weights, offline=offline_summary, manifest=manifest)
   try:
     return _resume_train_evaluate(run, state)
   finally:  # also on errors: Orbax's background threads must stop before the interpreter
@@ -296,11 +297,21 @@ def _resume_train_evaluate(run: _Run, state) -> dict:
     state, meta = restored
     loop = LoopState(**meta)
     logging.info("resumed from %s at step %d (epoch %d)", run.workdir, loop.step, loop.epoch)
+  _record_run(run)
   if loop.step == 0:
     run.writer.write_hparams(_flat_hparams(run.config))
   if loop.step < run.total_steps and not loop.stopped_early:
     state = _train_loop(run, state, loop)
   return _final_evaluation(run, state, loop)
+
+
+def _record_run(run: _Run) -> None:
+  """Writes what the workdir holds (config.json, split_manifest.json), once its checkpoints
+  are known to fit: a refused rerun leaves the old record."""
+  if jax.process_index() == 0:
+    report.write_text(os.path.join(run.workdir, "split_manifest.json"), json.dumps(run.manifest))
+    report.write_text(os.path.join(run.workdir, "config.json"),
+                      run.config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _train_loop(run: _Run, state, loop: LoopState):
@@ -444,6 +455,10 @@ def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
   restored = run.checkpoints.restore_best(state)
   if restored is not None:
     state, _ = restored
+  elif loop.best_step >= 0:
+    logging.warning("no readable checkpoint in %s: evaluating the newest state (step %d) "
+                    "instead of the best (step %d)", run.checkpoints.best.directory, loop.step,
+                    loop.best_step)
   metrics, confusion, test_confusion = _evaluate_splits(run, state)
   if state.ema:
     metrics.update(_evaluate_splits(run, state.with_ema_weights(), "ema_")[0])

@@ -96,8 +96,10 @@ def interrupted(tmp_path_factory):
   logs = [os.path.join(workdir, f"run{i}.log") for i in range(4)]
   process = start_run(workdir, log=logs[0])
   wait_for_checkpoint(process, workdir, 24)
+  second = run_launch(workdir, *OVERRIDES, check=False)  # while the first one trains
   process.send_signal(signal.SIGTERM)
   record = {"workdir": workdir, "sigterm_exit_code": process.wait(timeout=60),
+            "first_pid": process.pid, "second_run": second,
             "sigterm_saved": max(finished_steps(workdir)),
             "results_after_sigterm": os.path.exists(os.path.join(workdir, "results.json"))}
   record["kills_inside_writes"] = sum(kill_while_saving(workdir, log) for log in logs[1:])
@@ -112,6 +114,18 @@ def test_sigterm_saves_exits_zero_and_the_next_run_resumes_there(interrupted):
   assert interrupted["sigterm_exit_code"] == 0
   assert 24 <= saved < TOTAL_STEPS and not interrupted["results_after_sigterm"]
   assert f"at step {saved}" in interrupted["after_sigterm_log"]
+
+
+def test_a_second_run_on_a_workdir_in_use_refuses_and_a_dead_runs_lock_is_taken_over(
+    interrupted):
+  second = interrupted["second_run"]
+  assert second.returncode == 2
+  assert second.stderr.strip().splitlines()[-1].startswith(
+      f"error: --workdir={interrupted['workdir']}: in use by process "
+      f"{interrupted['first_pid']} on ")
+  # The runs killed with SIGKILL left their locks behind; the next run took each over.
+  assert "which held the workdir, is gone; taking the lock over" in interrupted["final_log"]
+  assert not os.path.exists(os.path.join(interrupted["workdir"], ".lock"))
 
 
 def test_sigkill_during_checkpoint_writes_never_restores_wrong(trained_run, interrupted):

@@ -1,7 +1,6 @@
 """Train / validation / test splits, class weights, and the split manifest."""
 
 import dataclasses
-import json
 from typing import Optional
 
 import numpy as np
@@ -87,15 +86,13 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
   return weights
 
 
-def write_manifest(splits: Splits, path: str) -> None:
+def manifest(splits: Splits) -> dict:
   """Ids per split (and their labels), so a run's data can be audited or reused."""
-  manifest = {}
+  record = {}
   for name in ("train", "val", "test"):
     subset = getattr(splits, name)
-    if subset is None:
-      continue
-    manifest[name] = {"source": subset.name, "synthetic": subset.synthetic,
+    if subset is not None:
+      record[name] = {"source": subset.name, "synthetic": subset.synthetic,
                       "ids": subset.ids.tolist(), "labels": subset.labels.tolist()}
-  manifest["class_names"] = list(splits.class_names)
-  with open(path, "w") as f:
-    json.dump(manifest, f)
+  record["class_names"] = list(splits.class_names)
+  return record

@@ -1,0 +1,118 @@
+"""Damaged and lost checkpoints, workdirs that hold another run, and workdirs that cannot be
+made: a run goes on from what is intact, or stops in one line having changed nothing."""
+
+import glob
+import hashlib
+import os
+import shutil
+
+import jax
+import numpy as np
+
+from bloodcell_jax import checkpoint
+from bloodcell_jax.weights import init_from
+from conftest import TRAINED_RUN_OVERRIDES, run_launch
+from test_resume import final_state, finished_steps
+
+NEWEST = 216  # the trained run's last step
+
+
+def largest_array_file(step_dir):
+  files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
+           if os.path.isfile(f)]
+  return max(files, key=os.path.getsize)
+
+
+def truncate_half(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def assert_states_equal(workdir_a, workdir_b):
+  (step_a, state_a), (step_b, state_b) = final_state(workdir_a), final_state(workdir_b)
+  assert step_a == step_b
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+
+
+def file_digests(root):
+  return {os.path.relpath(os.path.join(d, f), root):
+          hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
+          for d, _, files in os.walk(root) for f in files}
+
+
+def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_before_it(trained_run,
+                                                                                tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run[0], workdir)
+  damaged = largest_array_file(os.path.join(workdir, "checkpoints", "latest", str(NEWEST)))
+  truncate_half(damaged)
+  damaged_size = os.path.getsize(damaged)
+
+  log = run_launch(workdir, *TRAINED_RUN_OVERRIDES).stderr
+
+  assert f"checkpoints/latest/{NEWEST} is unreadable" in log
+  assert f"resumed from {workdir} at step {NEWEST - 3}" in log
+  aside = os.path.join(workdir, "checkpoints", "corrupt", "latest", str(NEWEST))
+  kept = os.path.join(aside, os.path.relpath(
+      damaged, os.path.join(workdir, "checkpoints", "latest", str(NEWEST))))
+  assert os.path.getsize(kept) == damaged_size  # set aside as it was, not deleted
+  # The steps after the intact checkpoint are trained again, to the same state.
+  assert_states_equal(trained_run[0], workdir)
+
+
+def test_lost_newest_checkpoint_resumes_without_saving_a_step_twice(tmp_path):
+  # Without a validation set every epoch's checkpoint is also the newest best, so best/
+  # holds the lost step when the run gets there again.
+  overrides = ("--config.num_epochs=1", "--config.data.val_fraction=0",
+               "--config.train.checkpoint_every_steps=10")
+  reference, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
+  run_launch(reference, *overrides)
+  shutil.copytree(reference, workdir)
+  newest = max(finished_steps(workdir))
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "latest", str(newest)))
+
+  result = run_launch(workdir, *overrides)
+
+  assert f"at step {newest - 10}" in result.stderr
+  assert_states_equal(reference, workdir)
+
+
+def test_unreadable_best_checkpoint_falls_back_for_predict_and_init_from(trained_run,
+                                                                         tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run[0], workdir)
+  best = glob.glob(os.path.join(workdir, "checkpoints", "best", "[0-9]*"))[0]
+  open(os.path.join(best, "state", "_METADATA"), "w").close()
+  before = file_digests(workdir)
+
+  variables = init_from.load_variables(workdir, "cnn")
+
+  newest = checkpoint.restore_raw_state(os.path.join(workdir, "checkpoints", "latest"))
+  jax.tree.map(np.testing.assert_array_equal, variables["params"], newest["params"])
+  assert file_digests(workdir) == before  # reading never moves anything
+
+
+def test_rerun_with_another_model_or_data_is_refused_and_changes_nothing(trained_run,
+                                                                         tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run[0], workdir)
+  before = file_digests(workdir)
+
+  result = run_launch(workdir, *TRAINED_RUN_OVERRIDES, "--config.image_size=24",
+                      "--config.data.synthetic_size=160", check=False)
+
+  assert result.returncode == 2
+  error = result.stderr.strip().splitlines()[-1]
+  assert error.startswith(f"error: --workdir={workdir}: holds a run of another model")
+  assert "image_size: 32 -> 24" in error and "train images" in error
+  assert file_digests(workdir) == before
+
+
+def test_a_workdir_that_cannot_be_made_is_one_line(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  workdir = str(blocker / "run")  # a path through a file: no directory can be made there
+  result = run_launch(workdir, check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: --workdir={workdir}: cannot create it (Not a directory)")
