@@ -9,7 +9,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bloodcell_jax import cli  # first: it sets XLA's CPU flags before JAX starts
-from bloodcell_jax import workdir
+from bloodcell_jax import config_schema, workdir
 import jax  # pylint: disable=g-bad-import-order
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file in configs/.",
@@ -27,6 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config_schema.validate(_CONFIG.value)
   if _DISTRIBUTED.value or _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,

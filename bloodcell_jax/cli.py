@@ -6,7 +6,7 @@ import os
 import runpy
 import sys
 
-from absl import app
+from absl import flags
 
 from bloodcell_jax.errors import UserError
 
@@ -68,12 +68,16 @@ def quiet_library_logs() -> None:
 
 
 def parse_flags(argv):
-  """absl flag parsing, preceded by the config-key check (for `app.run(flags_parser=...)`)."""
+  """absl flag parsing, preceded by the config-key check (for `app.run(flags_parser=...)`);
+  a value that does not parse is a user error like any other (exit code 2)."""
   try:
     check_override_keys(argv)
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      raise UserError(str(e).removeprefix("flag ")) from None
   except UserError as e:
     _exit_with(e)
-  return app.parse_flags_with_usage(argv)
 
 
 def run_reporting_errors(main, argv) -> None:

@@ -51,9 +51,6 @@ def make_optimizer(config, params, steps_per_epoch: int, total_steps: int, freez
   chain = []
   if config.grad_clip_norm:
     chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  if config.weight_decay and config.name == "adam":
-    raise UserError("config.optim.weight_decay is decoupled decay: use optim.name=adamw "
-                    "(or optim.l2 for the study's L2 term in the loss)")
   if config.weight_decay and config.name == "sgd":
     # For plain SGD decoupled decay and an L2 gradient term coincide.
     chain.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))

@@ -18,7 +18,7 @@ import numpy as np
 from clu import periodic_actions
 from jax.experimental import multihost_utils
 
-from bloodcell_jax import build, freezing, optim, report, sharding, steps
+from bloodcell_jax import build, config_schema, freezing, optim, report, sharding, steps
 from bloodcell_jax import workdir as workdir_lib
 from bloodcell_jax.checkpoint import Checkpoints
 from bloodcell_jax.data import augment, offline, pipeline, splits as splits_lib
@@ -55,9 +55,6 @@ def describe_data(data) -> str:
 
 
 def _loss_config(config, train_labels, num_classes):
-  if config.loss.class_weights not in ("balanced", "none"):
-    raise UserError(f"config.loss.class_weights='{config.loss.class_weights}': "
-                    "expected balanced or none")
   weights = (splits_lib.balanced_class_weights(train_labels, num_classes)
              if config.loss.class_weights == "balanced" else None)
   return steps.LossConfig(num_classes=num_classes, class_weights=weights,
@@ -165,10 +162,8 @@ def run_stages(config, workdir: str) -> dict:
     return train_and_evaluate(config, workdir)
   results, previous = {}, None
   for name in sorted(config.stages):
-    stage = config.copy_and_resolve_references()
+    stage = config_schema.stage_config(config, config.stages[name])
     with stage.unlocked():
-      stage.stages = type(config.stages)()
-      stage.update(config.stages[name])
       if previous is not None:
         stage.model.init_from, stage.model.init_head = previous, "keep"
     previous = os.path.join(workdir, name)
@@ -189,8 +184,6 @@ def _initial_weights(config, model, state, mesh, tx):
     log("no config.model.init_from: training %s from scratch (random initialisation)",
         config.model.name)
     return state, {"from": None}
-  if config.model.init_head not in ("reinit", "keep"):
-    raise UserError(f"config.model.init_head='{config.model.init_head}': expected reinit or keep")
   fresh = jax.tree.map(np.asarray, {"params": state.params, "batch_stats": state.batch_stats})
   variables, summary = init_from.merge(
       fresh, init_from.load_variables(source, config.model.name),
@@ -244,9 +237,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   sharding.check_batch_size(config.batch_size, "config.batch_size",
                             micro_batches=config.grad_accum_steps)
   sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
-  if not 0.0 <= config.train.ema_decay < 1.0:
-    raise UserError(f"config.train.ema_decay={config.train.ema_decay}: expected 0 (off) or a "
-                    "decay in (0, 1), e.g. 0.999")
+  if config.batch_size > len(data.train):
+    raise UserError(f"config.batch_size={config.batch_size}: larger than the training set "
+                    f"({len(data.train)} images); expected at most {len(data.train)}")
   steps_per_epoch = -(-len(data.train) // config.batch_size)
   total_steps = config.num_epochs * steps_per_epoch
   model, tx_factory, labels = build.model_and_optimizer(config, num_classes, steps_per_epoch,

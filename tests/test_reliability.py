@@ -8,10 +8,12 @@ import shutil
 
 import jax
 import numpy as np
+import pytest
 
-from bloodcell_jax import checkpoint
+from bloodcell_jax import checkpoint, cli, config_schema
+from bloodcell_jax.errors import UserError
 from bloodcell_jax.weights import init_from
-from conftest import TRAINED_RUN_OVERRIDES, run_launch
+from conftest import ROOT, TRAINED_RUN_OVERRIDES, run_launch
 from test_resume import final_state, finished_steps
 
 NEWEST = 216  # the trained run's last step
@@ -116,3 +118,50 @@ def test_a_workdir_that_cannot_be_made_is_one_line(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
       f"error: --workdir={workdir}: cannot create it (Not a directory)")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.batch_size=-16", "config.batch_size=-16: expected an integer >= 1"),
+    ("--config.image_size=0", "config.image_size=0: expected an integer >= 16"),
+    ("--config.num_epochs=abc", "--config.num_epochs=abc: invalid literal for int()"),
+    ("--config.train.early_stopping_metric=val_acc",
+     "config.train.early_stopping_metric='val_acc': expected one of val_accuracy, "),
+    ("--config.train.ema_decay=1.5", "config.train.ema_decay=1.5: expected a number in [0.0, "
+     "1.0)"),
+    ("--config=configs/nope.py", "--config=configs/nope.py: no such config file"),
+])
+def test_bad_config_values_stop_before_any_data_is_read(tmp_path, override, message):
+  workdir = str(tmp_path / "run")
+  result = run_launch(workdir, override, check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+  assert "Traceback" not in result.stderr and not os.path.exists(workdir)
+
+
+def test_every_recipe_passes_the_schema_which_has_a_rule_for_each_of_its_keys():
+  for path in sorted(glob.glob(os.path.join(ROOT, "configs", "[!_]*.py"))):
+    config_schema.validate(cli.load_config_file(path))  # a key without a rule is an error
+
+
+def test_cross_key_rules_and_stages_are_checked():
+  config = cli.load_config_file(os.path.join(ROOT, "configs", "effnet_staged.py"))
+  with config.unlocked():
+    config.stages.s3_full.optim.learning_rate = -1.0
+  with pytest.raises(UserError, match=r"^config.optim.learning_rate=-1.0: expected a number >= "
+                     r"0.0 \(stage s3_full\)$"):
+    config_schema.validate(config)
+  config = cli.load_config_file(os.path.join(ROOT, "configs", "cnn.py"))
+  config.train.early_stopping_metric = "ema_val_accuracy"
+  with pytest.raises(UserError, match="needs a weight average"):
+    config_schema.validate(config)
+  config.train.early_stopping_metric, config.optim.weight_decay = "val_loss", 0.1
+  with pytest.raises(UserError, match="decoupled decay needs optim.name=adamw"):
+    config_schema.validate(config)
+
+
+def test_a_batch_larger_than_the_training_set_is_refused(tmp_path):
+  result = run_launch(str(tmp_path / "run"), "--config.batch_size=512", check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: config.batch_size=512: larger than the training set (288 images); expected at "
+      "most 288")
