@@ -43,9 +43,7 @@ def read_unlabelled(path: str, image_size: int):
   if not os.path.exists(path):
     raise UserError(f"{path}: no such file or directory")
   if os.path.isdir(path):
-    ids = sorted(os.path.relpath(os.path.join(d, f), path)
-                 for d, _, files in os.walk(path) for f in files
-                 if f.lower().endswith(sources.IMAGE_EXTENSIONS) and not f.startswith("."))
+    ids, _ = sources.image_files(path)
     if not ids:
       raise UserError(f"{path}: no {'/'.join(sources.IMAGE_EXTENSIONS)} images found")
     images = np.stack([sources.read_image_file(os.path.join(path, i), image_size)[0]

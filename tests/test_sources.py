@@ -1,11 +1,14 @@
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from bloodcell_jax.data import sources, synthetic
+from bloodcell_jax.data import sources, splits, synthetic
 from bloodcell_jax.errors import UserError
+from configs import default as default_config
 from conftest import write_image_folder
 
 
@@ -43,6 +46,51 @@ def test_evaluation_folder_follows_the_training_class_order(tmp_path):
   assert data.labels.tolist() == [0, 2]
   with pytest.raises(UserError, match=r"class folder\(s\) \['c'\] are not among"):
     sources.read_image_folder(root, 24, class_names=("a", "b"))
+
+
+def test_images_in_sub_folders_are_read_and_other_files_listed(tmp_path, caplog):
+  root = write_image_folder(str(tmp_path / "data"), images_per_class=2, classes=("a", "b"))
+  write_image_folder(str(tmp_path / "data" / "a" / "day2"), images_per_class=3, classes=("x",))
+  (tmp_path / "data" / "b" / "notes.txt").write_text("stain batch 7")
+  with caplog.at_level("INFO"):
+    data = sources.read_image_folder(root, 24)
+  assert len(data) == 7 and data.labels.tolist() == [0] * 5 + [1] * 2
+  assert os.path.join("a", "day2", "x", "x_0.png") in data.ids.tolist()
+  assert "3 of 7 images are in sub-folders" in caplog.text
+  assert "skipped 2 files that are not" in caplog.text  # the sub-folder's README too
+  assert os.path.join("b", "notes.txt") in caplog.text
+
+
+def test_transparent_pixels_are_white_from_folders_and_npz_alike(tmp_path):
+  rgba = np.zeros((1, 8, 8, 4), np.uint8)
+  rgba[..., :3] = 40  # dark colour under full transparency
+  (tmp_path / "a").mkdir()
+  Image.fromarray(rgba[0], "RGBA").save(tmp_path / "a" / "clear.png")
+  np.savez(tmp_path / "clear.npz", images=rgba, labels=np.zeros(1, np.int64))
+  from_folder = sources.read_image_folder(str(tmp_path), 8).images
+  from_npz = sources.read_npz(str(tmp_path / "clear.npz"), 8).images
+  np.testing.assert_array_equal(from_folder, 255)
+  np.testing.assert_array_equal(from_npz, 255)
+
+
+def test_decompression_bomb_is_an_unreadable_image_named_by_path(tmp_path):
+  path = tmp_path / "bomb.png"
+  header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+  chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data +
+                              struct.pack(">I", zlib.crc32(kind + data)))
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+  with pytest.raises(UserError, match=rf"^{path}: unreadable image \(Image size \(900000000 "
+                     "pixels\) exceeds limit"):
+    sources.read_image_file(str(path), 24)
+
+
+def test_training_data_of_one_class_is_refused(tmp_path):
+  root = write_image_folder(str(tmp_path / "data"), images_per_class=4, classes=("only",))
+  data_config = default_config.get_config().data
+  data_config.train = root
+  with pytest.raises(UserError, match=rf"^{root}: images of 1 class \(only\); training needs "
+                     "at least 2 classes$"):
+    splits.load_splits(data_config, 24, seed=0)
 
 
 @pytest.mark.parametrize("problem, message", [

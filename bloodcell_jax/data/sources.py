@@ -8,6 +8,7 @@ configured size, int32 labels and a stable id per image.
 """
 
 import dataclasses
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -86,7 +87,8 @@ def _split_suffix(source: str):
 
 def read_image_folder(root: str, image_size: int,
                       class_names: Optional[Sequence[str]] = None) -> ImageSet:
-  """One sub-folder per class; other files are ignored.
+  """One sub-folder per class, images in its sub-folders included; other files are skipped
+  and listed in one warning.
 
   Class indices follow the sorted folder names, or `class_names` when given
   (an evaluation folder may then lack classes, but not add any).
@@ -101,17 +103,25 @@ def read_image_folder(root: str, image_size: int,
   if unknown:
     raise UserError(f"{root}: class folder(s) {unknown} are not among the training "
                     f"classes {list(class_names)}")
-  files, labels = [], []
+  files, labels, not_images = [], [], []
   for class_dir in class_dirs:
     label = class_names.index(class_dir)
-    names = sorted(
-        f for f in os.listdir(os.path.join(root, class_dir))
-        if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    names, others = image_files(os.path.join(root, class_dir))
     if not names:
       raise UserError(f"{os.path.join(root, class_dir)}: empty class folder (expected "
                       f"at least one {'/'.join(IMAGE_EXTENSIONS)} image)")
     files += [os.path.join(class_dir, n) for n in names]
     labels += [label] * len(names)
+    not_images += [os.path.join(class_dir, n) for n in others]
+  nested = sum(os.sep in f[f.index(os.sep) + 1:] for f in files)
+  if nested:
+    logging.info("%s: %d of %d images are in sub-folders of their class folder (read with "
+                 "the class folder's label)", root, nested, len(files))
+  if not_images:
+    logging.warning("%s: skipped %d file%s that %s not %s images: %s%s", root,
+                    len(not_images), "s" if len(not_images) > 1 else "",
+                    "are" if len(not_images) > 1 else "is", "/".join(IMAGE_EXTENSIONS),
+                    ", ".join(not_images[:5]), " ..." if len(not_images) > 5 else "")
   images = np.empty((len(files), image_size, image_size, 3), np.uint8)
   resized = converted = 0
   for i, rel in enumerate(files):
@@ -124,16 +134,34 @@ def read_image_folder(root: str, image_size: int,
                   num_resized=resized, num_converted=converted)
 
 
+def image_files(folder: str):
+  """(images, other files) under `folder`, sub-folders included, as sorted relative paths;
+  hidden files and folders are left out of both."""
+  images, others = [], []
+  for directory, subdirs, names in os.walk(folder):
+    subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+    for name in names:
+      if not name.startswith("."):
+        relative = os.path.relpath(os.path.join(directory, name), folder)
+        (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(relative)
+  return sorted(images), sorted(others)
+
+
 def read_image_file(path: str, image_size: int):
+  """(uint8 RGB image at `image_size`, whether resized, whether converted); transparent
+  pixels are composited on white, as on a slide (and as for .npz sources)."""
   try:
     with Image.open(path) as im:
       converted = im.mode != "RGB"
+      if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)),
+                                   im.convert("RGBA"))
       im = im.convert("RGB")
       resized = im.size != (image_size, image_size)
       if resized:
         im = im.resize((image_size, image_size), Image.BICUBIC)
       return np.asarray(im, np.uint8), resized, converted
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise UserError(f"{path}: unreadable image ({e})") from None
 
 

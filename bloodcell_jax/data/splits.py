@@ -56,6 +56,10 @@ def load_splits(data_config, image_size: int, seed: int) -> Splits:
   common = dict(class_names=tuple(data_config.class_names),
                 synthetic_size=data_config.synthetic_size, seed=seed)
   full = load_source(data_config.train, image_size, default_split="train", **common)
+  present = sorted({full.class_names[i] for i in np.unique(full.labels)})
+  if len(present) < 2:
+    raise UserError(f"{data_config.train or full.name}: images of {len(present)} class "
+                    f"({', '.join(present)}); training needs at least 2 classes")
   common["folder_classes"] = full.class_names
   val = (load_source(data_config.val, image_size, default_split="val", **common)
          if data_config.val else None)
