@@ -12,6 +12,7 @@ every image under it is predicted.
 """
 
 import csv
+import os
 
 import numpy as np
 from absl import app, flags
@@ -32,6 +33,15 @@ _ADAPT_BN = flags.DEFINE_bool("adapt_bn", False, "Recompute the BatchNorm statis
                               "or more).")
 
 
+def check_writable_file(path: str, flag: str) -> None:
+  """Fails before the work, not after it, when `path` cannot be written."""
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise UserError(f"{flag}={path}: no such directory {directory}")
+  if not os.access(directory, os.W_OK) or os.path.isdir(path):
+    raise UserError(f"{flag}={path}: cannot write a file there")
+
+
 def write_csv(path: str, ids, probabilities: np.ndarray, class_names) -> None:
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
@@ -45,6 +55,7 @@ def main(argv):
   del argv
   if not _WORKDIR.value or not _INPUT.value:
     raise UserError("--workdir and --input are required")
+  check_writable_file(_OUTPUT.value, "--output")
   config, class_names, model, state = load_run(_WORKDIR.value, _EMA.value)
   ids, images = read_unlabelled(_INPUT.value, config.image_size)
   if _ADAPT_BN.value:

@@ -4,9 +4,11 @@ import functools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import h5py
 import jax
@@ -150,6 +152,15 @@ def test_port_refuses_files_that_do_not_fit(keras_ref, tmp_path):
   (tmp_path / "junk.h5").write_text("not hdf5")
   with pytest.raises(UserError, match="junk.h5: not a readable HDF5 file"):
     keras_port.load_keras_weights(MODEL["b0"], str(tmp_path / "junk.h5"))
+  with pytest.raises(UserError, match="^--model=resnet50: expected one of efficientnetv2-b0, "):
+    keras_port.load_keras_weights("resnet50", str(keras_ref / "b0_notop.weights.h5"))
+  # A Keras 3 file of another model: the error alone, not Keras's warning for every layer.
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    with pytest.raises(UserError, match=r"b0_notop.weights.h5: does not fit keras.applications"
+                       r".EfficientNetV2S \(.*\); is --model right\?$"):
+      keras_port.load_keras_weights(MODEL["s"], str(keras_ref / "b0_notop.weights.h5"))
+  assert not caught
 
 
 def test_port_cli_writes_a_checkpoint_that_init_from_loads(keras_ref, tmp_path):
@@ -178,6 +189,20 @@ def test_port_cli_writes_a_checkpoint_that_init_from_loads(keras_ref, tmp_path):
     init_from.load_variables(str(out), MODEL["s"])
 
 
+def test_download_from_a_server_that_never_answers_stops_with_the_same_advice(tmp_path):
+  with socket.socket() as server:  # accepts connections (the backlog) and never replies
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"^--download: no file from 127.0.0.1 \(.*timed out"
+                       r".*\)\. On a machine with network access, fetch .* --keras_weights="):
+      keras_port.download_keras_weights(
+          MODEL["s"], include_top=False, stall_seconds=1.0, cache_dir=str(tmp_path),
+          base_url=f"http://127.0.0.1:{server.getsockname()[1]}/weights/")
+    assert time.monotonic() - started < 10
+    assert not os.listdir(tmp_path)  # no partial file left
+
+
 def test_download_without_network_fails_at_once_with_a_way_out(tmp_path):
   started = time.monotonic()
   result = subprocess.run([sys.executable, "-m", "bloodcell_jax.weights.keras_port",
@@ -185,5 +210,5 @@ def test_download_without_network_fails_at_once_with_a_way_out(tmp_path):
                           text=True, env=subprocess_env(
                               BLOODCELL_JAX_KERAS_WEIGHTS_URL="https://127.0.0.1:9/weights/"))
   assert result.returncode == 2
-  assert "cannot reach 127.0.0.1" in result.stderr and "--keras_weights=PATH" in result.stderr
+  assert "no file from 127.0.0.1" in result.stderr and "--keras_weights=PATH" in result.stderr
   assert time.monotonic() - started < 60

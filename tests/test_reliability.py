@@ -5,6 +5,8 @@ import glob
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 from bloodcell_jax import checkpoint, cli, config_schema
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.weights import init_from
-from conftest import ROOT, TRAINED_RUN_OVERRIDES, run_launch
+from conftest import ROOT, TRAINED_RUN_OVERRIDES, run_launch, subprocess_env
 from test_resume import final_state, finished_steps
 
 NEWEST = 216  # the trained run's last step
@@ -165,3 +167,14 @@ def test_a_batch_larger_than_the_training_set_is_refused(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == (
       "error: config.batch_size=512: larger than the training set (288 images); expected at "
       "most 288")
+
+
+def test_predict_into_a_missing_directory_fails_before_predicting(trained_run, tmp_path):
+  output = str(tmp_path / "no_such_dir" / "preds.csv")
+  result = subprocess.run(
+      [sys.executable, "-m", "bloodcell_jax.predict", f"--workdir={trained_run[0]}",
+       f"--input={trained_run[0]}", f"--output={output}"], cwd=ROOT, capture_output=True,
+      text=True, env=subprocess_env())
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: --output={output}: no such directory {tmp_path / 'no_such_dir'}")

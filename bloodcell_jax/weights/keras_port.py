@@ -16,8 +16,11 @@ CLI: python -m bloodcell_jax.weights.keras_port --model=efficientnetv2-s \\
 
 import json
 import os
-import socket
+import shutil
+import urllib.error
 import urllib.parse
+import urllib.request
+import warnings
 from typing import Dict, Optional, Tuple
 
 import h5py
@@ -34,6 +37,7 @@ KERAS_WEIGHTS_URL = os.environ.get(
     "BLOODCELL_JAX_KERAS_WEIGHTS_URL",
     "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/")
 PORT_RECORD = "port.json"
+CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "bloodcell_jax", "keras_weights")
 
 # Keras weight name -> (Flax collection, Flax variable name).
 _RENAME = {
@@ -97,7 +101,9 @@ def read_keras3_weights(model_name: str, path: str) -> KerasWeights:
             else dict(include_top=False, input_shape=(None, None, 3)))
   model = constructor(weights=None, **kwargs)
   try:
-    model.load_weights(path)
+    with warnings.catch_warnings():  # one per layer that does not fit: the error says it
+      warnings.simplefilter("ignore")
+      model.load_weights(path)
   except ValueError as e:
     raise UserError(f"{path}: does not fit keras.applications.{constructor.__name__} "
                     f"({str(e).splitlines()[0]}); is --model right?") from None
@@ -105,7 +111,13 @@ def read_keras3_weights(model_name: str, path: str) -> KerasWeights:
           for layer in model.layers if layer.weights}
 
 
+def check_model_name(model_name: str) -> None:
+  if model_name not in effnet.VARIANTS:
+    raise UserError(f"--model={model_name}: expected one of {', '.join(effnet.VARIANTS)}")
+
+
 def read_keras_weights(model_name: str, path: str) -> KerasWeights:
+  check_model_name(model_name)
   if not os.path.isfile(path):
     raise UserError(f"--keras_weights={path}: no such file")
   weights = read_named_h5(path)
@@ -135,8 +147,7 @@ def _target_shapes(model_name: str, include_top: bool, num_classes: int):
 
 def port(model_name: str, keras_weights: KerasWeights, source: str = "weights"):
   """Flax variables {"params", "batch_stats"} and whether they include the classifier."""
-  if model_name not in effnet.VARIANTS:
-    raise UserError(f"--model={model_name}: expected one of {', '.join(effnet.VARIANTS)}")
+  check_model_name(model_name)
   keras_weights = dict(keras_weights)
   normalization = keras_weights.pop("normalization", None)
   if normalization is not None:
@@ -181,20 +192,32 @@ def load_keras_weights(model_name: str, path: str) -> Dict[str, dict]:
   return port(model_name, read_keras_weights(model_name, path), source=path)[0]
 
 
-def download_keras_weights(model_name: str, include_top: bool, timeout: float = 5.0) -> str:
-  """The official ImageNet file, through keras's download cache; fails fast when offline."""
+def download_keras_weights(model_name: str, include_top: bool, stall_seconds: float = 30.0,
+                           base_url: str = KERAS_WEIGHTS_URL, cache_dir: str = CACHE_DIR) -> str:
+  """The official ImageNet file, downloaded once into `cache_dir`. Fails with advice when the
+  server cannot be reached or sends nothing for `stall_seconds`."""
+  check_model_name(model_name)
   file_name = f"{model_name}{'' if include_top else '_notop'}.h5"
-  url = KERAS_WEIGHTS_URL + file_name
-  parsed = urllib.parse.urlparse(url)
-  host = parsed.hostname
+  url = base_url + file_name
+  path = os.path.join(cache_dir, file_name)
+  if os.path.isfile(path):
+    return path
+  os.makedirs(cache_dir, exist_ok=True)
+  partial = f"{path}.{os.getpid()}.partial"
   try:
-    socket.create_connection((host, parsed.port or 443), timeout=timeout).close()
-  except OSError as e:
+    with urllib.request.urlopen(url, timeout=stall_seconds) as response, \
+        open(partial, "wb") as f:
+      shutil.copyfileobj(response, f, length=1 << 20)
+    os.replace(partial, path)
+  except (OSError, urllib.error.URLError) as e:  # socket.timeout is an OSError
     raise UserError(
-        f"--download: cannot reach {host} ({e}). On a machine with network access, fetch "
-        f"{url} and pass the file with --keras_weights=PATH") from None
-  import keras  # pylint: disable=g-import-not-at-top
-  return keras.utils.get_file(file_name, url, cache_subdir="models")
+        f"--download: no file from {urllib.parse.urlparse(url).hostname} ({e}). On a machine "
+        f"with network access, fetch {url} and pass the file with --keras_weights=PATH"
+    ) from None
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+  return path
 
 
 def save_ported(variables, out_dir: str, record: dict):
