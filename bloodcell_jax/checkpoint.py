@@ -25,9 +25,18 @@ from bloodcell_jax.errors import UserError
 BEST_METRIC = "early_stopping_score"
 
 
+class DiskFull(UserError):
+  """Too little space for the next checkpoint; the newest complete one is kept."""
+
+
+# Room kept free beyond a checkpoint's measured size: its metadata, the logs, the summaries.
+_SPACE_MARGIN_BYTES = 256 * 1024
+
+
 def _manager(directory: str, max_to_keep: int, best_metric: Optional[str] = None):
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True,
+      cleanup_tmp_directories=True,  # a save cut short (a kill, a full disk) leaves no trace
       best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode="max",
       # Both managers save the same step; their cross-process barriers need distinct names.
       multiprocessing_options=ocp.options.MultiprocessingOptions(
@@ -49,10 +58,33 @@ class Checkpoints:
     kept: the same step of the same run holds the same state."""
     step = int(meta["step"])
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    if step not in self.latest.all_steps():
-      self.latest.save(step, args=args, force=True)
-    if best_score is not None and step not in self.best.all_steps():
-      self.best.save(step, args=args, metrics={BEST_METRIC: best_score}, force=True)
+    targets = [m for m, wanted in ((self.latest, True), (self.best, best_score is not None))
+               if wanted and step not in m.all_steps()]
+    self._check_space(state, len(targets))
+    for manager in targets:
+      manager.save(step, args=args, force=True,
+                   metrics={BEST_METRIC: best_score} if manager is self.best else None)
+
+  def _check_space(self, state, copies: int) -> None:
+    """Stops with one line, before writing, when the disk cannot take `copies` more
+    checkpoints (each the size of the newest on disk, or twice the state's bytes)."""
+    if not copies:
+      return
+    self.wait()  # the previous save's size is known, and its space taken
+    newest = self.latest.latest_step()
+    size = (_bytes_on_disk(_step_dir(self.latest, newest)) if newest is not None else
+            2 * sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)))
+    need = copies * size + _SPACE_MARGIN_BYTES
+    free = shutil.disk_usage(str(self.latest.directory)).free
+    short = free < need
+    if jax.process_count() > 1:  # every process stops, or none
+      short = bool(np.any(multihost_utils.process_allgather(np.asarray(short))))
+    if short:
+      kept = (f"the newest complete checkpoint (step {newest}) is kept"
+              if newest is not None else "no checkpoint was saved yet")
+      raise DiskFull(f"{os.path.dirname(str(self.latest.directory))}: no space for the next "
+                     f"checkpoint ({free / 2**20:.1f} MiB free, about {need / 2**20:.1f} MiB "
+                     f"needed); {kept}: free some space and rerun the same command to resume")
 
   def restore_latest(self, target_state):
     """(state, meta) of the newest readable checkpoint in `latest/`, or None."""
@@ -69,6 +101,11 @@ class Checkpoints:
   def close(self):
     self.latest.close()
     self.best.close()
+
+
+def _bytes_on_disk(directory: str) -> int:
+  return sum(os.stat(os.path.join(d, f)).st_blocks * 512
+             for d, _, files in os.walk(directory) for f in files)
 
 
 def _newest_first(manager) -> list:

@@ -5,11 +5,14 @@ loop calls. A run resumes from its workdir automatically and, on CPU, ends
 bit-for-bit where an uninterrupted run would.
 """
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Optional
 
@@ -20,7 +23,7 @@ from jax.experimental import multihost_utils
 
 from bloodcell_jax import build, config_schema, freezing, optim, report, sharding, steps
 from bloodcell_jax import workdir as workdir_lib
-from bloodcell_jax.checkpoint import Checkpoints
+from bloodcell_jax.checkpoint import Checkpoints, DiskFull
 from bloodcell_jax.data import augment, offline, pipeline, splits as splits_lib
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.metrics import summarize_confusion
@@ -269,9 +272,31 @@ def train_and_evaluate(config, workdir: str) -> dict:
       weights=weights, offline=offline_summary, manifest=manifest)
   try:
     return _resume_train_evaluate(run, state)
+  except Exception as error:  # pylint: disable=broad-except
+    if not _no_space_left(error):
+      raise
+    raise DiskFull(f"{workdir}: no space left on the device ({_first_line(error)}); the newest "
+                   "complete checkpoint is kept: free some space and rerun the same command to "
+                   "resume") from None
   finally:  # also on errors: Orbax's background threads must stop before the interpreter
-    run.checkpoints.close()
-    run.writer.close()
+    with contextlib.suppress(Exception) if sys.exc_info()[0] else contextlib.nullcontext():
+      run.checkpoints.close()
+      run.writer.close()
+
+
+def _no_space_left(error: BaseException) -> bool:
+  """Whether `error`, or an error behind it, is a full disk (Orbax and TensorStore report it
+  in their own exception types, with the OS message)."""
+  while error is not None:
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return lines[0][:300] if lines else type(error).__name__
 
 
 def _with_offline_copies(config, data, workdir: str):

@@ -4,6 +4,7 @@ made: a run goes on from what is intact, or stops in one line having changed not
 import glob
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -178,3 +179,38 @@ def test_predict_into_a_missing_directory_fails_before_predicting(trained_run, t
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
       f"error: --output={output}: no such directory {tmp_path / 'no_such_dir'}")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1 MiB tmpfs (needs root; skipped where mounting is not allowed)."""
+  mount_point = tmp_path / "disk"
+  mount_point.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                           capture_output=True, check=False)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+  yield mount_point
+  subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_full_disk_stops_before_the_checkpoint_that_does_not_fit_and_resumes(small_disk):
+  workdir = str(small_disk / "run")
+  overrides = ("--config.num_epochs=2", "--config.train.checkpoint_every_steps=4")
+
+  full = run_launch(workdir, *overrides, check=False)
+
+  assert full.returncode == 2 and "Traceback" not in full.stderr
+  error = full.stderr.strip().splitlines()[-1]
+  assert re.fullmatch(rf"error: {workdir}/checkpoints: no space for the next checkpoint \(.* "
+                      r"MiB free, about .* MiB needed\); the newest complete checkpoint \(step "
+                      r"(\d+)\) is kept: free some space and rerun the same command to resume",
+                      error), error
+  kept = int(re.search(r"\(step (\d+)\)", error).group(1))
+  assert finished_steps(workdir)[-1] == kept
+  assert not glob.glob(os.path.join(workdir, "checkpoints", "*", "*tmp*"))
+
+  subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+  resumed = run_launch(workdir, *overrides)
+  assert f"at step {kept}" in resumed.stderr
+  assert finished_steps(workdir)[-1] == 2 * 18
