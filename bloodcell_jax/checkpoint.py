@@ -9,9 +9,13 @@ aside in `checkpoints/corrupt/` with one warning, never deleted, and the run goe
 on from the newest readable one.
 """
 
+import gc
+import io
 import logging
 import os
 import shutil
+import sys
+import time
 from typing import Optional
 
 import jax
@@ -123,31 +127,59 @@ def _restore_newest_readable(manager, steps, target_state):
   the run's configuration, not damage: a UserError."""
   manager.wait_until_finished()
   for step in steps:
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
+    restored, why = _try_restore(manager, step, ocp.args.Composite(
+        state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
+    if why is None:
       return restored["state"], dict(restored["meta"])
-    except Exception as error:  # pylint: disable=broad-except  (Orbax and TensorStore raise many kinds)
-      damage = _why_unreadable(manager, step)
-      if damage is None:
-        raise UserError(f"{_step_dir(manager, step)}: does not fit this run's model or "
-                        f"optimizer ({_first_line(error)}); use a new --workdir") from None
-      _set_aside(manager, step, damage)
+    _, damage = _try_restore(manager, step, ocp.args.Composite(  # whatever the target
+        state=ocp.args.StandardRestore(fallback_sharding=_one_local_device()),
+        meta=ocp.args.JsonRestore()))
+    if damage is None:
+      raise UserError(f"{_step_dir(manager, step)}: does not fit this run's model or "
+                      f"optimizer ({why}); use a new --workdir")
+    _set_aside(manager, step, damage)
   return None
 
 
-def _why_unreadable(manager, step) -> Optional[str]:
-  """Why the checkpoint at `step` cannot be read whatever the target, or None if it can."""
+class _AsyncioNoise(logging.Filter):
+  def filter(self, record):
+    return "exception was never retrieved" not in record.getMessage()
+
+
+# How long the reads still running when a restore fails get to finish, unheard.
+_SETTLE_SECONDS = 1.0
+
+
+def _try_restore(manager, step, args):
+  """(restored, None), or (None, why it failed).
+
+  A failed restore leaves Orbax's other reads of that checkpoint running; as they end
+  they fail too, in callbacks and coroutines nobody awaits, each printing a traceback
+  that repeats the one warning a damaged checkpoint gets. They end in here, unheard.
+  """
+  previous_hook, previous_stderr, noise = sys.unraisablehook, sys.stderr, _AsyncioNoise()
+  sys.unraisablehook = lambda unraisable: None
+  logging.getLogger("asyncio").addFilter(noise)
   try:
-    manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(fallback_sharding=_one_local_device()),
-        meta=ocp.args.JsonRestore()))
-    return None
-  except Exception as error:  # pylint: disable=broad-except
-    return _first_line(error)
+    try:
+      return manager.restore(step, args=args), None
+    except Exception as error:  # pylint: disable=broad-except  (Orbax and TensorStore raise many kinds)
+      sys.stderr = io.StringIO()
+      why = _first_line(error)
+    time.sleep(_SETTLE_SECONDS)  # `error` and the frames it held are gone: let the rest end
+    gc.collect()
+    return None, why
+  finally:
+    sys.stderr = previous_stderr
+    sys.unraisablehook = previous_hook
+    logging.getLogger("asyncio").removeFilter(noise)
 
 
-def _first_line(error: Exception) -> str:
+def _first_line(error: BaseException) -> str:
+  """The first line of the innermost error behind `error` (TensorStore's status there names
+  the file and what is wrong with it; the wrappers around it do not)."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
@@ -187,14 +219,12 @@ def restore_raw_state(directory: str):
   manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
   try:
     for step in _best_first(manager):
-      try:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(fallback_sharding=_one_local_device())))
-      except Exception as error:  # pylint: disable=broad-except
-        logging.warning("checkpoint %s is unreadable (%s); trying the one before it",
-                        _step_dir(manager, step), _first_line(error))
-        continue
-      return jax.tree.map(np.asarray, dict(restored["state"]))
+      restored, why = _try_restore(manager, step, ocp.args.Composite(
+          state=ocp.args.StandardRestore(fallback_sharding=_one_local_device())))
+      if why is None:
+        return jax.tree.map(np.asarray, dict(restored["state"]))
+      logging.warning("checkpoint %s is unreadable (%s); trying the one before it",
+                      _step_dir(manager, step), why)
     return None
   finally:
     manager.close()
