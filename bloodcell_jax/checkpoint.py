@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from bloodcell_jax.errors import UserError
+from bloodcell_jax.errors import UserError, innermost_line
 
 # What `best/` ranks by: the early-stopping metric, negated for losses, so higher is better.
 BEST_METRIC = "early_stopping_score"
@@ -165,7 +165,7 @@ def _try_restore(manager, step, args):
       return manager.restore(step, args=args), None
     except Exception as error:  # pylint: disable=broad-except  (Orbax and TensorStore raise many kinds)
       sys.stderr = io.StringIO()
-      why = _first_line(error)
+      why = innermost_line(error)
     time.sleep(_SETTLE_SECONDS)  # `error` and the frames it held are gone: let the rest end
     gc.collect()
     return None, why
@@ -173,15 +173,6 @@ def _try_restore(manager, step, args):
     sys.stderr = previous_stderr
     sys.unraisablehook = previous_hook
     logging.getLogger("asyncio").removeFilter(noise)
-
-
-def _first_line(error: BaseException) -> str:
-  """The first line of the innermost error behind `error` (TensorStore's status there names
-  the file and what is wrong with it; the wrappers around it do not)."""
-  while (error.__cause__ or error.__context__) is not None:
-    error = error.__cause__ or error.__context__
-  text = str(error).strip().splitlines()
-  return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
 
 def _step_dir(manager, step) -> str:

@@ -1,4 +1,7 @@
-"""User-facing errors: one line that names the file, key or flag and what was expected."""
+"""User-facing errors: one line that names the file, key or flag and what was expected; and
+the one line that says what went wrong behind a library's error."""
+
+import errno
 
 
 class UserError(Exception):
@@ -7,3 +10,22 @@ class UserError(Exception):
   `launch.py` and the module CLIs print it as a single line and exit non-zero,
   without a traceback: the message alone must say what to fix.
   """
+
+
+def innermost_line(error: BaseException) -> str:
+  """`Type: first line` of the innermost error behind `error`: where libraries wrap an OS or
+  TensorStore error, that one names the file and what is wrong with it."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error`, or an error behind it, is a full disk (Orbax and TensorStore report it
+  in their own exception types, with the OS message)."""
+  while error is not None:
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False

@@ -7,7 +7,6 @@ bit-for-bit where an uninterrupted run would.
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from bloodcell_jax import build, config_schema, freezing, optim, report, shardin
 from bloodcell_jax import workdir as workdir_lib
 from bloodcell_jax.checkpoint import Checkpoints, DiskFull
 from bloodcell_jax.data import augment, offline, pipeline, splits as splits_lib
-from bloodcell_jax.errors import UserError
+from bloodcell_jax.errors import UserError, innermost_line, is_disk_full
 from bloodcell_jax.metrics import summarize_confusion
 from bloodcell_jax.models import efficientnet_v2
 from bloodcell_jax.weights import init_from
@@ -273,30 +272,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     return _resume_train_evaluate(run, state)
   except Exception as error:  # pylint: disable=broad-except
-    if not _no_space_left(error):
+    if not is_disk_full(error):
       raise
-    raise DiskFull(f"{workdir}: no space left on the device ({_first_line(error)}); the newest "
-                   "complete checkpoint is kept: free some space and rerun the same command to "
-                   "resume") from None
-  finally:  # also on errors: Orbax's background threads must stop before the interpreter
+    raise DiskFull(f"{workdir}: no space left on the device ({innermost_line(error)}); the "
+                   "newest complete checkpoint is kept: free some space and rerun the same "
+                   "command to resume") from None
+  finally:  # also on errors: Orbax's background threads must stop before the interpreter.
+    # With an error on its way, closing may raise it again (a full disk): keep the first.
     with contextlib.suppress(Exception) if sys.exc_info()[0] else contextlib.nullcontext():
       run.checkpoints.close()
       run.writer.close()
-
-
-def _no_space_left(error: BaseException) -> bool:
-  """Whether `error`, or an error behind it, is a full disk (Orbax and TensorStore report it
-  in their own exception types, with the OS message)."""
-  while error is not None:
-    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
-
-
-def _first_line(error: BaseException) -> str:
-  lines = str(error).strip().splitlines()
-  return lines[0][:300] if lines else type(error).__name__
 
 
 def _with_offline_copies(config, data, workdir: str):
