@@ -15,8 +15,8 @@ class UserError(Exception):
 def innermost_line(error: BaseException) -> str:
   """`Type: first line` of the innermost error behind `error`: where libraries wrap an OS or
   TensorStore error, that one names the file and what is wrong with it."""
-  while (error.__cause__ or error.__context__) is not None:
-    error = error.__cause__ or error.__context__
+  while _behind(error) is not None:
+    error = _behind(error)
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
@@ -27,5 +27,10 @@ def is_disk_full(error: BaseException) -> bool:
   while error is not None:
     if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
       return True
-    error = error.__cause__ or error.__context__
+    error = _behind(error)
   return False
+
+
+def _behind(error: BaseException):
+  """The error `error` was raised from or while handling (unless it was raised `from None`)."""
+  return error.__cause__ or (None if error.__suppress_context__ else error.__context__)
