@@ -77,7 +77,7 @@ class Checkpoints:
     self.wait()  # the previous save's size is known, and its space taken
     newest = self.latest.latest_step()
     size = (_bytes_on_disk(_step_dir(self.latest, newest)) if newest is not None else
-            2 * sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)))
+            2 * sum(leaf.nbytes for leaf in jax.tree.leaves(state)))  # no copy to the host
     need = copies * size + _SPACE_MARGIN_BYTES
     free = shutil.disk_usage(str(self.latest.directory)).free
     short = free < need

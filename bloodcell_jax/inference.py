@@ -1,6 +1,7 @@
 """A trained run's model for inference: its best checkpoint loaded, and class probabilities
 of image arrays computed on the device mesh (shared by predict, robustness and the tests)."""
 
+import functools
 import json
 import os
 
@@ -55,11 +56,18 @@ def read_unlabelled(path: str, image_size: int):
   raise UserError(f"{path}: expected an image folder or an .npz file")
 
 
+@functools.lru_cache(maxsize=8)
+def _forward(model, mesh):
+  """The jitted forward pass of `model`, built once: the robustness benchmark predicts
+  a hundred sets with the same model, and each new jit would compile again."""
+  return steps.jit_predict_step(mesh, model=model)
+
+
 def predict(model, state, images: np.ndarray, batch_size: int) -> np.ndarray:
   """Class probabilities, computed in padded batches on the device mesh."""
   mesh = sharding.make_mesh()
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
-  forward = steps.jit_predict_step(mesh, model=model)
+  forward = _forward(model, mesh)
   outputs = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size].astype(np.float32)

@@ -25,7 +25,7 @@ import zlib
 import numpy as np
 from absl import app, flags, logging
 
-from bloodcell_jax import cli
+from bloodcell_jax import cli, report
 from bloodcell_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
@@ -202,11 +202,9 @@ def run(workdir: str, input_path: str = "", out: str = "", ema: bool = False,
                  seconds=round(time.perf_counter() - started, 1))
   out = out or os.path.join(workdir, "robustness.json")
   stem = os.path.splitext(out)[0]
-  with open(out, "w") as f:
-    json.dump(results, f, indent=2)
+  report.write_text(out, json.dumps(results, indent=2))  # shifts in the table's order
   table = markdown_table(results)
-  with open(stem + ".md", "w") as f:
-    f.write(table)
+  report.write_text(stem + ".md", table)
   plot_grid(images[grid_image], names, seed, stem + "_grid.png")
   print(table)
   print(f"wrote {out}, {stem}.md and {stem}_grid.png")

@@ -200,21 +200,6 @@ def _initial_weights(config, model, state, mesh, tx):
   return state, summary
 
 
-def _warn_if_config_changed(config, workdir: str):
-  """A workdir resumes whatever it holds: say so loudly when the settings differ from its run's."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    return
-  with open(path) as f:
-    before = _flat_hparams(json.load(f))
-  now = _flat_hparams(json.loads(config.to_json_best_effort()))
-  changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-  if changed:
-    logging.warning("%s holds a run started with other settings; it resumes from its checkpoints "
-                    "with the new ones (use a fresh --workdir to start over): %s", workdir,
-                    ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed))
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) in `workdir`, evaluates the best checkpoint, returns results."""
   os.makedirs(workdir, exist_ok=True)
@@ -230,9 +215,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.warning("no validation set (config.data.val_fraction=0): no early stopping, and the "
                     "last epoch's checkpoint is the result")
   manifest = splits_lib.manifest(data)
-  workdir_lib.check_identity(workdir, json.loads(config.to_json_best_effort()), manifest)
-  if jax.process_index() == 0:
-    _warn_if_config_changed(config, workdir)
+  workdir_lib.check_identity(workdir, json.loads(config.to_json_best_effort()), manifest,
+                             warn=jax.process_index() == 0)
 
   data, offline_summary = _with_offline_copies(config, data, workdir)
   mesh = sharding.make_mesh()

@@ -118,24 +118,29 @@ def _alive(pid) -> bool:
   return True
 
 
-def check_identity(workdir: str, config: dict, manifest: dict) -> None:
+def check_identity(workdir: str, config: dict, manifest: dict, warn: bool = True) -> None:
   """Refuses (UserError) a run whose model, image size, classes or data differ from those
-  `workdir` recorded (`config.json`, `split_manifest.json`); a new workdir passes."""
+  `workdir` recorded (`config.json`, `split_manifest.json`); a new workdir passes. Other
+  settings may change on resume; with `warn`, a warning lists them."""
   config_path = os.path.join(workdir, "config.json")
   manifest_path = os.path.join(workdir, "split_manifest.json")
   if not os.path.isfile(config_path):
     return
   recorded = _flat(_read_json(config_path))
   now = _flat(config)
-  defining = sorted(k for k in recorded.keys() | now.keys()
-                    if (k == "image_size" or k.startswith("model."))
-                    and k not in _MODEL_KEYS_FREE_ON_RESUME and recorded.get(k) != now.get(k))
+  changed = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+  defining = [k for k in changed if (k == "image_size" or k.startswith("model."))
+              and k not in _MODEL_KEYS_FREE_ON_RESUME]
   if os.path.isfile(manifest_path):
     defining += _data_differences(_read_json(manifest_path), manifest)
   if defining:
     raise UserError(f"--workdir={workdir}: holds a run of another model or data set "
                     f"({'; '.join(_describe(k, recorded, now) for k in defining)}); its "
                     "checkpoints cannot continue with these settings: use a new --workdir")
+  if changed and warn:
+    logging.warning("%s holds a run started with other settings; it resumes from its checkpoints "
+                    "with the new ones (use a fresh --workdir to start over): %s", workdir,
+                    ", ".join(_describe(k, recorded, now) for k in changed))
 
 
 def _data_differences(recorded: dict, now: dict) -> list:
