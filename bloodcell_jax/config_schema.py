@@ -106,6 +106,8 @@ RULES = {
     "data.cleaning.max_off_colour_fraction": number_in(0.0, 1.0),
     "data.cleaning.max_texture_z": number_in(0.0, open_low=True),
     "data.cleaning.min_std": number_in(0.0),
+    "data.cleaning.max_written_z": number_in(0.0, open_low=True),
+    "data.cleaning.writing_fit_images": int_at_least(0),
     "data.cleaning.contact_sheets": flag,
     "data.offline_copies": int_at_least(0),
     "data.offline_augment": text,

@@ -25,7 +25,7 @@ from bloodcell_jax.data.cleaning import contact_sheets, report, run
 from bloodcell_jax.data.cleaning import settings as settings_lib
 from bloodcell_jax.errors import UserError
 
-CLEANING_VERSION = 1  # bump when a change of the code changes what a run finds
+CLEANING_VERSION = 2  # bump when a change of the code changes what a run finds
 
 
 def default_cache_dir() -> str:

@@ -12,6 +12,8 @@ The model is fitted on the data itself, so it needs no reference set:
     (mean |Laplacian| of luma) and the density of hard edges (neighbouring pixels
     60+ grey levels apart), as median and MAD (robust z-scores). Text, line art,
     UI screenshots and noise exceed what optics-limited micrographs produce.
+  * writing: words written over a cell image (labels, watermarks, annotations),
+    scored by a tile classifier fitted on the data (annotations.py).
 Every measure is taken on 16x16 tiles (stride 8) and the worst tile counts, so
 content pasted over part of a cell image is found as well as a whole foreign
 picture. Blank frames are caught by a rule: luma standard deviation below
@@ -25,40 +27,49 @@ An image's score is its worst measure divided by that measure's threshold
 """
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage
 
-from bloodcell_jax.data.cleaning import fingerprints as fp
+from bloodcell_jax.data.cleaning import annotations, fingerprints as fp
 
 LEVELS = 32  # colour histogram levels per channel
-TILE, STRIDE = 16, 8
+TILE, STRIDE = annotations.TILE, annotations.STRIDE
 HARD_EDGE = 60.0  # grey levels between neighbouring pixels
-CRITERIA = ("off_colour", "fine_detail", "hard_edges", "blank")
+CRITERIA = ("off_colour", "fine_detail", "hard_edges", "written_over", "blank")
+_TILED = 4  # the first four criteria are measured on tiles
 _FIT_ROUNDS = 2
 
 
 @dataclasses.dataclass
 class CellModel:
   """What a cell image of this data set looks like (see module doc)."""
+  gamut_distance: np.ndarray  # float32 (LEVELS ** 3,): grey levels from the gamut
   in_gamut: np.ndarray  # bool (LEVELS ** 3,): within the tolerance of the gamut
   texture_median: np.ndarray  # (2,) fine detail, hard edges: of each image's worst tile
   texture_scale: np.ndarray  # (2,) 1.4826 * MAD
   fitted_on: int
+  writing: Optional[annotations.Detector] = None  # None: not fitted (yet), or turned off
 
   def describe(self) -> dict:
     return {"gamut_bins": int(self.in_gamut.sum()), "fitted_on_images": self.fitted_on,
             "fine_detail_median": float(self.texture_median[0]),
             "fine_detail_scale": float(self.texture_scale[0]),
             "hard_edges_median": float(self.texture_median[1]),
-            "hard_edges_scale": float(self.texture_scale[1])}
+            "hard_edges_scale": float(self.texture_scale[1]),
+            "writing": self.writing.describe() if self.writing else None}
+
+  def colour_features(self, images: np.ndarray) -> np.ndarray:
+    return annotations.colour_features(colour_bins(images), self.gamut_distance)
 
 
 @dataclasses.dataclass
 class Observations:
-  """What the model needs of each image, measured once: texture and colour bins."""
+  """What the model needs of each image, measured once: texture, strokes and colour bins."""
   texture: "Texture"
   bins: np.ndarray  # uint16 (N, 96, 96): colour bin of every pixel
+  strokes: np.ndarray  # float32 (N, 11, 11, F): annotations.stroke_features
 
   def __len__(self):
     return len(self.bins)
@@ -75,9 +86,10 @@ class Texture:
 @dataclasses.dataclass
 class Scores:
   score: np.ndarray  # (N,) worst measure / its threshold; >= 1 is contaminated
-  ratios: np.ndarray  # (N, 4) each criterion's measure / threshold
-  values: np.ndarray  # (N, 4) off-colour fraction, fine-detail z, hard-edge z, luma std
-  tiles: np.ndarray  # int (N, 3, 2): worst tile (row, col) of the three tiled measures
+  ratios: np.ndarray  # (N, 5) each criterion's measure / threshold
+  values: np.ndarray  # (N, 5) off-colour fraction, fine-detail z, hard-edge z, writing z,
+  #                     luma std
+  tiles: np.ndarray  # int (N, 4, 2): worst tile (row, col) of the four tiled measures
 
   @property
   def flagged(self) -> np.ndarray:
@@ -85,33 +97,41 @@ class Scores:
 
 
 def observe(images: np.ndarray) -> Observations:
-  bins = np.concatenate([colour_bins(fp.at_work_size(images[s:s + fp.CHUNK]))
-                         for s in range(0, len(images), fp.CHUNK)]).astype(np.uint16)
-  return Observations(measure_texture(images), bins)
+  chunks = [_observe_chunk(fp.at_work_size(images[s:s + fp.CHUNK]))
+            for s in range(0, len(images), fp.CHUNK)]
+  textures, bins, strokes = zip(*chunks)
+  return Observations(Texture(*(np.concatenate(field) for field in zip(*textures))),
+                      np.concatenate(bins), np.concatenate(strokes))
 
 
-def fit(observed: Observations, settings) -> CellModel:
-  """The model of the observed images, robust to a minority of contaminants.
+def fit(observed: Observations, settings, images: np.ndarray, seed: int = 0) -> CellModel:
+  """The model of the observed `images`, robust to a minority of contaminants.
 
   The gamut is fitted on the images whose pixels sit in the densest colours,
   so that a handful of cartoons cannot make their flat primaries look common;
-  then the whole fit is repeated without the images the first one flags.
+  then the whole fit is repeated without the images the first one flags. The
+  writing detector is fitted last, on images that none of the rest flags.
   """
   keep = np.ones(len(observed), bool)
   model = None
   for _ in range(_FIT_ROUNDS):
     typical = keep & _typical_colours(observed.bins, keep, settings.colour_fit_fraction)
-    in_gamut = colour_gamut(observed.bins[typical], settings.colour_coverage,
-                            settings.colour_tolerance)
+    distance = gamut_distance(observed.bins[typical], settings.colour_coverage)
     values = observed.texture.values[keep]
     median = np.median(values, axis=0)
     mad = 1.4826 * np.median(np.abs(values - median), axis=0)
     scale = np.maximum(mad, 1e-3 * np.abs(median) + 1e-6)
-    model = CellModel(in_gamut, median, scale, int(keep.sum()))
+    model = CellModel(distance, distance <= settings.colour_tolerance, median, scale,
+                      int(keep.sum()))
     unflagged = ~score(observed, model, settings).flagged
     if not (keep & unflagged).any():  # nothing looks like the rest: keep this fit
       break
     keep &= unflagged
+  if settings.writing_fit_images:
+    model.writing = annotations.fit(images, observed.strokes,
+                                    _colour_features(observed.bins, model),
+                                    model.colour_features, keep, settings.writing_fit_images,
+                                    seed)
   return model
 
 
@@ -130,15 +150,15 @@ def colour_counts(bins: np.ndarray) -> np.ndarray:
   return counts
 
 
-def colour_gamut(bins: np.ndarray, coverage: float, tolerance: float) -> np.ndarray:
-  """Colour bins within `tolerance` grey levels of the commonest bins covering `coverage`."""
+def gamut_distance(bins: np.ndarray, coverage: float) -> np.ndarray:
+  """Grey levels from each colour bin to the commonest bins covering `coverage` of `bins`."""
   density = _box_smooth(colour_counts(bins).reshape((LEVELS,) * 3)).ravel()
   order = np.argsort(density)[::-1]
   covered = np.cumsum(density[order]) / max(density.sum(), 1e-12)
   common = np.zeros(LEVELS ** 3, bool)
   common[order[:int(np.searchsorted(covered, coverage)) + 1]] = True
   bins_away = ndimage.distance_transform_edt(~common.reshape((LEVELS,) * 3)).ravel()
-  return bins_away * (256 // LEVELS) <= tolerance
+  return (bins_away * (256 // LEVELS)).astype(np.float32)
 
 
 def colour_bins(images: np.ndarray) -> np.ndarray:
@@ -147,18 +167,12 @@ def colour_bins(images: np.ndarray) -> np.ndarray:
   return np.einsum("...c,c->...", levels, np.array([LEVELS * LEVELS, LEVELS, 1], np.int32))
 
 
-def measure_texture(images: np.ndarray) -> "Texture":
-  parts = [_texture_chunk(fp.at_work_size(images[s:s + fp.CHUNK]))
-           for s in range(0, len(images), fp.CHUNK)]
-  return Texture(*(np.concatenate(field) for field in zip(*parts)))
-
-
 def measure_colour(bins: np.ndarray, in_gamut: np.ndarray):
   """(off-gamut fraction of each image's worst tile, that tile (row, col))."""
   values, tiles = [], []
   for start in range(0, len(bins), fp.CHUNK):
     off = (~in_gamut[bins[start:start + fp.CHUNK]]).astype(np.float32)
-    value, tile = _worst_tile(_tile_means(off))
+    value, tile = _worst_tile(annotations.tile_means(off))
     values.append(value)
     tiles.append(tile)
   return np.concatenate(values), np.concatenate(tiles)
@@ -168,15 +182,25 @@ def score(observed: Observations, model: CellModel, settings) -> Scores:
   texture = observed.texture
   off_colour, colour_tiles = measure_colour(observed.bins, model.in_gamut)
   z = (texture.values - model.texture_median) / model.texture_scale
-  values = np.stack([off_colour, z[:, 0], z[:, 1], texture.luma_std], axis=1)
+  if model.writing is not None:
+    writing, writing_tiles = model.writing.z, model.writing.tiles
+  else:
+    writing, writing_tiles = np.zeros(len(observed)), np.zeros((len(observed), 2), int)
+  values = np.stack([off_colour, z[:, 0], z[:, 1], writing, texture.luma_std], axis=1)
   ratios = np.stack([
       off_colour / settings.max_off_colour_fraction,
       z[:, 0] / settings.max_texture_z,
       z[:, 1] / settings.max_texture_z,
+      writing / settings.max_written_z,
       settings.min_std / np.maximum(texture.luma_std, 1e-3),
   ], axis=1)
-  tiles = np.concatenate([colour_tiles[:, None], texture.tiles], axis=1)
+  tiles = np.concatenate([colour_tiles[:, None], texture.tiles, writing_tiles[:, None]], axis=1)
   return Scores(ratios.max(axis=1), ratios, values, tiles)
+
+
+def _colour_features(bins: np.ndarray, model: CellModel) -> np.ndarray:
+  return np.concatenate([annotations.colour_features(bins[s:s + fp.CHUNK], model.gamut_distance)
+                         for s in range(0, len(bins), fp.CHUNK)])
 
 
 def evidence(scores: Scores, i: int, settings, image_size: int) -> dict:
@@ -187,7 +211,8 @@ def evidence(scores: Scores, i: int, settings, image_size: int) -> dict:
       "off_colour": {"tile_fraction": values[0], "max": settings.max_off_colour_fraction},
       "fine_detail": {"tile_z": values[1], "max": settings.max_texture_z},
       "hard_edges": {"tile_z": values[2], "max": settings.max_texture_z},
-      "blank": {"luma_std": values[3], "min": settings.min_std},
+      "written_over": {"z": values[3], "max": settings.max_written_z},
+      "blank": {"luma_std": values[4], "min": settings.min_std},
   }
   for name, ratio in zip(CRITERIA, ratios):
     measures[name] = {k: round(float(v), 4) for k, v in measures[name].items()}
@@ -195,7 +220,7 @@ def evidence(scores: Scores, i: int, settings, image_size: int) -> dict:
   out = {"criterion": CRITERIA[worst],
          "exceeded": [name for name, r in zip(CRITERIA, ratios) if r >= 1.0],
          "measures": measures}
-  if worst < 3:  # a tiled measure: say where (y0, x0, y1, x1 in the image's pixels)
+  if worst < _TILED:  # a tiled measure: say where (y0, x0, y1, x1 in the image's pixels)
     row, col = scores.tiles[i, worst]
     scale = image_size / fp.WORK_SIZE
     out["tile"] = [int(round(v * scale)) for v in (row * STRIDE, col * STRIDE,
@@ -203,18 +228,19 @@ def evidence(scores: Scores, i: int, settings, image_size: int) -> dict:
   return out
 
 
-def _texture_chunk(images: np.ndarray):
+def _observe_chunk(images: np.ndarray):
+  """(texture fields, colour bins, stroke features) of images at work size."""
   lum = fp.luma(images)
-  laplacian = np.zeros_like(lum)
-  laplacian[:, 1:-1, 1:-1] = np.abs(4 * lum[:, 1:-1, 1:-1] - lum[:, :-2, 1:-1]
-                                    - lum[:, 2:, 1:-1] - lum[:, 1:-1, :-2] - lum[:, 1:-1, 2:])
+  laplacian = annotations.laplacian_of(lum)
   step = np.zeros_like(lum)
   step[:, :, 1:] = np.abs(np.diff(lum, axis=2))
   step[:, 1:, :] = np.maximum(step[:, 1:, :], np.abs(np.diff(lum, axis=1)))
-  detail, detail_tile = _worst_tile(_tile_means(laplacian))
-  edges, edge_tile = _worst_tile(_tile_means((step >= HARD_EDGE).astype(np.float32)))
-  return (np.stack([detail, edges], axis=1), lum.std(axis=(1, 2)),
-          np.stack([detail_tile, edge_tile], axis=1))
+  detail, detail_tile = _worst_tile(annotations.tile_means(laplacian))
+  edges, edge_tile = _worst_tile(annotations.tile_means((step >= HARD_EDGE).astype(np.float32)))
+  texture = (np.stack([detail, edges], axis=1), lum.std(axis=(1, 2)),
+             np.stack([detail_tile, edge_tile], axis=1))
+  return (texture, colour_bins(images).astype(np.uint16),
+          annotations.stroke_features(images, lum, laplacian))
 
 
 def _worst_tile(tiles: np.ndarray):
@@ -222,14 +248,6 @@ def _worst_tile(tiles: np.ndarray):
   flat = tiles.reshape(len(tiles), -1)
   worst = flat.argmax(axis=1)
   return flat[np.arange(len(flat)), worst], np.stack(np.divmod(worst, tiles.shape[2]), axis=1)
-
-
-def _tile_means(pixel_map: np.ndarray) -> np.ndarray:
-  """Means over 16x16 tiles at stride 8, from 8x8 block sums."""
-  n, size = pixel_map.shape[0], pixel_map.shape[1]
-  blocks = pixel_map.reshape(n, size // STRIDE, STRIDE, size // STRIDE, STRIDE).sum(axis=(2, 4))
-  tiles = blocks[:, :-1, :-1] + blocks[:, 1:, :-1] + blocks[:, :-1, 1:] + blocks[:, 1:, 1:]
-  return tiles / float(TILE * TILE)
 
 
 def _box_smooth(cube: np.ndarray) -> np.ndarray:

@@ -3,12 +3,18 @@
 Nothing here is downloaded: every contaminant is drawn from a seed, following
 the kinds of non-cell pictures that end up in scraped image folders (natural
 photos, cartoons, logos, text, screenshots, such content pasted over part of a
-cell image, blank or solid frames, extreme corruption). Near-duplicate copies
+cell image, blank or solid frames, extreme corruption). Real photographs are
+crops of the three that scikit-learn and matplotlib ship with their packages.
+Annotations are words written over a cell image in any colour, including the
+stain's own, opaque or as a watermark, in the fonts matplotlib installs (so that
+they differ from the built-in Pillow font that cleaning fits its detector with). Near-duplicate copies
 apply the edits a copied file typically went through (re-encoding, resizing,
 a few pixels of shift, a brightness/contrast nudge, a flip or a 90-degree turn).
 """
 
+import functools
 import io
+import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -32,17 +38,23 @@ _WORDS = ("cell", "blood", "sample", "report", "page", "figure", "table", "data"
           "of", "and", "result", "total", "count", "image", "file", "open", "save",
           "settings", "help", "view", "edit", "2021", "12.5", "mg/dl", "OK", "Cancel")
 
-CONTAMINANT_KINDS = ("natural_photo", "cartoon", "logo", "text", "screenshot", "pasted",
-                     "blank", "noise", "saturated")
+_LABELS = ("NEU", "LYM", "EOS", "BASO", "MONO", "IG", "ERB", "PLT", "x100", "40x", "#12",
+           "A3", "slide 7", "ok", "?", "bad", "keep", "10 um", "(c) lab", "SAMPLE", "copy")
+
+_FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf",
+               "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
+               "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "STIXGeneral.ttf", "cmss10.ttf")
+
+CONTAMINANT_KINDS = ("natural_photo", "real_photo", "cartoon", "logo", "text", "screenshot",
+                     "pasted", "pasted_photo", "text_over", "blank", "noise", "saturated")
+_OVER_CELLS = ("pasted", "pasted_photo", "text_over", "saturated")
 COPY_KINDS = ("jpeg", "resize", "shift", "brightness_contrast", "flip", "rot90", "combined")
 
 
 def contaminant(kind: str, rng: np.random.Generator, cell: np.ndarray = None) -> np.ndarray:
-  """A (96, 96, 3) uint8 contaminant of `kind`; `pasted` and `saturated` corrupt `cell`."""
-  if kind == "pasted":
-    return pasted_over(cell, rng)
-  if kind == "saturated":
-    return saturated(cell, rng)
+  """A (96, 96, 3) uint8 contaminant of `kind`; the _OVER_CELLS kinds corrupt `cell`."""
+  if kind in _OVER_CELLS:
+    return _OVER_CELL_DRAWERS[kind](cell, rng)
   return _DRAWERS[kind](rng)
 
 
@@ -60,6 +72,28 @@ def natural_photo(rng) -> np.ndarray:
     image[:horizon] = other * fade + 8 * rng.standard_normal((horizon, SIZE, 1))
   image += rng.normal(0, 3, image.shape)
   return _to_uint8(image)
+
+
+def real_photo(rng) -> np.ndarray:
+  """A crop of a real photograph, at a random place and scale, maybe mirrored."""
+  photo = _pick(rng, _photographs())
+  side = int(rng.integers(SIZE, min(photo.shape[:2]) + 1))
+  top = int(rng.integers(photo.shape[0] - side + 1))
+  left = int(rng.integers(photo.shape[1] - side + 1))
+  crop = Image.fromarray(photo[top:top + side, left:left + side]).resize((SIZE, SIZE),
+                                                                       Image.LANCZOS)
+  crop = np.asarray(crop)
+  return np.ascontiguousarray(crop[:, ::-1]) if rng.random() < 0.5 else crop
+
+
+@functools.lru_cache(maxsize=1)
+def _photographs():
+  """The sample photographs that scikit-learn and matplotlib install with themselves."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  hopper = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
+  with Image.open(hopper) as image:
+    return tuple(datasets.load_sample_images().images) + (np.asarray(image.convert("RGB")),)
 
 
 def cartoon(rng) -> np.ndarray:
@@ -185,6 +219,68 @@ def pasted_over(cell: np.ndarray, rng, min_side: int = 30, max_side: int = 48) -
   return out
 
 
+def pasted_photo(cell: np.ndarray, rng) -> np.ndarray:
+  """`cell` with part of a real photograph (20 to 48 pixels square) pasted over it."""
+  side = int(rng.integers(20, 49))
+  patch = np.asarray(Image.fromarray(real_photo(rng)).resize((side, side), Image.LANCZOS))
+  y, x = rng.integers(0, SIZE - side + 1, 2)
+  out = cell.copy()
+  out[y:y + side, x:x + side] = patch
+  return out
+
+
+def text_over(cell: np.ndarray, rng) -> np.ndarray:
+  """`cell` with one to three lines written over it (font 16-26 px): a label or watermark.
+
+  The ink is any colour that stands out from the slide's background enough to be
+  read: a random one, one of the stain's own colours, or black, white or grey;
+  opaque or, for a watermark, 75% to 90% so.
+  """
+  s = _SUPERSAMPLE
+  layer = Image.new("L", (SIZE * s, SIZE * s), 0)  # where the ink covers, 0..255
+  draw = ImageDraw.Draw(layer)
+  size = int(rng.integers(16, 27))
+  font = ImageFont.truetype(_pick(rng, _annotation_fonts()), size * s)
+  lines = int(rng.integers(1, 4))
+  y = int(rng.integers(-size // 4, max(SIZE - lines * size, 0) + 1))
+  for _ in range(lines):
+    words = " ".join(_pick(rng, _LABELS + _WORDS) for _ in range(rng.integers(1, 3)))
+    draw.text((int(rng.integers(-6, 40)) * s, y * s), words, fill=255, font=font)
+    y += int(size * rng.uniform(1.0, 1.3))
+  cover = np.asarray(layer.resize((SIZE, SIZE), Image.LANCZOS), np.float32)[..., None] / 255.0
+  opacity = 1.0 if rng.random() < 0.7 else rng.uniform(0.75, 0.9)
+  ink = _ink_colour(cell, cover, rng)
+  return _to_uint8(cell * (1 - opacity * cover) + ink * (opacity * cover))
+
+
+@functools.lru_cache(maxsize=1)
+def _annotation_fonts():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
+  return tuple(os.path.join(folder, name) for name in _FONT_FILES)
+
+
+def _ink_colour(cell: np.ndarray, cover: np.ndarray, rng, min_contrast: float = 80.0):
+  """A colour that differs, on average over the pixels it covers, by `min_contrast` RGB levels."""
+  pixels = cell.reshape(-1, 3).astype(np.float32)
+  weights = cover.reshape(-1) / max(float(cover.sum()), 1e-6)
+  best, best_contrast = None, -1.0
+  for _ in range(100):  # a handful suffice; a bound, should the words fall off the image
+    choice = rng.random()
+    if choice < 0.4:
+      ink = rng.uniform(0, 255, 3)
+    elif choice < 0.7:  # the stain's own: a pixel of the cell, jittered
+      ink = np.clip(pixels[rng.integers(len(pixels))] + rng.normal(0, 6, 3), 0, 255)
+    else:
+      ink = np.full(3, _pick(rng, (0.0, 40.0, 128.0, 200.0, 255.0)))
+    contrast = weights @ np.linalg.norm(pixels - ink, axis=1)
+    if contrast >= min_contrast:
+      return ink
+    if contrast > best_contrast:
+      best, best_contrast = ink, contrast
+  return best
+
+
 def near_copy(image: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
   """A near duplicate of `image` made by one of COPY_KINDS."""
   if kind == "jpeg":
@@ -276,5 +372,7 @@ def _to_uint8(image) -> np.ndarray:
   return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-_DRAWERS = {"natural_photo": natural_photo, "cartoon": cartoon, "logo": logo, "text": text,
-            "screenshot": screenshot, "blank": blank, "noise": noise}
+_DRAWERS = {"natural_photo": natural_photo, "real_photo": real_photo, "cartoon": cartoon,
+            "logo": logo, "text": text, "screenshot": screenshot, "blank": blank, "noise": noise}
+_OVER_CELL_DRAWERS = {"pasted": pasted_over, "pasted_photo": pasted_photo,
+                      "text_over": text_over, "saturated": saturated}

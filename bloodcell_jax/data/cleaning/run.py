@@ -62,7 +62,7 @@ def clean(data: ImageSet, settings, held_out: Optional[Dict[str, ImageSet]] = No
   held_out = dict(held_out or {})
   clock = _Clock()
   observed = contamination.observe(data.images)
-  model = contamination.fit(observed, settings)
+  model = contamination.fit(observed, settings, data.images, seed)
   scores = contamination.score(observed, model, settings)
   contaminated = scores.flagged
   clock.lap("contamination")

@@ -27,6 +27,8 @@ class CleaningSettings:
   max_off_colour_fraction: float = 0.5  # of a 16x16 tile off the gamut
   max_texture_z: float = 6.5  # robust z of a tile's fine-detail energy or edge density
   min_std: float = 6.0  # grey levels of luma std; flatter images are blank
+  max_written_z: float = 6.0  # robust z of an image's writing score (annotations.py)
+  writing_fit_images: int = 2000  # images the writing detector is fitted on; 0 turns it off
   # What keep.txt drops.
   keep_conflicts: bool = False  # True: keep one image per label of a conflicting group
   keep_leaked: bool = False  # True: keep training images that also appear in --test
@@ -46,6 +48,9 @@ class CleaningSettings:
          "a value in (0, 1]"),
         ("max_texture_z", self.max_texture_z > 0, "a positive number"),
         ("min_std", self.min_std >= 0, "a number >= 0"),
+        ("max_written_z", self.max_written_z > 0, "a positive number"),
+        ("writing_fit_images", 0 <= self.writing_fit_images <= 100_000,
+         "an integer in [0, 100000]"),
     )
     for name, ok, expected in checks:
       if not ok:
