@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.cleaning.max_off_colour_fraction = 0.5  # of a 16x16 tile, off the colour gamut
   config.data.cleaning.max_texture_z = 6.5  # robust z of a tile's detail / hard edges
   config.data.cleaning.min_std = 6.0  # luma std below this: blank
-  config.data.cleaning.max_written_z = 6.0  # robust z of the words-written-over score
+  config.data.cleaning.max_written_z = 5.5  # robust z of the words-written-over score
   config.data.cleaning.writing_fit_images = 2000  # images its detector is fitted on; 0: off
   config.data.cleaning.contact_sheets = True
   # Offline augmentation: K augmented copies of each training image, made once and cached

@@ -216,12 +216,6 @@ def _precision_recall(flagged, truth_kind, kind):
   return true_positive / total, true_positive / max(true_positive + false_alarm, 1)
 
 
-# Words written over cells are the one kind still short of 0.95: 0.91 on 300 of them among
-# all 13,598 PBC images (benchmarks/written_over.py), less here, where the detector is fitted
-# on 2,000. This bound guards against a regression; it is not the goal.
-_LEAST_RECALL = {"text_over": 0.6}
-
-
 def test_injected_contamination_and_near_duplicates_are_found():
   images, labels, origin = _cells(2000, seed=7)
   rng = np.random.default_rng(3)
@@ -261,7 +255,7 @@ def test_injected_contamination_and_near_duplicates_are_found():
     lines.append(f"contaminated/{kind}: recall {recall:.3f}")
   for kind in injection.CONTAMINANT_KINDS:
     recall, _ = _precision_recall(flagged, truth_kind, kind)
-    assert recall >= _LEAST_RECALL.get(kind, 0.95), "\n".join(lines)
+    assert recall >= 0.95, "\n".join(lines)
   assert precision >= 0.99, "\n".join(lines)
 
   linked = set()
@@ -324,11 +318,11 @@ def test_pbc96_every_byte_identical_group_and_the_conflict_are_found(pbc96_clean
   assert len(conflicts) == 1
 
 
-def test_pbc96_flags_under_a_thousandth_and_runs_under_a_minute(pbc96_cleaned):
+def test_pbc96_flags_under_a_thousandth_and_runs_in_reasonable_time(pbc96_cleaned):
   result, seconds = pbc96_cleaned
   contaminated = len(result.of_kind("contaminated"))
   assert contaminated / len(result.data) <= 0.001, contaminated
-  assert seconds < 60, seconds
+  assert seconds < 90, seconds  # 35 to 50 s here; a guard against a slower algorithm
   kept = result.keep
   removed = set(np.concatenate([v for v in result.removed.values()]).tolist())
   assert kept.sum() == len(result.data) - len(removed)
@@ -471,3 +465,19 @@ def test_hash_search_finds_copies_in_every_orientation_and_few_others():
   assert len(pairs) < 1.2 * len(originals)
   assert all(fp.dihedral(fp.dihedral(np.arange(6).reshape(2, 3), g), fp.INVERSE[g]).tolist()
              == [[0, 1, 2], [3, 4, 5]] for g in range(8))
+
+
+def test_line_responses_see_strokes_and_not_edges_and_write_over_inks_what_it_covers():
+  from bloodcell_jax.data.cleaning import annotations  # pylint: disable=g-import-not-at-top
+  image = np.full((1, 96, 96, 3), 220, np.uint8)
+  image[0, :, 60:] = 90  # a cell's edge: a step, no stroke
+  image[0, 20:40, 20:22] = 40  # a vertical stroke 2 px wide
+  dark, _ = annotations._lines(np.ascontiguousarray(np.moveaxis(image, -1, 0)), 2)  # pylint: disable=protected-access
+  assert dark[0, 0, 30, 20] == 180  # across the stroke (horizontal neighbours)
+  assert dark[1, 0, 30, 20] == 0  # along it
+  assert dark.max(axis=0)[0, :, 55:66].max() == 0  # the step edge never responds
+  written, cover = annotations.write_over(image[0], np.random.default_rng(0))
+  inked = cover > 0.5
+  assert inked.sum() > 50
+  assert np.abs(written.astype(int) - image[0])[inked].max(axis=-1).min() > 0
+  assert np.array_equal(written[cover == 0], image[0][cover == 0])

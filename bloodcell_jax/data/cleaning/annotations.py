@@ -37,7 +37,9 @@ MAX_GAMUT_DISTANCE = 48.0  # grey levels; beyond, a colour is simply foreign
 INKED = 0.04  # a positive tile has ink over this share of its area
 NEGATIVE_TILES = 100_000  # per classifier; few images give all their tiles
 _LEAST_TILES = 12  # negatives per image, however many images there are
-_FIT_ROUNDS = 2  # the second without the images the first finds written over...
+# Trees of each round's classifiers: the first only needs to find the images that look
+# written over, for the second to leave them out of its negatives...
+_TREES = (60, 120)
 _TRIM_Z = 3.0  # ...from this robust z up
 _SUPERSAMPLE = 4
 _BLOCK = 128  # images per block of stroke_features
@@ -62,7 +64,7 @@ class Detector:
 
 
 def stroke_features(images: np.ndarray, lum: np.ndarray, laplacian: np.ndarray) -> np.ndarray:
-  """(N, 11, 11, 19) float32 per-tile texture features of uint8 (N, 96, 96, 3) images."""
+  """(N, 11, 11, 27) float32 per-tile texture features of uint8 (N, 96, 96, 3) images."""
   # In blocks small enough to stay in cache: 3-5x faster than the whole chunk at once.
   return np.concatenate([_stroke_block(images[s:s + _BLOCK], lum[s:s + _BLOCK],
                                        laplacian[s:s + _BLOCK])
@@ -71,18 +73,28 @@ def stroke_features(images: np.ndarray, lum: np.ndarray, laplacian: np.ndarray) 
 
 def _stroke_block(images, lum, laplacian):
   """Per map (dark lines, light lines, |Laplacian|): tile mean, max and the shares above
-  LEVELS; then the tile's mean R, G, B and luma standard deviation."""
+  LEVELS; the tile means of dark and light lines in each direction; then the tile's mean
+  R, G, B and luma standard deviation."""
   channels = np.ascontiguousarray(np.moveaxis(images, -1, 0))
-  responses = [line.astype(np.float32) for offset in LINE_OFFSETS
-               for line in _lines(channels, offset)]
+  by_direction = [lines for offset in LINE_OFFSETS for lines in _lines(channels, offset)]
+  responses = [lines.max(axis=0) for lines in by_direction] + [laplacian]
+  averaged = []  # every map whose tile means are wanted, in one product
+  for response in responses:
+    averaged += [response] + [response > level for level in LEVELS]
+  averaged += [line for lines in by_direction for line in lines]
+  averaged += [images[..., c] for c in range(3)] + [lum, lum * lum]
+  stacked = np.empty((len(averaged),) + lum.shape, np.float32)
+  for i, pixel_map in enumerate(averaged):
+    stacked[i] = pixel_map  # converts as it copies
+  means = list(tile_means(stacked.reshape(-1, *lum.shape[1:])).reshape(
+      len(averaged), len(images), *_grid(lum.shape[1])))
   features = []
-  for response in responses + [laplacian]:
-    features += [tile_means(response), _tile_max(response)]
-    features += [tile_means((response > level).astype(np.float32)) for level in LEVELS]
-  features += [tile_means(images[..., c].astype(np.float32)) for c in range(3)]
-  mean = tile_means(lum)
-  features.append(np.sqrt(np.maximum(tile_means(lum * lum) - mean * mean, 0.0)))
-  return np.stack(features, axis=-1)
+  for response in responses:
+    features += [means.pop(0), _tile_max(response)] + [means.pop(0) for _ in LEVELS]
+  features += means[:-2]  # the directions and the colour means
+  mean, square = means[-2:]
+  features.append(np.sqrt(np.maximum(square - mean * mean, 0.0)))
+  return np.stack(features, axis=-1).astype(np.float32)
 
 
 def tile_rows(stroke: np.ndarray, colour: np.ndarray) -> np.ndarray:
@@ -119,16 +131,16 @@ def fit(images: np.ndarray, stroke: np.ndarray, colour: np.ndarray, colour_of,
   positives = [_written_over_tiles(fp.at_work_size(images[s]), colour_of, rng)
                for s in sources]
   negatives_from = usable
-  for round_ in range(_FIT_ROUNDS):
+  for round_, trees in enumerate(_TREES):
     classifiers = tuple(
         _fit_classifier(np.concatenate([
             _negative_tiles(stroke, colour, negatives_from & (half == k), rng), reencoded]),
-                        written, seed) for k, (written, reencoded) in enumerate(positives))
+                        written, trees, seed) for k, (written, reencoded) in enumerate(positives))
     scores, tiles = raw_scores(classifiers, half, stroke, colour)
     centre = float(np.median(scores[usable]))
     scale = float(max(1.4826 * np.median(np.abs(scores[usable] - centre)), 1e-3))
     z = (scores - centre) / scale
-    if round_ == _FIT_ROUNDS - 1:
+    if round_ == len(_TREES) - 1:
       return Detector(classifiers, sum(len(s) for s in sources), z, tiles, centre, scale)
     # Images that look written over are no negatives for the next round's fit.
     negatives_from = usable & (z < _TRIM_Z)
@@ -160,9 +172,9 @@ def _stroke_like_tiles(stroke: np.ndarray, count: int) -> np.ndarray:
   return np.argsort(energy, axis=1)[:, -count:]
 
 
-def _fit_classifier(negatives, positives, seed):
+def _fit_classifier(negatives, positives, trees, seed):
   classifier = ensemble.HistGradientBoostingClassifier(
-      max_iter=120, learning_rate=0.15, max_leaf_nodes=31, early_stopping=False,
+      max_iter=trees, learning_rate=0.15, max_leaf_nodes=31, early_stopping=False,
       random_state=seed)
   return classifier.fit(np.concatenate([negatives, positives]),
                         np.r_[np.zeros(len(negatives)), np.ones(len(positives))])
@@ -261,10 +273,12 @@ def laplacian_of(lum: np.ndarray) -> np.ndarray:
 
 def _lines(channels: np.ndarray, d: int):
   """How much darker / lighter each pixel is than both pixels `d` away on either side, in
-  the best of 4 directions and the most of the 3 channels: uint8 (N, H, W) each.
+  each of 4 directions (across a vertical, horizontal and two diagonal strokes), the
+  most of the 3 channels: uint8 (4, N, H, W) each.
 
   A stroke up to 2d - 1 px wide stands out in the direction across it; a cell's edge
-  does not (one side is as dark as the pixel), nor does a smooth gradient.
+  does not (one side is as dark as the pixel), nor does a smooth gradient. A granule
+  stands out in every direction, a stroke of writing in one or two.
   """
   padded = np.pad(channels, ((0, 0), (0, 0), (d, d), (d, d)), mode="edge")
   height, width = channels.shape[2:]
@@ -272,31 +286,38 @@ def _lines(channels: np.ndarray, d: int):
   def shifted(dy, dx):
     return padded[:, :, d + dy:d + dy + height, d + dx:d + dx + width]
 
-  dark = np.zeros_like(channels)
-  light = np.zeros_like(channels)
+  dark, light = [], []
   for dy, dx in ((0, d), (d, 0), (d, d), (d, -d)):
     a, b = shifted(dy, dx), shifted(-dy, -dx)
     # uint8 throughout: max(min(a, b), x) - x is min(a, b) - x clipped at 0, without overflow.
     darker = np.minimum(a, b)
     np.maximum(darker, channels, out=darker)
     darker -= channels
-    np.maximum(dark, darker, out=dark)
+    dark.append(np.maximum(np.maximum(darker[0], darker[1]), darker[2]))
     lighter = np.maximum(a, b)
     np.minimum(lighter, channels, out=lighter)
     np.subtract(channels, lighter, out=lighter)
-    np.maximum(light, lighter, out=light)
-  return (np.maximum(np.maximum(dark[0], dark[1]), dark[2]),
-          np.maximum(np.maximum(light[0], light[1]), light[2]))
+    light.append(np.maximum(np.maximum(lighter[0], lighter[1]), lighter[2]))
+  return np.stack(dark), np.stack(light)
 
 
 def tile_means(pixel_map: np.ndarray) -> np.ndarray:
   """Means over 16x16 tiles at stride 8: (N, 11, 11) at 96x96.
 
-  As two products with a 0/1 tile matrix: BLAS is ~10x faster than a strided sum.
+  As two matrix products with a 0/1 tile matrix, each one 2-D product over the whole
+  batch: BLAS is ~10x faster than a strided sum.
   """
   pixel_map = np.asarray(pixel_map, np.float32)
-  window = _tile_window(pixel_map.shape[1])
-  return np.matmul(window.T, pixel_map @ window) / float(TILE * TILE)
+  n, size = pixel_map.shape[0], pixel_map.shape[1]
+  window = _tile_window(size)
+  tiles = window.shape[1]
+  across = (pixel_map.reshape(-1, size) @ window).reshape(n, size, tiles)  # sums along rows
+  down = np.ascontiguousarray(across.transpose(0, 2, 1)).reshape(-1, size) @ window
+  return down.reshape(n, tiles, tiles).transpose(0, 2, 1) / float(TILE * TILE)
+
+
+def _grid(size: int):
+  return ((size - TILE) // STRIDE + 1,) * 2
 
 
 def _tile_window(size: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from bloodcell_jax.errors import UserError
 class CleaningSettings:
   """Thresholds and choices; every field is a key of `config.data.cleaning`.
 
-  The defaults flag under 0.5% of a clean set (13,598 PBC images: 2, 0.01%) and
+  The defaults flag under 0.1% of a clean set (13,598 PBC images: 7, 0.05%) and
   find at least 95% of each kind of injected contamination and near duplicate
   (tests/test_clean.py).
   """
@@ -27,7 +27,7 @@ class CleaningSettings:
   max_off_colour_fraction: float = 0.5  # of a 16x16 tile off the gamut
   max_texture_z: float = 6.5  # robust z of a tile's fine-detail energy or edge density
   min_std: float = 6.0  # grey levels of luma std; flatter images are blank
-  max_written_z: float = 6.0  # robust z of an image's writing score (annotations.py)
+  max_written_z: float = 5.5  # robust z of an image's writing score (annotations.py)
   writing_fit_images: int = 2000  # images the writing detector is fitted on; 0 turns it off
   # What keep.txt drops.
   keep_conflicts: bool = False  # True: keep one image per label of a conflicting group
