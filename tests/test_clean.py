@@ -322,7 +322,7 @@ def test_pbc96_flags_under_a_thousandth_and_runs_in_reasonable_time(pbc96_cleane
   result, seconds = pbc96_cleaned
   contaminated = len(result.of_kind("contaminated"))
   assert contaminated / len(result.data) <= 0.001, contaminated
-  assert seconds < 90, seconds  # 35 to 50 s here; a guard against a slower algorithm
+  assert seconds < 120, seconds  # 35 to 57 s on this 2-core machine: a guard against a slower algorithm
   kept = result.keep
   removed = set(np.concatenate([v for v in result.removed.values()]).tolist())
   assert kept.sum() == len(result.data) - len(removed)
