@@ -50,7 +50,8 @@ class CellModel:
   texture_median: np.ndarray  # (2,) fine detail, hard edges: of each image's worst tile
   texture_scale: np.ndarray  # (2,) 1.4826 * MAD
   fitted_on: int
-  writing: Optional[annotations.Detector] = None  # None: not fitted (yet), or turned off
+  writing: Optional[annotations.Detector] = None  # None: not fitted (yet), turned off, or
+  #                                                 too few images (annotations.MIN_IMAGES)
 
   def describe(self) -> dict:
     return {"gamut_bins": int(self.in_gamut.sum()), "fitted_on_images": self.fitted_on,
@@ -179,6 +180,8 @@ def measure_colour(bins: np.ndarray, in_gamut: np.ndarray):
 
 
 def score(observed: Observations, model: CellModel, settings) -> Scores:
+  """Every criterion's measure of the `observed` images, which the model was fitted on (the
+  writing scores are the detector's, each image scored by the half that did not see it)."""
   texture = observed.texture
   off_colour, colour_tiles = measure_colour(observed.bins, model.in_gamut)
   z = (texture.values - model.texture_median) / model.texture_scale
