@@ -7,8 +7,8 @@ cell image, blank or solid frames, extreme corruption). Real photographs are
 crops of the three that scikit-learn and matplotlib ship with their packages.
 Annotations are words written over a cell image in any colour, including the
 stain's own, opaque or as a watermark, in the fonts matplotlib installs (so that
-they differ from the built-in Pillow font that cleaning fits its detector with). Near-duplicate copies
-apply the edits a copied file typically went through (re-encoding, resizing,
+they differ from the built-in Pillow font that cleaning fits its detector with).
+Near-duplicate copies apply the edits a copied file typically went through (re-encoding, resizing,
 a few pixels of shift, a brightness/contrast nudge, a flip or a 90-degree turn).
 """
 
@@ -47,13 +47,12 @@ _FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf"
 
 CONTAMINANT_KINDS = ("natural_photo", "real_photo", "cartoon", "logo", "text", "screenshot",
                      "pasted", "pasted_photo", "text_over", "blank", "noise", "saturated")
-_OVER_CELLS = ("pasted", "pasted_photo", "text_over", "saturated")
 COPY_KINDS = ("jpeg", "resize", "shift", "brightness_contrast", "flip", "rot90", "combined")
 
 
 def contaminant(kind: str, rng: np.random.Generator, cell: np.ndarray = None) -> np.ndarray:
-  """A (96, 96, 3) uint8 contaminant of `kind`; the _OVER_CELLS kinds corrupt `cell`."""
-  if kind in _OVER_CELLS:
+  """A (96, 96, 3) uint8 contaminant of `kind`; the kinds drawn over cells corrupt `cell`."""
+  if kind in _OVER_CELL_DRAWERS:
     return _OVER_CELL_DRAWERS[kind](cell, rng)
   return _DRAWERS[kind](rng)
 
@@ -212,17 +211,19 @@ def pasted_over(cell: np.ndarray, rng, min_side: int = 30, max_side: int = 48) -
   source = _DRAWERS[kind](rng)
   top, left = (SIZE - side) // 2 + rng.integers(-8, 9, 2)  # the middle holds the content
   top, left = np.clip([top, left], 0, SIZE - side)
-  patch = source[top:top + side, left:left + side]
-  y, x = rng.integers(0, SIZE - side + 1, 2)
-  out = cell.copy()
-  out[y:y + side, x:x + side] = patch
-  return out
+  return _pasted(cell, source[top:top + side, left:left + side], rng)
 
 
 def pasted_photo(cell: np.ndarray, rng) -> np.ndarray:
   """`cell` with part of a real photograph (20 to 48 pixels square) pasted over it."""
   side = int(rng.integers(20, 49))
   patch = np.asarray(Image.fromarray(real_photo(rng)).resize((side, side), Image.LANCZOS))
+  return _pasted(cell, patch, rng)
+
+
+def _pasted(cell: np.ndarray, patch: np.ndarray, rng) -> np.ndarray:
+  """`cell` with the square `patch` pasted at a random place."""
+  side = len(patch)
   y, x = rng.integers(0, SIZE - side + 1, 2)
   out = cell.copy()
   out[y:y + side, x:x + side] = patch
