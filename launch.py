@@ -8,9 +8,9 @@ same command on every host.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bloodcell_jax import cli  # first: it sets XLA's CPU flags before JAX starts
-from bloodcell_jax import config_schema, workdir
-import jax  # pylint: disable=g-bad-import-order
+import jax
+
+from bloodcell_jax import cli, config_schema, runtime, workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file in configs/.",
                                           lock_config=True)
@@ -39,6 +39,7 @@ def main(argv):
                jax.device_count(), jax.devices()[0].platform)
   # One run per workdir; the processes of a multi-process run share process 0's lock.
   with workdir.exclusive(_WORKDIR.value, holder=jax.process_index() == 0):
+    runtime.keep_tensorflow_on_host()
     from bloodcell_jax import train  # pylint: disable=g-import-not-at-top  (TensorFlow: slow)
     train.run_stages(_CONFIG.value, _WORKDIR.value)
 

@@ -20,7 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-import bloodcell_jax  # pylint: disable=unused-import,g-bad-import-order  # before JAX: XLA_FLAGS
+from bloodcell_jax import runtime  # pylint: disable=g-bad-import-order
+
+runtime.set_up()
 import jax  # pylint: disable=g-import-not-at-top
 from jax import lax  # pylint: disable=g-import-not-at-top
 

@@ -7,6 +7,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from bloodcell_jax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+runtime.set_up()  # the scripts that use this module run as their users' runs do
+
 
 def load_config(path):
   from bloodcell_jax import cli  # pylint: disable=g-import-not-at-top

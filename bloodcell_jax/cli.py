@@ -8,6 +8,7 @@ import sys
 
 from absl import flags
 
+from bloodcell_jax import runtime
 from bloodcell_jax.errors import UserError
 
 
@@ -81,7 +82,9 @@ def parse_flags(argv):
 
 
 def run_reporting_errors(main, argv) -> None:
-  """Runs `main(argv)`; a UserError becomes one 'error:' line and exit code 2."""
+  """Runs `main(argv)` after the process-wide set-up (`runtime.set_up`); a UserError
+  becomes one 'error:' line and exit code 2."""
+  runtime.set_up()
   quiet_library_logs()
   try:
     main(argv)

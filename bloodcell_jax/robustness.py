@@ -25,7 +25,7 @@ import zlib
 import numpy as np
 from absl import app, flags, logging
 
-from bloodcell_jax import cli, report
+from bloodcell_jax import cli, report, runtime
 from bloodcell_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
@@ -215,6 +215,7 @@ def main(argv):
   del argv
   if not _WORKDIR.value:
     raise UserError("--workdir is required")
+  runtime.keep_tensorflow_on_host()
   run(_WORKDIR.value, _INPUT.value, _OUT.value, _EMA.value, _ADAPT_BN.value, _SHIFTS.value,
       _SEED.value, _BATCH_SIZE.value, _GRID_IMAGE.value)
 

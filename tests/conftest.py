@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bloodcell_jax import runtime
+
+runtime.set_up()  # the test process runs the library as the entry points do
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PBC96 = os.path.join(ROOT, "..", "shared", "data", "pbc96")
 

@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from bloodcell_jax import cli
+from bloodcell_jax import cli, runtime
 from bloodcell_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file in configs/.",
@@ -94,6 +94,7 @@ def draw_grid(rows, path: str, title: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.keep_tensorflow_on_host()
   from bloodcell_jax.data import sources  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   try:
