@@ -1,11 +1,11 @@
 """Losses: weighted, label-smoothed cross-entropy, AugMix's Jensen-Shannon consistency, L1/L2."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import optax
 from flax import traverse_util
+
+from bloodcell_jax import param_rules
 
 
 def weighted_cross_entropy(logits, labels, *, num_classes: int, class_weights=None,
@@ -40,18 +40,25 @@ def jensen_shannon(logits, mask=None):
   return (per_example * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
+def penalty_multipliers(params, rules):
+  """Per-parameter factor of the L1/L2 penalty from `config.loss.regularize` rules."""
+  parsed = param_rules.parse(rules, "config.loss.regularize", param_rules.multiplier)
+  return param_rules.resolve(params, parsed, "config.loss.regularize", default=1.0)
+
+
 def weight_penalty(params, *, l1: float = 0.0, l2: float = 0.0,
-                   pattern: str = r".*kernel$"):
-  """l1 * sum|w| + l2 * sum w^2 over parameters whose path matches `pattern`.
+                   rules=((r".*kernel", 1.0), (".*", 0.0))):
+  """Sum over parameters of m * (l1 * sum|w| + l2 * sum w^2), m the parameter's multiplier
+  from `rules` (by default: kernels 1, everything else 0).
 
   Keras's `kernel_regularizer`: added to the loss, so it is scaled by the
   learning rate and adapted by Adam like any other gradient.
   """
   if not (l1 or l2):
     return 0.0
-  regex = re.compile(pattern)
+  factors = traverse_util.flatten_dict(penalty_multipliers(params, rules), sep="/")
   total = 0.0
   for path, value in traverse_util.flatten_dict(params, sep="/").items():
-    if regex.fullmatch(path):
-      total += l1 * jnp.abs(value).sum() + l2 * jnp.square(value).sum()
+    if factors[path]:
+      total += factors[path] * (l1 * jnp.abs(value).sum() + l2 * jnp.square(value).sum())
   return total

@@ -1,5 +1,6 @@
 """Optimizers and learning-rate schedules from the config, with layer-wise freezing."""
 
+import jax
 import optax
 
 from bloodcell_jax import param_rules
@@ -24,37 +25,63 @@ def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
   raise UserError(f"config.optim.schedule='{name}': expected constant, warmup_cosine or step")
 
 
-def _base_optimizer(config, schedule, decay_mask):
+def _per_parameter(transform, factors):
+  """`transform(factor)` applied to each parameter with its own factor (one optax
+  transformation per distinct factor, through multi_transform)."""
+  distinct = sorted(set(jax.tree.leaves(factors)))
+  if len(distinct) == 1:
+    return transform(distinct[0])
+  labels = jax.tree.map(str, factors)
+  return optax.multi_transform({str(f): transform(f) for f in distinct}, labels)
+
+
+def _decay(weight_decay: float, factors):
+  """Decoupled weight decay weight_decay * factor * w (factor 0: none)."""
+  return _per_parameter(lambda f: optax.add_decayed_weights(weight_decay * f) if f * weight_decay
+                        else optax.identity(), factors)
+
+
+def _base_optimizer(config, decay):
+  """The optimizer's own scaling, with decoupled decay where it has one (before the rate)."""
   name = config.name
   if name == "adam":
-    return optax.adam(schedule, b1=config.b1, b2=config.b2)
+    return optax.scale_by_adam(b1=config.b1, b2=config.b2)
   if name == "adamw":
-    return optax.adamw(schedule, b1=config.b1, b2=config.b2,
-                       weight_decay=config.weight_decay, mask=decay_mask)
+    return optax.chain(optax.scale_by_adam(b1=config.b1, b2=config.b2), decay)
   if name == "sgd":
-    return optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
+    # For plain SGD decoupled decay and an L2 gradient term coincide.
+    return optax.chain(decay, optax.trace(decay=config.momentum, nesterov=config.nesterov)
+                       if config.momentum else optax.identity())
   if name == "lion":
-    return optax.lion(schedule, b1=config.b1, b2=config.b2,
-                      weight_decay=config.weight_decay, mask=decay_mask)
+    return optax.chain(optax.scale_by_lion(b1=config.b1, b2=config.b2), decay)
   raise UserError(f"config.optim.name='{name}': expected adam, adamw, sgd or lion")
 
 
 def make_optimizer(config, params, steps_per_epoch: int, total_steps: int, freeze_labels=None):
-  """The optax chain: clipping, decoupled weight decay, freezing masks.
+  """The optax chain: clipping, the optimizer, decoupled weight decay, the learning rate
+  (times per-parameter multipliers), freezing masks. The same chains as optax.adamw,
+  optax.sgd and optax.lion, with per-parameter factors from `config.weight_decay_rules` and
+  `config.lr_multipliers` (see `param_rules`).
 
   `freeze_labels` ("train" / "freeze" per parameter, from
   `freezing.freeze_labels`): frozen parameters get `set_to_zero`: no update,
   no weight decay, and no optimizer state.
   """
   schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
-  decay_mask = param_rules.path_mask(params, config.weight_decay_pattern)
+  decay_factors = param_rules.resolve(
+      params, param_rules.parse(config.weight_decay_rules, "config.optim.weight_decay_rules",
+                                param_rules.multiplier),
+      "config.optim.weight_decay_rules", default=1.0)
+  rate_factors = param_rules.resolve(
+      params, param_rules.parse(config.lr_multipliers, "config.optim.lr_multipliers",
+                                param_rules.multiplier),
+      "config.optim.lr_multipliers", default=1.0)
   chain = []
   if config.grad_clip_norm:
     chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  if config.weight_decay and config.name == "sgd":
-    # For plain SGD decoupled decay and an L2 gradient term coincide.
-    chain.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
-  chain.append(_base_optimizer(config, schedule, decay_mask))
+  chain.append(_base_optimizer(config, _decay(config.weight_decay, decay_factors)))
+  chain.append(optax.scale_by_learning_rate(schedule))
+  chain.append(_per_parameter(optax.scale, rate_factors))
   optimizer = optax.chain(*chain)
   if freeze_labels is not None:
     optimizer = optax.multi_transform({"train": optimizer, "freeze": optax.set_to_zero()},

@@ -31,20 +31,58 @@ def test_label_smoothing_and_soft_labels():
   np.testing.assert_allclose(smoothed, soft, rtol=1e-6)
 
 
-def test_weight_penalty_covers_matching_paths_only():
+def test_weight_penalty_follows_its_rules_multipliers():
   params = {"conv0": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.ones(3)},
             "dense": {"kernel": jnp.array([-1.0, 1.0])}}
   np.testing.assert_allclose(losses.weight_penalty(params, l2=0.5), 0.5 * (16.0 + 2.0))
-  np.testing.assert_allclose(losses.weight_penalty(params, l1=1.0, pattern="dense/.*"), 2.0)
+  np.testing.assert_allclose(
+      losses.weight_penalty(params, l1=1.0, rules=[("dense/.*", 3.0), (".*", 0.0)]), 6.0)
 
 
-def test_rules_first_match_wins():
+def test_rules_first_match_wins_in_either_form_and_must_cover_every_parameter():
   params = {"conv0": {"kernel": 0, "bias": 0}, "dense": {"kernel": 0}}
-  rules = param_rules.parse_rules("conv0/bias=train, conv0/.*=freeze", ("train", "freeze"), "x")
-  labels = param_rules.label_params(params, rules, default="train")
-  assert labels == {"conv0": {"kernel": "freeze", "bias": "train"}, "dense": {"kernel": "train"}}
-  with pytest.raises(UserError, match="rule 'conv0' should be PATTERN=VALUE"):
-    param_rules.parse_rules("conv0", ("train", "freeze"), "config.optim.freeze")
+  freeze = param_rules.choice("train", "freeze")
+  expected = {"conv0": {"kernel": "freeze", "bias": "train"}, "dense": {"kernel": "train"}}
+  for rules in ([("conv0/bias", "train"), ("conv0/.*", "freeze"), (".*", "train")],
+                ["conv0/bias=train", "conv0/.*=freeze", ".*=train"]):
+    parsed = param_rules.parse(rules, "x", freeze)
+    assert param_rules.resolve(params, parsed, "x") == expected
+  # A regex with a quantifier's comma (the old comma-joined string could not hold one).
+  parsed = param_rules.parse(["conv{1}0/.{1,4}=freeze", ".*=train"], "x", freeze)
+  assert param_rules.resolve(params, parsed, "x")["conv0"] == {"kernel": "train", "bias": "freeze"}
+  assert param_rules.resolve(params, [], "x", default="train") == {
+      "conv0": {"kernel": "train", "bias": "train"}, "dense": {"kernel": "train"}}
+  with pytest.raises(UserError, match=r"^config.optim.freeze: no rule matches parameter "
+                     r"'dense/kernel'; end the list with a catch-all"):
+    param_rules.resolve(params, param_rules.parse([("conv0/.*", "freeze")], "y", freeze),
+                        "config.optim.freeze")
+  with pytest.raises(UserError, match="rule 'conv0' should be 'regex=value'"):
+    param_rules.parse(["conv0"], "config.optim.freeze", freeze)
+  with pytest.raises(UserError, match="expected one of train, freeze"):
+    param_rules.parse([("conv0", "thaw")], "config.optim.freeze", freeze)
+  with pytest.raises(UserError, match="expected a number >= 0"):
+    param_rules.parse([("conv0", -1.0)], "config.optim.lr_multipliers", param_rules.multiplier)
+
+
+def test_per_parameter_weight_decay_and_learning_rate_multipliers():
+  params = {"a": {"kernel": jnp.ones(2)}, "b": {"kernel": jnp.ones(2)}, "c": {"bias": jnp.ones(2)}}
+  config = optim_config(name="adamw", learning_rate=0.1, weight_decay=0.5,
+                        weight_decay_rules=[("a/.*", 2.0), (".*kernel", 1.0), (".*", 0.0)],
+                        lr_multipliers=[("b/.*", 0.1), (".*", 1.0)])
+  tx, _ = optim.make_optimizer(config, params, 1, 10)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  # Zero gradients: Adam's step is 0, so the update is -lr * mult * decay * factor * w.
+  np.testing.assert_allclose(updates["a"]["kernel"], -0.1 * 0.5 * 2.0, rtol=1e-6)
+  np.testing.assert_allclose(updates["b"]["kernel"], -0.1 * 0.1 * 0.5, rtol=1e-6)
+  np.testing.assert_allclose(updates["c"]["bias"], 0.0)
+  reference = optax.adamw(0.1, weight_decay=0.5)
+  grads = jax.tree.map(lambda p: p * 0.3, params)
+  same = optim.make_optimizer(optim_config(name="adamw", learning_rate=0.1, weight_decay=0.5,
+                                           weight_decay_rules=()), params, 1, 10)[0]
+  np.testing.assert_allclose(same.update(grads, same.init(params), params)[0]["c"]["bias"],
+                             reference.update(grads, reference.init(params), params)[0]["c"]["bias"],
+                             rtol=1e-6)
 
 
 def optim_config(**overrides):
@@ -58,7 +96,7 @@ def optim_config(**overrides):
 def test_frozen_parameters_get_no_update_and_no_decay(name):
   params = {"frozen": {"kernel": jnp.ones((3,))}, "head": {"kernel": jnp.ones((3,))}}
   config = default.get_config()
-  config.optim.update(name=name, freeze="frozen/.*=freeze",
+  config.optim.update(name=name, freeze=["frozen/.*=freeze", ".*=train"],
                       weight_decay=0.0 if name == "adam" else 0.1)
   tx, _ = optim.make_optimizer(config.optim, params, steps_per_epoch=10, total_steps=100,
                                freeze_labels=freezing.freeze_labels(config, params))
