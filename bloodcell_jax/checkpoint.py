@@ -11,12 +11,13 @@ on from the newest readable one.
 
 import gc
 import io
+import json
 import logging
 import os
 import shutil
 import sys
 import time
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -219,3 +220,43 @@ def restore_raw_state(directory: str):
     return None
   finally:
     manager.close()
+
+
+def run_variables(workdir: str, where: str, ema: bool = False) -> Optional[Dict[str, dict]]:
+  """{"params", "batch_stats"} of a training run's best checkpoint (else its newest), its
+  weight average with `ema`; None when `workdir` holds no readable checkpoint."""
+  for kind in ("best", "latest"):
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints", kind))
+    state = restore_raw_state(directory) if os.path.isdir(directory) else None
+    if state is None:
+      continue
+    if ema:
+      if not state.get("ema"):
+        raise UserError(f"{where}={workdir}: its run kept no weight average "
+                        "(config.train.ema_decay was 0)")
+      state = state["ema"]
+    return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+  return None
+
+
+# Beside a ported checkpoint: which model, from which file, with or without the top.
+PORT_RECORD = "port.json"
+
+
+def save_ported(variables, out_dir: str, record: dict):
+  """An Orbax checkpoint of {"params", "batch_stats"} plus `port.json` describing it."""
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(out_dir, "variables"), variables, force=True)
+  with open(os.path.join(out_dir, PORT_RECORD), "w") as f:
+    json.dump(record, f, indent=2)
+
+
+def load_ported(out_dir: str) -> Tuple[Dict[str, dict], dict]:
+  """(variables, record) written by `save_ported`."""
+  with open(os.path.join(out_dir, PORT_RECORD)) as f:
+    record = json.load(f)
+  with ocp.StandardCheckpointer() as checkpointer:
+    variables = checkpointer.restore(os.path.abspath(os.path.join(out_dir, "variables")))
+  return jax.tree.map(np.asarray, variables), record

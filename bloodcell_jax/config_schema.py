@@ -6,11 +6,11 @@ model, which owns them. Cross-key rules follow. A value that breaks a rule is a 
 names `config.<key>`, the value and what was expected. Imports no TensorFlow.
 """
 
-import re
+import json
 from typing import Callable, Optional
 
+from bloodcell_jax import param_rules
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.param_rules import parse_rules
 
 # A rule returns None when the value is fine, else what was expected.
 Rule = Callable[[object], Optional[str]]
@@ -47,14 +47,6 @@ def flag(value) -> Optional[str]:
   return None if isinstance(value, bool) else "True or False"
 
 
-def regex(value) -> Optional[str]:
-  try:
-    re.compile(value)
-  except (re.error, TypeError) as e:
-    return f"a regular expression ({e})"
-  return None
-
-
 def epochs_list(value) -> Optional[str]:
   try:
     [float(e) for e in str(value).split(",") if e.strip()]
@@ -70,12 +62,15 @@ def class_names(value) -> Optional[str]:
   return None
 
 
-def freeze_rules(value) -> Optional[str]:
-  try:
-    parse_rules(value, ("freeze", "train"), "config.optim.freeze")
-  except UserError as e:
-    return str(e).split(": ", 1)[-1]
-  return None
+def rules(convert) -> Rule:
+  """Per-parameter rules (bloodcell_jax.param_rules) whose values `convert` accepts."""
+  def check(value):
+    try:
+      param_rules.parse(value, "rules", convert)
+    except UserError as e:
+      return "(regex, value) rules: " + str(e).split(": ", 1)[-1]
+    return None
+  return check
 
 
 MODEL = "model"  # keys checked by building the model
@@ -113,13 +108,13 @@ RULES = {
     "data.offline_augment": text,
     "augment.train": text,
     "augment.eval_strong": text,
-    "model.init_from": text,
-    "model.init_head": one_of("reinit", "keep"),
-    "model.frozen_bn_mode": one_of("inference", "train"),
+    "init.weights": text,
+    "init.head": one_of("reinit", "keep"),
+    "init.frozen_bn_mode": one_of("inference", "train"),
     "loss.class_weights": one_of("balanced", "none"),
     "loss.label_smoothing": number_in(0.0, 1.0, open_high=True),
     "loss.l1": number_in(0.0), "loss.l2": number_in(0.0),
-    "loss.regularize": regex,
+    "loss.regularize": rules(param_rules.multiplier),
     "loss.jsd_weight": number_in(0.0),
     "optim.name": one_of("adam", "adamw", "sgd", "lion"),
     "optim.learning_rate": number_in(0.0),
@@ -128,7 +123,8 @@ RULES = {
     "optim.momentum": number_in(0.0, 1.0, open_high=True),
     "optim.nesterov": flag,
     "optim.weight_decay": number_in(0.0),
-    "optim.weight_decay_pattern": regex,
+    "optim.weight_decay_rules": rules(param_rules.multiplier),
+    "optim.lr_multipliers": rules(param_rules.multiplier),
     "optim.grad_clip_norm": number_in(0.0),
     "optim.schedule": one_of("constant", "warmup_cosine", "step"),
     "optim.warmup_epochs": number_in(0.0),
@@ -136,7 +132,7 @@ RULES = {
     "optim.end_factor": number_in(0.0, 1.0),
     "optim.step_decay_epochs": epochs_list,
     "optim.step_decay_factor": number_in(0.0, open_low=True),
-    "optim.freeze": freeze_rules,
+    "optim.freeze": rules(param_rules.choice("freeze", "train")),
     "optim.freeze_keras_layers": int_at_least(-10**6),  # < 0: all but the last -N
     "train.early_stopping_metric": one_of(
         *(f"{ema}val_{m}" for ema in ("", "ema_") for m in ("accuracy", "balanced_accuracy",
@@ -214,3 +210,23 @@ def stage_config(config, overrides):
     merged.stages = type(config.stages)()
     merged.update(overrides)
   return merged
+
+
+def upgrade_recorded(config: dict) -> dict:
+  """A run's recorded config (config.json, a plain dict) in today's form: earlier versions
+  kept the weight source under `model` and wrote per-parameter rules as strings."""
+  config = json.loads(json.dumps(config))
+  model = config.get("model", {})
+  legacy_init = {"init_from": "weights", "init_head": "head", "frozen_bn_mode": "frozen_bn_mode"}
+  for old, new in legacy_init.items():
+    if old in model:
+      config.setdefault("init", {})[new] = model.pop(old)
+  optim, loss = config.get("optim", {}), config.get("loss", {})
+  if isinstance(optim.get("freeze"), str):
+    rules = [r.strip() for r in optim["freeze"].split(",") if r.strip()]
+    optim["freeze"] = rules + [".*=train"] * bool(rules)  # unmatched parameters trained
+  if "weight_decay_pattern" in optim:
+    optim["weight_decay_rules"] = [[optim.pop("weight_decay_pattern"), 1.0], [".*", 0.0]]
+  if isinstance(loss.get("regularize"), str):
+    loss["regularize"] = [[loss["regularize"], 1.0], [".*", 0.0]]
+  return config

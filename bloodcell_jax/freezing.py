@@ -1,46 +1,47 @@
-"""Which parameters train: regex rules over parameter paths, and the study's "first N Keras layers".
+"""Which parameters train: rules over parameter paths, and the study's "first N Keras layers".
 
-`config.optim.freeze` holds rules `pattern=freeze|train` (first match wins);
-`config.optim.freeze_keras_layers=N` adds the parameters of the backbone's
-Keras layers `model.layers[:N]` (Python slice semantics: N=480 freezes the
-first 480 of EfficientNetV2-S's 513, N=-30 all but the last 30), exactly the
-weights Keras leaves untrainable after `for l in base.layers[:N]:
-l.trainable = False`. Both become one label tree that drives the optax mask.
+`config.optim.freeze` holds rules (regex, "freeze" | "train"), first match wins (see
+`param_rules`). `config.optim.freeze_keras_layers=N` freezes the parameters of the
+backbone's Keras layers `model.layers[:N]` (Python slice semantics: N=480 freezes the
+first 480 of EfficientNetV2-S's 513, N=-30 all but the last 30), exactly the weights Keras
+leaves untrainable after `for l in base.layers[:N]: l.trainable = False`; it needs a model
+whose registry entry has a Keras port. Both become one label tree that drives the optax mask.
 
-BatchNorm layers whose parameters are frozen also run in inference mode while
-training (Keras semantics), unless `config.model.frozen_bn_mode="train"`.
+BatchNorm layers whose parameters are all frozen also run in inference mode while
+training (Keras semantics), unless `config.init.frozen_bn_mode="train"`.
 """
 
-import dataclasses
 import re
 from typing import Optional, Tuple
 
 from flax import traverse_util
 
-from bloodcell_jax import param_rules
+from bloodcell_jax import models, param_rules
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import efficientnet_v2 as effnet
 
 FREEZE, TRAIN = "freeze", "train"
 
 
 def keras_layer_modules(model_name: str, first_n: int) -> Tuple[str, ...]:
   """Flax module paths of the weighted layers among the backbone's Keras `layers[:first_n]`."""
-  if model_name not in effnet.VARIANTS:
+  port = models.get_spec(model_name).keras
+  if port is None:
+    ported = [n for n in models.model_names() if models.get_spec(n).keras is not None]
     raise UserError(f"config.optim.freeze_keras_layers needs a model ported from Keras "
-                    f"({', '.join(effnet.VARIANTS)}), not '{model_name}'")
-  layers = effnet.keras_layers(effnet.VARIANTS[model_name], include_top=False)
-  return tuple(effnet.keras_to_flax_path(name) for name, weighted in layers[:first_n] if weighted)
+                    f"({', '.join(ported)}), not '{model_name}'")
+  return tuple(port.module_path(name) for name, weighted in port.layers(False)[:first_n]
+               if weighted)
 
 
 def freeze_rules(config):
-  """The config's freezing as (regex, value) rules: its own rules first, then Keras layers."""
-  rules = param_rules.parse_rules(config.optim.freeze, (TRAIN, FREEZE), "config.optim.freeze")
-  first_n = config.optim.get("freeze_keras_layers", 0)
+  """The config's freezing as (regex, value) rules: its own first, then the Keras layers'."""
+  rules = param_rules.parse(config.optim.freeze, "config.optim.freeze",
+                            param_rules.choice(TRAIN, FREEZE))
+  first_n = config.optim.freeze_keras_layers
   if first_n:
-    modules = keras_layer_modules(config.model.name, first_n)
-    if modules:
-      rules.append((re.compile("(" + "|".join(map(re.escape, modules)) + ")/.*"), FREEZE))
+    rules += [(re.compile(re.escape(module) + "/.*"), FREEZE)
+              for module in keras_layer_modules(config.model.name, first_n)]
+    rules.append((re.compile(".*"), TRAIN))
   return rules
 
 
@@ -49,26 +50,29 @@ def freeze_labels(config, params) -> Optional[dict]:
   rules = freeze_rules(config)
   if not rules:
     return None
-  return param_rules.label_params(params, rules, default=TRAIN)
+  return param_rules.resolve(params, rules, "config.optim.freeze")
 
 
-def frozen_batchnorm_layers(labels) -> Tuple[str, ...]:
-  """Keras names of the BatchNorm layers whose scale is frozen (`block2b_expand_bn`)."""
+def frozen_batchnorm_layers(labels, batch_stats) -> Tuple[str, ...]:
+  """Module paths of the BatchNorm layers (modules with running statistics) whose
+  parameters are all frozen."""
   if labels is None:
     return ()
   flat = traverse_util.flatten_dict(labels, sep="/")
-  return tuple(sorted(path[:-len("/scale")].replace("/", "_") for path, value in flat.items()
-                      if path.endswith("/scale") and value == FREEZE))
+  layers = {path.rsplit("/", 1)[0] for path in traverse_util.flatten_dict(batch_stats, sep="/")}
+  frozen = []
+  for layer in sorted(layers):
+    values = [v for p, v in flat.items() if p.startswith(layer + "/")]
+    if values and all(v == FREEZE for v in values):
+      frozen.append(layer)
+  return tuple(frozen)
 
 
-def apply_frozen_batchnorm(model, config, labels):
+def apply_frozen_batchnorm(model, config, labels, batch_stats):
   """The model with its frozen BatchNorm layers in inference mode, where it supports that."""
-  mode = config.model.get("frozen_bn_mode", "inference")
-  if mode not in ("inference", "train"):
-    raise UserError(f"config.model.frozen_bn_mode='{mode}': expected inference or train")
-  supports = "frozen_bn" in {f.name for f in dataclasses.fields(model)}
-  frozen = frozen_batchnorm_layers(labels)
-  if mode == "train" or not supports or not frozen:
+  mode = config.init.frozen_bn_mode
+  frozen = frozen_batchnorm_layers(labels, batch_stats)
+  if mode == "train" or not frozen or not models.get_spec(config.model.name).frozen_batch_norm:
     return model
   return model.clone(frozen_bn=frozen)
 

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bloodcell_jax import models, sharding, steps
+from bloodcell_jax import config_schema, models, sharding, steps
 from bloodcell_jax.data import sources
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.weights import init_from
@@ -25,7 +25,7 @@ def load_run(workdir: str, ema: bool = False):
     if not os.path.isfile(path):
       raise UserError(f"{path}: missing; --workdir must be a training run's directory")
   with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(config_schema.upgrade_recorded(json.load(f)))
   with open(manifest_path) as f:
     class_names = json.load(f)["class_names"]
   mesh = sharding.make_mesh()

@@ -41,7 +41,7 @@ class LossConfig:
   label_smoothing: float = 0.0
   l1: float = 0.0
   l2: float = 0.0
-  regularize: str = r".*kernel$"
+  regularize: tuple = ((r".*kernel", 1.0), (".*", 0.0))  # param_rules: penalty multipliers
   jsd_weight: float = 0.0  # AugMix's Jensen-Shannon consistency (the paper: 12)
 
 
@@ -51,10 +51,15 @@ def init_variables(model, rng, image_size: int):
   return variables["params"], variables.get("batch_stats", {})
 
 
+def variable_shapes(model, image_size: int):
+  """(params, batch_stats) as shapes (no computation)."""
+  return jax.eval_shape(functools.partial(init_variables, model, image_size=image_size),
+                        jax.random.PRNGKey(0))
+
+
 def param_shapes(model, image_size: int):
   """The parameter tree as shapes (no computation)."""
-  return jax.eval_shape(functools.partial(init_variables, model, image_size=image_size),
-                        jax.random.PRNGKey(0))[0]
+  return variable_shapes(model, image_size)[0]
 
 
 def create_train_state(model, tx_factory, rng, image_size: int, mesh, *,
@@ -156,7 +161,7 @@ def _gradients(model, state: TrainState, batch: dict, rng, loss_config: LossConf
     if num_views > 1:
       loss = loss + loss_config.jsd_weight * consistency
     penalty = losses.weight_penalty(params, l1=loss_config.l1, l2=loss_config.l2,
-                                    pattern=loss_config.regularize)
+                                    rules=loss_config.regularize)
     return loss + penalty, (loss, logits, batch_stats)
 
   return jax.grad(loss_fn, has_aux=True)(state.params)

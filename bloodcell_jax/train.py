@@ -20,13 +20,12 @@ import numpy as np
 from clu import periodic_actions
 from jax.experimental import multihost_utils
 
-from bloodcell_jax import build, config_schema, freezing, optim, report, sharding, steps
+from bloodcell_jax import build, config_schema, freezing, models, optim, report, sharding, steps
 from bloodcell_jax import workdir as workdir_lib
 from bloodcell_jax.checkpoint import Checkpoints, DiskFull
 from bloodcell_jax.data import augment, offline, pipeline, splits as splits_lib
 from bloodcell_jax.errors import UserError, innermost_line, is_disk_full
 from bloodcell_jax.metrics import summarize_confusion
-from bloodcell_jax.models import efficientnet_v2
 from bloodcell_jax.weights import init_from
 from bloodcell_jax.writers import create_writer
 
@@ -62,7 +61,7 @@ def _loss_config(config, train_labels, num_classes):
   return steps.LossConfig(num_classes=num_classes, class_weights=weights,
                           label_smoothing=config.loss.label_smoothing,
                           l1=config.loss.l1, l2=config.loss.l2,
-                          regularize=config.loss.regularize, jsd_weight=config.loss.jsd_weight)
+                          regularize=tuple(config.loss.regularize), jsd_weight=config.loss.jsd_weight)
 
 
 class Evaluator:
@@ -167,7 +166,7 @@ def run_stages(config, workdir: str) -> dict:
     stage = config_schema.stage_config(config, config.stages[name])
     with stage.unlocked():
       if previous is not None:
-        stage.model.init_from, stage.model.init_head = previous, "keep"
+        stage.init.weights, stage.init.head = previous, "keep"
     previous = os.path.join(workdir, name)
     logging.info("stage %s: %s", name, json.dumps(config.stages[name].to_dict(), default=str))
     results[name] = train_and_evaluate(stage, previous)
@@ -177,19 +176,20 @@ def run_stages(config, workdir: str) -> dict:
   return final
 
 
-def _initial_weights(config, model, state, mesh, tx):
-  """Replaces the fresh parameters with `config.model.init_from`'s; returns (state, summary)."""
-  source = config.model.init_from
+def _initial_weights(config, state, mesh, tx):
+  """Replaces the fresh parameters with `config.init.weights`'; returns (state, summary)."""
+  source = config.init.weights
+  spec = models.get_spec(config.model.name)
   if not source:
     # Loud for models that have pretrained weights to start from.
-    log = logging.warning if config.model.name in efficientnet_v2.VARIANTS else logging.info
-    log("no config.model.init_from: training %s from scratch (random initialisation)",
+    log = logging.warning if spec.pretrained else logging.info
+    log("no config.init.weights: training %s from scratch (random initialisation)",
         config.model.name)
     return state, {"from": None}
   fresh = jax.tree.map(np.asarray, {"params": state.params, "batch_stats": state.batch_stats})
   variables, summary = init_from.merge(
-      fresh, init_from.load_variables(source, config.model.name),
-      getattr(model, "HEAD_LAYERS", ()), config.model.init_head == "keep", source)
+      fresh, init_from.load_variables(source, config.model.name), spec.head,
+      config.init.head == "keep", source)
   logging.info("initialised from %s: %d variables loaded, head %s", source,
                summary["variables_loaded"],
                ", ".join(summary["head_reinitialised"]) + " re-initialised"
@@ -233,7 +233,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state, tx = steps.create_train_state(model, tx_factory, jax.random.PRNGKey(config.seed),
                                        config.image_size, mesh,
                                        ema=config.train.ema_decay > 0)
-  state, weights = _initial_weights(config, model, state, mesh, tx)
+  state, weights = _initial_weights(config, state, mesh, tx)
   weights["trainable_parameters"], weights["frozen_parameters"] = freezing.count(labels,
                                                                                  state.params)
   logging.info("%s: %d trainable, %d frozen parameters", config.model.name,

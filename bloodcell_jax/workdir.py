@@ -15,6 +15,7 @@ import socket
 import time
 from typing import Optional
 
+from bloodcell_jax import config_schema
 from bloodcell_jax.errors import UserError
 
 LOCK_FILE = ".lock"
@@ -22,10 +23,9 @@ LOCK_FILE = ".lock"
 # between creating and writing it.
 _EMPTY_LOCK_GRACE_SECONDS = 10.0
 
-# Config keys that may differ on resume although they are under `model`: where the
-# weights came from, and how the model runs, not what it is.
-_MODEL_KEYS_FREE_ON_RESUME = ("model.init_from", "model.init_head", "model.frozen_bn_mode",
-                              "model.dropout", "model.dtype")
+# Config keys that may differ on resume although they are under `model`: how the model
+# runs, not what it is.
+_MODEL_KEYS_FREE_ON_RESUME = ("model.dropout", "model.dtype")
 
 
 @contextlib.contextmanager
@@ -126,7 +126,7 @@ def check_identity(workdir: str, config: dict, manifest: dict, warn: bool = True
   manifest_path = os.path.join(workdir, "split_manifest.json")
   if not os.path.isfile(config_path):
     return
-  recorded = _flat(_read_json(config_path))
+  recorded = _flat(config_schema.upgrade_recorded(_read_json(config_path)))
   now = _flat(config)
   changed = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
   defining = [k for k in changed if (k == "image_size" or k.startswith("model."))

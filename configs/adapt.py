@@ -14,9 +14,9 @@ a CPU):
 - the run's own augmentation (for configs/cnn_robust.py: the shift families), and
   batches of 16, so each image is seen about 40 times.
 Freeze everything but the head with
-  --config.optim.freeze='(dense|logits|head_dense|predictions)/.*=train, .*=freeze'
+  --config.optim.freeze="'(dense|logits|head_dense|predictions)/.*=train', '.*=freeze'"
 when even fewer images are labelled. Without a run after ':', it starts from
-configs/cnn_robust.py's model (pass --config.model.init_from=RUN yourself).
+configs/cnn_robust.py's model (pass --config.init.weights=RUN yourself).
 """
 
 import json
@@ -24,6 +24,7 @@ import os
 
 import ml_collections
 
+from bloodcell_jax import config_schema
 from configs import cnn_robust
 
 
@@ -33,12 +34,12 @@ def get_config(run: str = ""):
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{path}: missing; after ':' name a training run's workdir")
     with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-    config.model.init_from = run
+      config = ml_collections.ConfigDict(config_schema.upgrade_recorded(json.load(f)))
+    config.init.weights = run
   else:
     config = cnn_robust.get_config()
   config.stages = ml_collections.ConfigDict()
-  config.model.init_head = "keep"  # the same classes: the trained head is the best start
+  config.init.head = "keep"  # the same classes: the trained head is the best start
   config.data.val = ""
   config.data.val_fraction = 0.0
   config.data.test = ""

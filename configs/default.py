@@ -5,10 +5,12 @@ Override any key on the command line: `--config.optim.learning_rate=3e-4`.
 
 import ml_collections
 
+from bloodcell_jax import models
 from bloodcell_jax.data.sources import PBC_CLASS_NAMES
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
+  """The defaults, with `model`'s constructor arguments (and their defaults) in config.model."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.num_epochs = 10
@@ -60,32 +62,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.eval_strong = ("flip|affine(rotate=0.5, translate=0.2, zoom=0.3)"
                                 "|random_brightness(0.2)|random_contrast(0.4)")
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "cnn"
-  config.model.filters = (32, 64, 128, 256)
-  config.model.dense_units = 256
-  config.model.dropout = 0.5
-  config.model.activation = "relu"
-  config.model.norm = "none"  # none | batch | group
-  config.model.head = "flatten"  # flatten | gap
-  # Per-image colour normalisation inside the model: none | grey_world | channel_standardize
-  config.model.input_norm = "none"
-  config.model.dtype = "float32"  # compute dtype (bfloat16 on accelerators)
-  # Parameter dtype; float64 (with dtype float64 and JAX_ENABLE_X64=1) makes rounding
-  # negligible, for numerical checks across device and process layouts.
-  config.model.param_dtype = "float32"
-  # Weights to start from: a Keras .h5, a ported checkpoint (bloodcell_jax.weights.keras_port)
-  # or an earlier run's workdir (its best checkpoint). Empty = random initialisation.
-  config.model.init_from = ""
-  config.model.init_head = "reinit"  # reinit | keep: the classifier head of init_from
-  config.model.frozen_bn_mode = "inference"  # BatchNorm of frozen layers: inference | train
+  # The model's name and constructor arguments, nothing else (bloodcell_jax/models/ lists
+  # each family's arguments; input_norm is per-image colour normalisation inside the model).
+  config.model = ml_collections.ConfigDict({"name": model,
+                                            **models.get_spec(model).defaults})
+
+  # Where the weights come from (config.model holds only the model's constructor arguments).
+  config.init = ml_collections.ConfigDict()
+  # A Keras .h5, a ported checkpoint (bloodcell_jax.weights.keras_port) or an earlier run's
+  # workdir (its best checkpoint). Empty = random initialisation.
+  config.init.weights = ""
+  config.init.head = "reinit"  # reinit | keep: the classifier head of init.weights
+  config.init.frozen_bn_mode = "inference"  # BatchNorm of frozen layers: inference | train
 
   config.loss = ml_collections.ConfigDict()
   config.loss.class_weights = "balanced"  # balanced | none
   config.loss.label_smoothing = 0.0
   config.loss.l1 = 0.0
   config.loss.l2 = 1e-3  # the study's best: L2 1e-3 on kernels, added to the loss
-  config.loss.regularize = r".*kernel$"  # which parameters the L1/L2 terms cover
+  # Per-parameter rules (regex, multiplier), first match wins (bloodcell_jax/param_rules.py):
+  # which parameters the L1/L2 terms cover, and how much.
+  config.loss.regularize = ((r".*kernel", 1.0), (".*", 0.0))
   # AugMix's Jensen-Shannon consistency (the paper: 12; needs an augmix op in augment.train):
   # each batch also carries two AugMix views of every image, tripling the step's work.
   config.loss.jsd_weight = 0.0
@@ -98,7 +95,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.momentum = 0.9  # sgd
   config.optim.nesterov = False
   config.optim.weight_decay = 0.0  # decoupled (adamw, lion, sgd)
-  config.optim.weight_decay_pattern = r".*kernel$"
+  config.optim.weight_decay_rules = ((r".*kernel", 1.0), (".*", 0.0))  # (regex, multiplier)
+  config.optim.lr_multipliers = ()  # (regex, multiplier) rules; empty: 1 for every parameter
   config.optim.grad_clip_norm = 0.0  # 0 = off
   config.optim.schedule = "constant"  # constant | warmup_cosine | step
   config.optim.warmup_epochs = 1.0
@@ -106,7 +104,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.end_factor = 0.0
   config.optim.step_decay_epochs = ""  # e.g. "10,20"
   config.optim.step_decay_factor = 0.1
-  config.optim.freeze = ""  # rules "regex=freeze, regex=train", first match wins
+  config.optim.freeze = ()  # (regex, "freeze" | "train") rules, first match wins
   # Also freeze the backbone's Keras layers[:N] (ported models; N<0: all but the last -N).
   config.optim.freeze_keras_layers = 0
 

@@ -1,4 +1,4 @@
-"""The study's final recipe: EfficientNetV2-S, ImageNet start (when init_from is given), every
+"""The study's final recipe: EfficientNetV2-S, ImageNet start (when init.weights is given), every
 layer trainable, RandAugment (magnitude 0.5) + AugMix (severity 0.3) + random brightness
 and contrast, Adam, class weights, early stopping.
 """

@@ -6,6 +6,6 @@ from configs import effnet_common
 
 def get_config():
   config = effnet_common.get_config()
-  config.optim.freeze = "head_dense/.*=train, predictions/.*=train, .*=freeze"
+  config.optim.freeze = [("(head_dense|predictions)/.*", "train"), (".*", "freeze")]
   config.optim.learning_rate = 1e-3
   return config

@@ -19,7 +19,6 @@ from flax import traverse_util
 
 from bloodcell_jax import freezing, models
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import efficientnet_v2 as effnet
 from bloodcell_jax.weights import init_from, keras_port
 from configs import effnet_finetune30
 from tests.conftest import ROOT, subprocess_env
@@ -84,7 +83,7 @@ def test_stage_comparison_points_at_the_first_wrong_block(keras_ref):
 def test_keras_layer_order_is_keras(keras_ref):
   record = json.loads((keras_ref / "s_notop_freeze480.json").read_text())
   keras = [layer for layer in record["layers"] if layer[0] != "avg_pool"]  # pooling="avg"
-  ours = effnet.keras_layers(effnet.VARIANTS[MODEL["s"]], include_top=False)
+  ours = models.get_spec(MODEL["s"]).keras.layers(False)
   assert len(ours) == len(keras) == 513
   assert [n for n, w in ours if w] == [n for n, w in keras if w]
 
@@ -152,6 +151,8 @@ def test_port_refuses_files_that_do_not_fit(keras_ref, tmp_path):
   (tmp_path / "junk.h5").write_text("not hdf5")
   with pytest.raises(UserError, match="junk.h5: not a readable HDF5 file"):
     keras_port.load_keras_weights(MODEL["b0"], str(tmp_path / "junk.h5"))
+  with pytest.raises(UserError, match="^--model=cnn: expected one of efficientnetv2-b0, "):
+    keras_port.load_keras_weights("cnn", str(keras_ref / "b0_notop.weights.h5"))
   with pytest.raises(UserError, match="^--model=resnet50: expected one of efficientnetv2-b0, "):
     keras_port.load_keras_weights("resnet50", str(keras_ref / "b0_notop.weights.h5"))
   # A Keras 3 file of another model: the error alone, not Keras's warning for every layer.
@@ -177,14 +178,14 @@ def test_port_cli_writes_a_checkpoint_that_init_from_loads(keras_ref, tmp_path):
   # A recognisable stand-in for a fresh initialisation (initialising runs the model).
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   fresh = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), shapes)
-  merged, summary = init_from.merge(fresh, ported, model.HEAD_LAYERS, False, str(out))
+  merged, summary = init_from.merge(fresh, ported, models.get_spec(MODEL["b0"]).head, False, str(out))
   assert summary["head_reinitialised"] == ["head_dense", "predictions"]
   np.testing.assert_array_equal(merged["params"]["stem_conv"]["kernel"],
                                 direct["params"]["stem_conv"]["kernel"])
   np.testing.assert_array_equal(merged["params"]["predictions"]["kernel"],
                                 fresh["params"]["predictions"]["kernel"])
   with pytest.raises(UserError, match="missing .*head_dense"):
-    init_from.merge(fresh, ported, model.HEAD_LAYERS, True, str(out))
+    init_from.merge(fresh, ported, models.get_spec(MODEL["b0"]).head, True, str(out))
   with pytest.raises(UserError, match="holds efficientnetv2-b0 weights"):
     init_from.load_variables(str(out), MODEL["s"])
 
@@ -198,7 +199,7 @@ def test_download_from_a_server_that_never_answers_stops_with_the_same_advice(tm
                        r".*\)\. On a machine with network access, fetch .* --keras_weights="):
       keras_port.download_keras_weights(
           MODEL["s"], include_top=False, stall_seconds=1.0, cache_dir=str(tmp_path),
-          base_url=f"http://127.0.0.1:{server.getsockname()[1]}/weights/")
+          mirror=f"http://127.0.0.1:{server.getsockname()[1]}/weights/")
     assert time.monotonic() - started < 10
     assert not os.listdir(tmp_path)  # no partial file left
 

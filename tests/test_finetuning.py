@@ -22,7 +22,7 @@ def finetune_config(first_n: int, frozen_bn_mode: str = "inference"):
   config = effnet_finetune30.get_config()
   config.image_size = SIZE
   config.model.name = MODEL
-  config.model.frozen_bn_mode = frozen_bn_mode
+  config.init.frozen_bn_mode = frozen_bn_mode
   config.optim.freeze_keras_layers = first_n
   return config
 
@@ -96,9 +96,10 @@ from configs import cnn
 
 def get_config():
   config = cnn.get_config()
-  config.stages.s1_head = dict(num_epochs=1, optim=dict(freeze="logits/.*=train, .*=freeze"))
-  config.stages.s2_top = dict(num_epochs=1, optim=dict(freeze="conv0/.*=freeze"))
-  config.stages.s3_all = dict(num_epochs=1, optim=dict(freeze=""))
+  config.stages.s1_head = dict(num_epochs=1,
+                               optim=dict(freeze=[("logits/.*", "train"), (".*", "freeze")]))
+  config.stages.s2_top = dict(num_epochs=1, optim=dict(freeze=["conv0/.*=freeze", ".*=train"]))
+  config.stages.s3_all = dict(num_epochs=1, optim=dict(freeze=()))
   return config
 """
 
@@ -129,9 +130,9 @@ def test_effnet_staged_recipe_is_the_study_sequence():
   config = effnet_staged.get_config()
   assert sorted(config.stages) == ["s1_transfer", "s2_finetune30", "s3_full"]
   transfer, finetune, full = (config.stages[n] for n in sorted(config.stages))
-  assert transfer.optim.freeze.endswith(".*=freeze") and not transfer.optim.freeze_keras_layers
-  assert finetune.optim.freeze == "" and finetune.optim.freeze_keras_layers == 480
-  assert full.optim.freeze == "" and full.optim.freeze_keras_layers == 0
+  assert transfer.optim.freeze[-1] == (".*", "freeze") and not transfer.optim.freeze_keras_layers
+  assert not finetune.optim.freeze and finetune.optim.freeze_keras_layers == 480
+  assert not full.optim.freeze and full.optim.freeze_keras_layers == 0
   assert "brightness" in full.augment.train and "brightness" not in transfer.augment.train
 
 
@@ -164,8 +165,8 @@ def test_few_shot_adaptation_recipe_starts_from_the_run_and_needs_no_validation(
   assert results["test_accuracy"] is not None and results["steps"] == results["best_step"] == 3
   assert results["weights"]["from"] == source and results["weights"]["head_reinitialised"] == []
   config = json.loads((workdir / "config.json").read_text())
-  assert config["model"] == {**json.loads(open(f"{source}/config.json").read())["model"],
-                             "init_from": source, "init_head": "keep"}
+  assert config["model"] == json.loads(open(f"{source}/config.json").read())["model"]
+  assert config["init"] == {"weights": source, "head": "keep", "frozen_bn_mode": "inference"}
 
   missing = run_launch(tmp_path / "other", config="configs/adapt.py:/no/such/run", tiny=False,
                        check=False)

@@ -1,6 +1,16 @@
-"""Model registry: a config names a model with a string."""
+"""Model registry: a config names a model with a string, and the registry says what the rest of
+the library needs to know about it.
 
-from typing import Callable, Dict
+A family registers one `ModelSpec` per name: how to build the flax module, which top-level
+modules are its classifier head (re-initialised when starting from other weights), whether its
+BatchNorm layers can run frozen (inference mode while training), and, for models ported from
+`keras.applications`, a `KerasPort` (layer order for first-N freezing, layer names for the
+weight port). Training, freezing and the weight port read only the spec, so a model defined
+anywhere (a test, a user's script) works once it is registered.
+"""
+
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -8,30 +18,76 @@ import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
 
-_MODELS: Dict[str, Callable[..., nn.Module]] = {}
+
+@dataclasses.dataclass(frozen=True)
+class KerasPort:
+  """How a model corresponds to a `keras.applications` model, layer by layer.
+
+  layers(include_top): `model.layers` of the Keras model as (name, has weights), in order,
+    weightless layers included (they count in Keras's `layers[:N]`).
+  module_path(layer): the Flax module path ("block2b/expand_bn") holding a Keras layer's weights.
+  application: the keras.applications constructor, for reading Keras 3 `.weights.h5` files.
+  fixed_layers: preprocessing layers that some files store although their weights are fixed by
+    the architecture ({layer: {weight: value}}); the port checks them and maps nothing.
+  top_layer: the Keras classifier layer (a file holding it was saved with the top).
+  weights_url(include_top): where keras.applications downloads the ImageNet file ("" if none).
+  """
+  layers: Callable[[bool], Sequence[Tuple[str, bool]]]
+  module_path: Callable[[str], str]
+  application: str
+  fixed_layers: Mapping[str, Mapping[str, Sequence[float]]] = dataclasses.field(
+      default_factory=dict)
+  top_layer: str = "predictions"
+  weights_url: Callable[[bool], str] = lambda include_top: ""
 
 
-def register(name: str):
-  def decorator(factory):
-    _MODELS[name] = factory
-    return factory
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What the library knows of a registered model.
+
+  build(num_classes=..., **constructor arguments) -> flax module, called with float images in
+    [0, 255] (N, H, W, 3) and `train`, returning logits (or features without a head).
+  head: top-level module names of the classifier head.
+  frozen_batch_norm: the module accepts `frozen_bn`, a tuple of BatchNorm module paths
+    ("block2b/expand_bn") that run on their running statistics while training.
+  keras: the Keras correspondence of a ported model, else None.
+  pretrained: whether ImageNet weights exist for it (a run without them says so loudly).
+  defaults: the constructor arguments a config sets (`config.model`), with their defaults.
+  """
+  name: str
+  build: Callable[..., nn.Module]
+  defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  head: Tuple[str, ...] = ()
+  frozen_batch_norm: bool = False
+  keras: Optional[KerasPort] = None
+  pretrained: bool = False
+
+
+_MODELS: Dict[str, ModelSpec] = {}
+
+
+def register(name: str, **spec_fields):
+  """Decorator registering `build` under `name`, with ModelSpec's other fields."""
+  def decorator(build):
+    _MODELS[name] = ModelSpec(name=name, build=build, **spec_fields)
+    return build
   return decorator
 
 
-def get_model(name: str, **kwargs) -> nn.Module:
-  _import_all()
+def get_spec(name: str, where: str = "config.model.name") -> ModelSpec:
+  _import_builtin()
   if name not in _MODELS:
-    raise UserError(f"config.model.name='{name}': unknown model (known: {', '.join(sorted(_MODELS))})")
-  return _MODELS[name](**kwargs)
+    raise UserError(f"{where}='{name}': unknown model (known: {', '.join(sorted(_MODELS))})")
+  return _MODELS[name]
 
 
-# Keys of `config.model` that say where weights come from, not what the module is.
-_NOT_CONSTRUCTOR_ARGS = ("name", "init_from", "init_head", "frozen_bn_mode")
+def get_model(name: str, **kwargs) -> nn.Module:
+  return get_spec(name).build(**kwargs)
 
 
 def build_model(config, num_classes: int, **overrides) -> nn.Module:
-  """The model `config.model` describes (its other keys are constructor arguments)."""
-  kwargs = {k: v for k, v in config.model.items() if k not in _NOT_CONSTRUCTOR_ARGS}
+  """The model `config.model` describes: its `name`, and constructor arguments for the rest."""
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
   kwargs.update(overrides)
   for key in ("dtype", "param_dtype"):
     kwargs[key] = _dtype(key, kwargs.get(key, "float32"))
@@ -50,10 +106,11 @@ def _dtype(key: str, name) -> jnp.dtype:
 
 
 def model_names():
-  _import_all()
+  _import_builtin()
   return sorted(_MODELS)
 
 
-def _import_all():
+def _import_builtin():
+  """The families that ship with the library register themselves on import."""
   # pylint: disable=g-import-not-at-top,unused-import
   from bloodcell_jax.models import cnn, efficientnet_v2

@@ -5,15 +5,14 @@ this equals the study's Conv -> ReLU -> MaxPool exactly (max and ReLU commute);
 with it, the statistics are those of the pooled map.
 """
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.models import register
-from bloodcell_jax.models.layers import (BATCH_NORM_MOMENTUM, INPUT_NORMS, batch_norm_dtypes,
-                                          max_pool_2x2, normalize_input)
+from bloodcell_jax.models.layers import INPUT_NORMS, batch_norm, max_pool_2x2, normalize_input
 
 _ACTIVATIONS = {"relu": nn.relu, "leaky_relu": nn.leaky_relu}
 
@@ -33,10 +32,9 @@ class CNN(nn.Module):
   norm: str = "none"
   head: str = "flatten"
   input_norm: str = "none"  # layers.INPUT_NORMS
+  frozen_bn: Tuple[str, ...] = ()  # BatchNorm layers in inference mode while training
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
-
-  HEAD_LAYERS = ("dense", "logits")  # re-initialised when starting from other weights
 
   @property
   def _dtypes(self) -> dict:
@@ -64,16 +62,27 @@ class CNN(nn.Module):
   def _normalize(self, x, train, name):
     if self.norm == "batch":
       # Keras's epsilon and momentum (0.9: statistics settle within short runs).
-      return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
-                          epsilon=1e-3, **batch_norm_dtypes(self.dtype, self.param_dtype),
-                          name=name)(x)
+      return batch_norm(self, x, name, train, 1e-3, self.frozen_bn)
     if self.norm == "group":
       return nn.GroupNorm(num_groups=min(8, x.shape[-1]), epsilon=1e-3,
                           **self._dtypes, name=name)(x)
     return x
 
 
-@register("cnn")
+_DEFAULTS = dict(
+    filters=CNN.filters, kernel_size=CNN.kernel_size, dense_units=CNN.dense_units,
+    dropout=CNN.dropout,
+    activation=CNN.activation,  # relu | leaky_relu
+    norm=CNN.norm,  # none | batch | group
+    head=CNN.head,  # flatten | gap
+    input_norm=CNN.input_norm,  # none | grey_world | channel_standardize
+    dtype="float32",  # compute dtype (bfloat16 on accelerators)
+    # float64 (with dtype float64 and JAX_ENABLE_X64=1) makes rounding negligible, for
+    # numerical checks across device and process layouts.
+    param_dtype="float32")
+
+
+@register("cnn", head=("dense", "logits"), frozen_batch_norm=True, defaults=_DEFAULTS)
 def cnn(num_classes: int = 8, **kwargs) -> CNN:
   for key, allowed in (("activation", _ACTIVATIONS), ("norm", ("none", "batch", "group")),
                        ("head", ("flatten", "gap")), ("input_norm", INPUT_NORMS)):
@@ -81,4 +90,5 @@ def cnn(num_classes: int = 8, **kwargs) -> CNN:
     if value not in allowed:
       raise UserError(f"config.model.{key}='{value}': expected one of {', '.join(allowed)}")
   kwargs["filters"] = tuple(kwargs.get("filters", CNN.filters))
+  kwargs["frozen_bn"] = tuple(kwargs.get("frozen_bn", ()))
   return CNN(num_classes=num_classes, **kwargs)

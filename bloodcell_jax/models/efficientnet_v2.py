@@ -22,10 +22,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import register
-from bloodcell_jax.models.depthwise import depthwise_conv2d
-from bloodcell_jax.models.layers import (BATCH_NORM_MOMENTUM, INPUT_NORMS, batch_norm_dtypes,
-                                          normalize_input)
+from bloodcell_jax.models import KerasPort, register
+from bloodcell_jax.models.layers import INPUT_NORMS, DepthwiseConv, batch_norm, normalize_input
 
 # One row per stage: block type, repeats, input filters, output filters,
 # expansion ratio, squeeze-excitation ratio, first stride (all kernels are 3x3).
@@ -90,7 +88,6 @@ VARIANTS = {
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BN_MOMENTUM = BATCH_NORM_MOMENTUM  # Keras's 0.9
 BN_EPSILON = 1e-3
 DROP_CONNECT_RATE = 0.2
 TOP_DROPOUT = 0.2
@@ -195,30 +192,9 @@ def keras_to_flax_path(layer_name: str) -> str:
   return f"{match[1]}/{match[2]}" if match else layer_name
 
 
-def batch_norm(x, name, keras_name, frozen_bn, train, dtypes):
-  """Keras's BatchNorm inside a compact module; frozen layers use their running statistics."""
-  return nn.BatchNorm(use_running_average=not train or keras_name in frozen_bn,
-                      momentum=BN_MOMENTUM, epsilon=BN_EPSILON, **batch_norm_dtypes(**dtypes),
-                      name=name)(x)
-
-
 def _dtypes(module) -> dict:
   """A module's compute and parameter dtypes, passed on to every layer in it."""
   return {"dtype": module.dtype, "param_dtype": module.param_dtype}
-
-
-class DepthwiseConv(nn.Module):
-  """Depthwise k x k convolution, TF "SAME" padding, no bias; kernel (k, k, 1, C)."""
-  kernel_size: int = 3
-  stride: int = 1
-  dtype: jnp.dtype = jnp.float32
-  param_dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param("kernel", _depthwise_init,
-                        (self.kernel_size, self.kernel_size, 1, x.shape[-1]), self.param_dtype)
-    return depthwise_conv2d(x, kernel[:, :, 0, :].astype(self.dtype), self.stride)
 
 
 class Block(nn.Module):
@@ -233,7 +209,7 @@ class Block(nn.Module):
                    kernel_init=_conv_init, **_dtypes(self), name=name)
 
   def _norm(self, x, name, train):
-    return batch_norm(x, name, f"{self.spec.name}_{name}", self.frozen_bn, train, _dtypes(self))
+    return batch_norm(self, x, name, train, BN_EPSILON, self.frozen_bn)
 
   @nn.compact
   def __call__(self, inputs, train: bool = False):
@@ -247,7 +223,8 @@ class Block(nn.Module):
                      "expand_conv")(x)
       x = nn.swish(self._norm(x, "expand_bn", train))
     if s.kind == "mbconv":
-      x = DepthwiseConv(s.kernel_size, s.stride, **_dtypes(self), name="dwconv2")(x)
+      x = DepthwiseConv(s.kernel_size, s.stride, _depthwise_init, **_dtypes(self),
+                        name="dwconv2")(x)
       x = nn.swish(self._norm(x, "bn", train))
     if s.se_ratio:
       se = x.mean(axis=(1, 2), keepdims=True)
@@ -274,7 +251,7 @@ class EfficientNetV2(nn.Module):
   (keras.applications' include_top); "flatten" = the study's Flatten, Dropout,
   Dense(dense_units, relu), Dropout, Dense `predictions`; "none" = features,
   pooled by `pooling` (avg | max | none for the feature map).
-  frozen_bn: Keras names of BatchNorm layers that run in inference mode even
+  frozen_bn: module paths of BatchNorm layers that run in inference mode even
   while training (the frozen layers; see `bloodcell_jax.freezing`).
   """
   variant: str = "efficientnetv2-s"
@@ -290,10 +267,8 @@ class EfficientNetV2(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
-  HEAD_LAYERS = ("head_dense", "predictions")  # re-initialised when starting from other weights
-
   def _bn(self, x, name, train):
-    return batch_norm(x, name, name, self.frozen_bn, train, _dtypes(self))
+    return batch_norm(self, x, name, train, BN_EPSILON, self.frozen_bn)
 
   def features(self, x, train: bool):
     v = VARIANTS[self.variant]
@@ -354,5 +329,29 @@ def _factory(variant: str):
   return build
 
 
+def _keras_port(name: str) -> KerasPort:
+  variant = VARIANTS[name]
+  fixed = {"normalization": {"mean": IMAGENET_MEAN,
+                             "variance": tuple(s * s for s in IMAGENET_STD)}}
+  return KerasPort(
+      layers=lambda include_top: keras_layers(variant, include_top),
+      module_path=keras_to_flax_path, application=variant.keras_name,
+      fixed_layers=fixed if variant.imagenet_normalized else {},
+      weights_url=lambda include_top: (f"{KERAS_WEIGHTS_URL}{name}"
+                                       f"{'' if include_top else '_notop'}.h5"))
+
+
+KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/"
+
+_DEFAULTS = dict(
+    head="keras",  # keras | flatten (the study's) | none
+    pooling="avg",  # avg | max | none: of the features, for head=none
+    dense_units=256, dropout=0.5,  # the study's head
+    top_dropout=TOP_DROPOUT, drop_connect_rate=DROP_CONNECT_RATE,
+    input_norm="none",  # none | grey_world | channel_standardize
+    dtype="float32",  # bfloat16 on accelerators
+    param_dtype="float32")
+
 for _name in VARIANTS:
-  register(_name)(_factory(_name))
+  register(_name, head=("head_dense", "predictions"), frozen_batch_norm=True,
+           keras=_keras_port(_name), pretrained=True, defaults=_DEFAULTS)(_factory(_name))

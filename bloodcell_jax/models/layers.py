@@ -1,7 +1,12 @@
 """Layers shared by the models."""
 
+from typing import Tuple
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from bloodcell_jax.models.depthwise import depthwise_conv2d
 
 
 # Keras's BatchNorm momentum, used by every model here (test-time adaptation relies on it).
@@ -37,6 +42,40 @@ def batch_norm_dtypes(dtype, param_dtype) -> dict:
   float64 update would change their dtype."""
   return {"dtype": dtype, "param_dtype": param_dtype,
           "force_float32_reductions": jnp.dtype(param_dtype) != jnp.float64}
+
+
+def batch_norm(module: nn.Module, x, name: str, train: bool, epsilon: float = 1e-3,
+               frozen: Tuple[str, ...] = ()):
+  """Keras's BatchNorm (momentum 0.9) as `module`'s child `name`.
+
+  `frozen` holds module paths ("block2b/expand_bn") of BatchNorm layers that run on their
+  running statistics even while training (Keras's frozen layers); the path is this layer's
+  own within the model's variables.
+  """
+  path = "/".join((*module.scope.path, name))
+  return nn.BatchNorm(use_running_average=not train or path in frozen,
+                      momentum=BATCH_NORM_MOMENTUM, epsilon=epsilon,
+                      **batch_norm_dtypes(module.dtype, module.param_dtype), name=name)(x)
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise k x k convolution, TF "SAME" padding, no bias; kernel (k, k, 1, C).
+
+  Goes through `depthwise_conv2d`, fast on XLA:CPU (its grouped convolution is not).
+  """
+  kernel_size: int = 3
+  stride: int = 1
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal(in_axis=(0, 1),
+                                                                           out_axis=-1)
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init,
+                        (self.kernel_size, self.kernel_size, 1, x.shape[-1]), self.param_dtype)
+    return depthwise_conv2d(x.astype(self.dtype), kernel[:, :, 0, :].astype(self.dtype),
+                            self.stride)
 
 
 def _windows_2x2(x):

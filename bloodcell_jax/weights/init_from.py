@@ -1,7 +1,7 @@
 """Start a run from existing weights: a Keras file, a ported checkpoint, or an earlier run.
 
 Every backbone variable of the new model must be found, with its shape, in the
-source; the classifier head (the model's `HEAD_LAYERS`) is freshly initialised
+source; the classifier head (the registry's `head` of the model) is freshly initialised
 unless `keep_head` (then it must match too). Anything else is an error that
 names the variables, so a wrong model or file never half-loads.
 """
@@ -17,31 +17,22 @@ from bloodcell_jax.errors import UserError
 from bloodcell_jax.weights import keras_port
 
 
-def load_variables(path: str, model_name: str, where: str = "config.model.init_from",
+def load_variables(path: str, model_name: str, where: str = "config.init.weights",
                    ema: bool = False) -> Dict[str, dict]:
   """{"params", "batch_stats"} from `path`, whichever of the three kinds it is; with `ema`,
   a run's moving average of the weights."""
   path = os.path.expanduser(path)
   if path.endswith(".h5"):
     return keras_port.load_keras_weights(model_name, path)
-  if os.path.isfile(os.path.join(path, keras_port.PORT_RECORD)):
-    variables, record = keras_port.load_ported(path)
+  if os.path.isfile(os.path.join(path, checkpoint.PORT_RECORD)):
+    variables, record = checkpoint.load_ported(path)
     if record.get("model") != model_name:
       raise UserError(f"{where}={path}: holds {record.get('model')} weights, "
                       f"config.model.name is {model_name}")
     return variables
-  for kind in ("best", "latest"):
-    directory = os.path.abspath(os.path.join(path, "checkpoints", kind))
-    if os.path.isdir(directory):
-      state = checkpoint.restore_raw_state(directory)
-      if state is None:
-        continue
-      if ema:
-        if not state.get("ema"):
-          raise UserError(f"{where}={path}: its run kept no weight average "
-                          "(config.train.ema_decay was 0)")
-        state = state["ema"]
-      return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+  variables = checkpoint.run_variables(path, where, ema)
+  if variables is not None:
+    return variables
   raise UserError(f"{where}={path}: expected a Keras .h5 file, a directory written by "
                   "bloodcell_jax.weights.keras_port, or a workdir with checkpoints")
 
@@ -67,7 +58,7 @@ def merge(fresh: Dict[str, dict], loaded: Dict[str, dict], head_layers, keep_hea
         taken += 1
     merged[collection] = traverse_util.unflatten_dict(out, sep="/")
   if missing or mismatched:
-    raise UserError(f"config.model.init_from={source}: does not fit the model: " + "; ".join(
+    raise UserError(f"config.init.weights={source}: does not fit the model: " + "; ".join(
         f"{what} ({len(items)}): {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}"
         for what, items in (("missing", missing), ("shape differs", mismatched)) if items))
   return merged, {"from": source, "variables_loaded": taken, "head_reinitialised": sorted(reinit)}

@@ -1,4 +1,7 @@
-"""Port Keras EfficientNetV2 weights into this project's Flax modules, by layer and weight name.
+"""Port `keras.applications` weights into this project's Flax modules, by layer and weight name.
+
+Which Keras layer lands in which Flax module is the model's registry entry (`KerasPort`);
+everything here is the same for every ported family.
 
 Three Keras files are read:
   * legacy HDF5 weight files (the official ImageNet `efficientnetv2-s_notop.h5`
@@ -28,15 +31,11 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from bloodcell_jax import models
+from bloodcell_jax import checkpoint, models
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import efficientnet_v2 as effnet
 
-# Where keras.applications fetches the ImageNet files (the variable may name a mirror).
-KERAS_WEIGHTS_URL = os.environ.get(
-    "BLOODCELL_JAX_KERAS_WEIGHTS_URL",
-    "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/")
-PORT_RECORD = "port.json"
+# A mirror of the official files (a URL ending in "/"), used instead of Keras's servers.
+MIRROR_VARIABLE = "BLOODCELL_JAX_KERAS_WEIGHTS_URL"
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "bloodcell_jax", "keras_weights")
 
 # Keras weight name -> (Flax collection, Flax variable name).
@@ -96,7 +95,7 @@ def read_keras3_weights(model_name: str, path: str) -> KerasWeights:
     raise UserError(f"{path}: a Keras 3 .weights.h5 file names no layers, so reading it needs "
                     "keras installed (pip install keras)") from None
   classes = _keras_classes_in_weights_file(path)
-  constructor = getattr(keras.applications, effnet.VARIANTS[model_name].keras_name)
+  constructor = getattr(keras.applications, keras_port(model_name).application)
   kwargs = (dict(include_top=True, classes=classes, classifier_activation=None) if classes
             else dict(include_top=False, input_shape=(None, None, 3)))
   model = constructor(weights=None, **kwargs)
@@ -111,29 +110,30 @@ def read_keras3_weights(model_name: str, path: str) -> KerasWeights:
           for layer in model.layers if layer.weights}
 
 
-def check_model_name(model_name: str) -> None:
-  if model_name not in effnet.VARIANTS:
-    raise UserError(f"--model={model_name}: expected one of {', '.join(effnet.VARIANTS)}")
+def keras_port(model_name: str) -> models.KerasPort:
+  """The registry's Keras correspondence of `model_name`; a UserError if it has none."""
+  ported = [n for n in models.model_names() if models.get_spec(n).keras is not None]
+  if model_name not in ported:
+    raise UserError(f"--model={model_name}: expected one of {', '.join(ported)}")
+  return models.get_spec(model_name).keras
 
 
 def read_keras_weights(model_name: str, path: str) -> KerasWeights:
-  check_model_name(model_name)
+  keras_port(model_name)
   if not os.path.isfile(path):
     raise UserError(f"--keras_weights={path}: no such file")
   weights = read_named_h5(path)
   return weights if weights is not None else read_keras3_weights(model_name, path)
 
 
-def _check_normalization(model_name: str, layer: Dict[str, np.ndarray], path: str):
-  """Keras 2 files may store the B-variants' fixed ImageNet normalisation; it must be that."""
-  mean = np.asarray(effnet.IMAGENET_MEAN)
-  variance = np.asarray(effnet.IMAGENET_STD) ** 2
-  ok = (effnet.VARIANTS[model_name].imagenet_normalized
-        and np.allclose(np.ravel(layer.get("mean", mean)), mean, atol=1e-6)
-        and np.allclose(np.ravel(layer.get("variance", variance)), variance, atol=1e-6))
-  if not ok:
-    raise UserError(f"{path}: its 'normalization' layer differs from {model_name}'s built-in "
-                    "input normalisation")
+def _check_fixed_layer(model_name: str, layer: str, weights: Dict[str, np.ndarray],
+                       path: str):
+  """Keras 2 files may store preprocessing the architecture fixes; it must be that."""
+  expected = keras_port(model_name).fixed_layers[layer]
+  for name, value in weights.items():
+    if name in expected and not np.allclose(np.ravel(value), expected[name], atol=1e-6):
+      raise UserError(f"{path}: its '{layer}' layer ({name}) differs from {model_name}'s "
+                      "built-in input preprocessing")
 
 
 def _target_shapes(model_name: str, include_top: bool, num_classes: int):
@@ -147,25 +147,25 @@ def _target_shapes(model_name: str, include_top: bool, num_classes: int):
 
 def port(model_name: str, keras_weights: KerasWeights, source: str = "weights"):
   """Flax variables {"params", "batch_stats"} and whether they include the classifier."""
-  check_model_name(model_name)
+  correspondence = keras_port(model_name)
   keras_weights = dict(keras_weights)
-  normalization = keras_weights.pop("normalization", None)
-  if normalization is not None:
-    _check_normalization(model_name, normalization, source)
-  top = keras_weights.get("predictions")
+  for layer in correspondence.fixed_layers:
+    if layer in keras_weights:
+      _check_fixed_layer(model_name, layer, keras_weights.pop(layer), source)
+  top = keras_weights.get(correspondence.top_layer)
   include_top = top is not None
   num_classes = int(top["bias"].shape[0]) if include_top and "bias" in top else 1000
   shapes = _target_shapes(model_name, include_top, num_classes)
   flat, unmatched = {}, []
   for layer, layer_weights in keras_weights.items():
-    module = effnet.keras_to_flax_path(layer)
+    module = correspondence.module_path(layer)
     for weight, value in layer_weights.items():
       collection, name = _RENAME.get(weight, (None, None))
       key = (collection, f"{module}/{name}")
       if key not in shapes:
         unmatched.append(f"{layer}/{weight}")
         continue
-      if layer.endswith(effnet.DEPTHWISE_SUFFIX):  # Keras (k, k, C, 1) -> Flax (k, k, 1, C)
+      if _is_depthwise(value, shapes[key]):  # Keras (k, k, C, 1) -> Flax (k, k, 1, C)
         value = np.swapaxes(value, 2, 3)
       if value.shape != shapes[key]:
         raise UserError(f"{source}: {layer}/{weight} has shape {value.shape}, {model_name} "
@@ -183,6 +183,12 @@ def port(model_name: str, keras_weights: KerasWeights, source: str = "weights"):
   return variables, include_top
 
 
+def _is_depthwise(value: np.ndarray, target: Tuple[int, ...]) -> bool:
+  """A Keras depthwise kernel (k, k, C, 1) bound for this project's layout (k, k, 1, C)."""
+  return (value.ndim == 4 and value.shape[3] == 1 and value.shape[2] > 1
+          and tuple(target) == (*value.shape[:2], 1, value.shape[2]))
+
+
 def load_keras_weights(model_name: str, path: str) -> Dict[str, dict]:
   """{"params", "batch_stats"} for `models.get_model(model_name, include_top=...)`.
 
@@ -193,12 +199,17 @@ def load_keras_weights(model_name: str, path: str) -> Dict[str, dict]:
 
 
 def download_keras_weights(model_name: str, include_top: bool, stall_seconds: float = 30.0,
-                           base_url: str = KERAS_WEIGHTS_URL, cache_dir: str = CACHE_DIR) -> str:
-  """The official ImageNet file, downloaded once into `cache_dir`. Fails with advice when the
-  server cannot be reached or sends nothing for `stall_seconds`."""
-  check_model_name(model_name)
-  file_name = f"{model_name}{'' if include_top else '_notop'}.h5"
-  url = base_url + file_name
+                           mirror: Optional[str] = None, cache_dir: str = CACHE_DIR) -> str:
+  """The official ImageNet file, downloaded once into `cache_dir` (from `mirror`, or the
+  $BLOODCELL_JAX_KERAS_WEIGHTS_URL mirror, when given). Fails with advice when the server
+  cannot be reached or sends nothing for `stall_seconds`."""
+  url = keras_port(model_name).weights_url(include_top)
+  if not url:
+    raise UserError(f"--download: no official ImageNet file for {model_name}")
+  file_name = url.rsplit("/", 1)[-1]
+  mirror = mirror if mirror is not None else os.environ.get(MIRROR_VARIABLE)
+  if mirror:
+    url = mirror + file_name
   path = os.path.join(cache_dir, file_name)
   if os.path.isfile(path):
     return path
@@ -220,27 +231,6 @@ def download_keras_weights(model_name: str, include_top: bool, stall_seconds: fl
   return path
 
 
-def save_ported(variables, out_dir: str, record: dict):
-  """An Orbax checkpoint of {"params", "batch_stats"} plus `port.json` describing it."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  out_dir = os.path.abspath(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(out_dir, "variables"), variables, force=True)
-  with open(os.path.join(out_dir, PORT_RECORD), "w") as f:
-    json.dump(record, f, indent=2)
-
-
-def load_ported(out_dir: str) -> Tuple[Dict[str, dict], dict]:
-  """(variables, record) written by `save_ported`."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(out_dir, PORT_RECORD)) as f:
-    record = json.load(f)
-  with ocp.StandardCheckpointer() as checkpointer:
-    variables = checkpointer.restore(os.path.abspath(os.path.join(out_dir, "variables")))
-  return jax.tree.map(np.asarray, variables), record
-
-
 def main(argv):
   del argv
   model_name = FLAGS.model
@@ -253,7 +243,7 @@ def main(argv):
                     "with network access")
   variables, include_top = port(model_name, read_keras_weights(model_name, path), source=path)
   count = sum(np.size(v) for v in jax.tree.leaves(variables["params"]))
-  save_ported(variables, FLAGS.out, {"model": model_name, "include_top": include_top,
+  checkpoint.save_ported(variables, FLAGS.out, {"model": model_name, "include_top": include_top,
                                      "source": os.path.abspath(path), "num_params": int(count)})
   print(f"ported {path} -> {FLAGS.out}: {model_name}, include_top={include_top}, "
         f"{count:,} parameters")
