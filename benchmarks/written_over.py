@@ -24,7 +24,8 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from bloodcell_jax.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
-from bloodcell_jax.data.cleaning import contamination, injection, settings  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bloodcell_jax.data.cleaning import contamination, settings  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests import injection  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main(argv=None):

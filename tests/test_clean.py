@@ -15,9 +15,10 @@ from PIL import Image
 from scipy import ndimage
 
 from bloodcell_jax.data import sources, splits, synthetic
-from bloodcell_jax.data.cleaning import cache, injection, neighbours, report, run
+from bloodcell_jax.data.cleaning import cache, neighbours, report, run
 from bloodcell_jax.data.cleaning import fingerprints as fp, settings as settings_lib
 from bloodcell_jax.errors import UserError
+from tests import injection
 from conftest import PBC96, ROOT, subprocess_env
 
 SETTINGS = settings_lib.CleaningSettings()

@@ -1,6 +1,10 @@
 """The model interface: a model defined here, registered here, goes through training, both kinds
 of freezing, frozen BatchNorm, staged restarts and inference with no change to library code."""
 
+import ast
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +16,7 @@ from bloodcell_jax.errors import UserError
 from bloodcell_jax.models.layers import batch_norm
 from bloodcell_jax.weights import init_from
 from configs import default
+from tests.conftest import ROOT, subprocess_env
 
 NAME = "test-tiny-net"
 
@@ -104,3 +109,25 @@ def test_rules_that_leave_a_parameter_unmatched_fail_at_start(tmp_path):
                      "'block1_bn/bias' \\(and 4 more\\); end the list with a catch-all"):
     train.train_and_evaluate(config, str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()
+
+
+CHANGED = ("print({k: os.environ.get(k) for k in before.keys() | os.environ.keys() "
+           "if before.get(k) != os.environ.get(k)})")
+
+
+@pytest.mark.parametrize("imports, allowed", [
+    # The package itself, first thing in a process (XLA flags take effect only then); JAX's
+    # own import sets TF_CPP_MIN_LOG_LEVEL=1.
+    ("import bloodcell_jax, bloodcell_jax.models", {"TF_CPP_MIN_LOG_LEVEL": "1"}),
+    # A recipe and the pipeline, after the libraries underneath, which set variables of their
+    # own on import (TensorFlow's TF2_BEHAVIOR, h5py's HDF5_PLUGIN_PATH).
+    ("import tensorflow, h5py, sklearn, matplotlib, jax; before = dict(os.environ); "
+     "import bloodcell_jax.data.pipeline, bloodcell_jax.train; from configs import effnet; "
+     "effnet.get_config()", {})])
+def test_importing_the_library_and_loading_a_config_change_no_environment_variable(imports,
+                                                                                  allowed):
+  code = f"import os; before = dict(os.environ); {imports}; {CHANGED}"
+  env = {k: v for k, v in subprocess_env().items() if k not in ("XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")}
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=True, timeout=120)
+  assert ast.literal_eval(result.stdout.strip().splitlines()[-1]) == allowed

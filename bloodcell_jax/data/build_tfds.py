@@ -9,7 +9,6 @@ then `tfds.load("pbc_cells/pbc96_clean", split="train", data_dir=DIR)` after
 
 from absl import app, flags
 
-from bloodcell_jax import cli
 from bloodcell_jax.data import tfds_pbc
 from bloodcell_jax.errors import UserError
 
@@ -39,4 +38,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from bloodcell_jax import cli  # pylint: disable=g-import-not-at-top  (entry point only)
   app.run(lambda argv: cli.run_reporting_errors(main, argv))

@@ -14,7 +14,6 @@ import os
 
 from absl import app, flags
 
-from bloodcell_jax import cli
 from bloodcell_jax.data import sources
 from bloodcell_jax.data.cleaning import contact_sheets, report, run, settings as settings_lib
 from bloodcell_jax.errors import UserError
@@ -76,4 +75,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from bloodcell_jax import cli  # pylint: disable=g-import-not-at-top  (entry point only)
   app.run(lambda argv: cli.run_reporting_errors(main, argv))

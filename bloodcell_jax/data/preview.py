@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from bloodcell_jax import cli, runtime
+from bloodcell_jax import runtime
 from bloodcell_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file in configs/.",
@@ -129,4 +129,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from bloodcell_jax import cli  # pylint: disable=g-import-not-at-top  (entry point only)
   app.run(lambda argv: cli.run_reporting_errors(main, argv), flags_parser=cli.parse_flags)

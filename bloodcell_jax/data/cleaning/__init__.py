@@ -10,7 +10,6 @@
   contact_sheets.py PNGs of every finding for a person to check
   cache.py          cleaning as a cached step of training (config.data.clean)
   settings.py       thresholds (config.data.cleaning)
-  injection.py      procedural contaminants and near copies, to measure all of the above
 
 Command line: python -m bloodcell_jax.data.clean --data=PATH [--test=PATH] --out=DIR
 """

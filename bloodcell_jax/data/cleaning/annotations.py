@@ -19,13 +19,14 @@ a data set of granular cells as on a smooth one.
 """
 
 import dataclasses
+import io
 from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from sklearn import ensemble
 
-from bloodcell_jax.data.cleaning import fingerprints as fp, injection
+from bloodcell_jax.data.cleaning import fingerprints as fp
 
 TILE, STRIDE = 16, 8
 MIN_IMAGES = 20  # usable images below which the check is not fitted
@@ -193,8 +194,8 @@ def _written_over_tiles(images: np.ndarray, colour_of, rng):
     for image in images[start:start + fp.CHUNK]:
       text, cover = write_over(image, rng)
       quality = int(rng.integers(70, 96)) if rng.random() < 0.5 else None
-      written.append(injection.jpeg(text, quality) if quality else text)
-      plain.append(injection.jpeg(image, quality) if quality else image)
+      written.append(jpeg_roundtrip(text, quality) if quality else text)
+      plain.append(jpeg_roundtrip(image, quality) if quality else image)
       covers.append(cover)
       reencoded.append(quality is not None)
     inked = tile_means(np.stack(covers)) > INKED
@@ -224,6 +225,13 @@ def raw_scores(classifiers, half: np.ndarray, stroke: np.ndarray, colour: np.nda
       scores[part] = np.take_along_axis(log_odds, ranked[:, -TOP_TILES:], axis=1).mean(axis=1)
       tiles[part] = np.stack(np.divmod(ranked[:, -1], stroke.shape[2]), axis=1)
   return scores, tiles
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+  """`image` as it reads back after saving as a JPEG of `quality`."""
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+  return np.asarray(Image.open(buffer).convert("RGB"))
 
 
 def write_over(image: np.ndarray, rng: np.random.Generator):

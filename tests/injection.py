@@ -13,11 +13,12 @@ a few pixels of shift, a brightness/contrast nudge, a flip or a 90-degree turn).
 """
 
 import functools
-import io
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from bloodcell_jax.data.cleaning import annotations
 
 SIZE = 96
 _SUPERSAMPLE = 4  # drawings are made at 4x and downsampled, so edges are anti-aliased
@@ -307,10 +308,7 @@ def near_copy(image: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndar
   raise ValueError(f"unknown copy kind {kind!r}; expected one of {COPY_KINDS}")
 
 
-def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-  buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, "JPEG", quality=quality)
-  return np.asarray(Image.open(buffer).convert("RGB"))
+jpeg = annotations.jpeg_roundtrip
 
 
 def shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
