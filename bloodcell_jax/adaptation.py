@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from bloodcell_jax import sharding
-from bloodcell_jax.models.layers import BATCH_NORM_MOMENTUM
 
 
 def _deterministic(model):
@@ -27,12 +26,19 @@ def _deterministic(model):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _batch_statistics(model, params, batch_stats, images):
-  """Each BatchNorm layer's mean and variance over `images` (train mode, this batch only)."""
-  zeros = jax.tree.map(jnp.zeros_like, batch_stats)
-  _, updates = model.apply({"params": params, "batch_stats": zeros}, images, train=True,
-                           mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)})
-  # From zeros, the running update m * 0 + (1 - m) * batch leaves (1 - m) * batch.
-  return jax.tree.map(lambda s: s / (1.0 - BATCH_NORM_MOMENTUM), updates["batch_stats"])
+  """Each BatchNorm layer's mean and variance over `images` (train mode, this batch only).
+
+  The running update is m * old + (1 - m) * batch, with each model's own momentum m (Keras
+  uses 0.9 or 0.999): from zeros it leaves (1 - m) * batch, from ones m + (1 - m) * batch,
+  so one minus their difference is 1 - m.
+  """
+  def update(start):
+    _, updates = model.apply({"params": params, "batch_stats": start}, images, train=True,
+                             mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)})
+    return updates["batch_stats"]
+  from_zeros = update(jax.tree.map(jnp.zeros_like, batch_stats))
+  from_ones = update(jax.tree.map(jnp.ones_like, batch_stats))
+  return jax.tree.map(lambda z, o: z / (1.0 - (o - z)), from_zeros, from_ones)
 
 
 def adapt_batch_stats(model, state, images: np.ndarray, batch_size: int = 256):

@@ -22,15 +22,17 @@ from bloodcell_jax.errors import UserError
 FREEZE, TRAIN = "freeze", "train"
 
 
-def keras_layer_modules(model_name: str, first_n: int) -> Tuple[str, ...]:
-  """Flax module paths of the weighted layers among the backbone's Keras `layers[:first_n]`."""
+def keras_layer_modules(model_name: str, first_n: int, model_args=None) -> Tuple[str, ...]:
+  """Flax module paths of the weighted layers among the backbone's Keras `layers[:first_n]`
+  (of the model built with `model_args`, config.model's constructor arguments)."""
   port = models.get_spec(model_name).keras
   if port is None:
     ported = [n for n in models.model_names() if models.get_spec(n).keras is not None]
     raise UserError(f"config.optim.freeze_keras_layers needs a model ported from Keras "
                     f"({', '.join(ported)}), not '{model_name}'")
-  return tuple(port.module_path(name) for name, weighted in port.layers(False)[:first_n]
-               if weighted)
+  layers = port.layers(False, dict(model_args or {}))
+  return tuple(port.module_path(sublayer) for name, weighted in layers[:first_n]
+               if weighted for sublayer in port.sublayers(name))
 
 
 def freeze_rules(config):
@@ -40,7 +42,7 @@ def freeze_rules(config):
   first_n = config.optim.freeze_keras_layers
   if first_n:
     rules += [(re.compile(re.escape(module) + "/.*"), FREEZE)
-              for module in keras_layer_modules(config.model.name, first_n)]
+              for module in keras_layer_modules(config.model.name, first_n, config.model)]
     rules.append((re.compile(".*"), TRAIN))
   return rules
 

@@ -1,15 +1,16 @@
-"""Writes Keras reference files for the EfficientNetV2 parity tests (run in its own process).
+"""Writes Keras reference files for the ported models' parity tests (run in its own process).
 
 usage: python tests/keras_reference.py OUT_DIR [--size=N]
 
-For B0 with and without the top, and S without: Keras weight files in the three
-formats the port reads, one random [0, 255] input batch, the model's output in
-inference mode, each block's output (for the stage-by-stage comparison) and,
-for S, the weights Keras leaves trainable after freezing its first 480 layers.
+Per reference (`REFERENCES`): Keras weight files in the formats the port reads, the model's
+output on one random [0, 255] input batch in inference mode, and each block's output (for the
+block-by-block comparison); for the freezing references, the weights Keras leaves trainable
+after freezing the first N of `model.layers` (no outputs: only names are compared).
 """
 
 import json
 import os
+import re
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # builds 3x faster than jax here
@@ -19,18 +20,60 @@ import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from keras.src.legacy.saving import legacy_h5_format  # pylint: disable=wrong-import-position
 
-# (Keras constructor, with the top or not): the top's port is checked on B0, S is the study's.
-VARIANTS = {"b0": ("EfficientNetV2B0", (True, False)), "s": ("EfficientNetV2S", (False,))}
-FREEZE_FIRST = 480
+# name: (Keras constructor, with the top or not, weight file formats, block-name regex,
+#        first N layers to freeze or 0). B0 and MobileNetV3-Small check every format (ConvNeXt's
+#        files are large); S, ConvNeXt-Small and MobileNetV3-Small are the study's.
+ALL_FORMATS = (".h5", "_model.h5", ".weights.h5")
+REFERENCES = {
+    "b0_top": ("EfficientNetV2B0", True, ALL_FORMATS, r"(block\d+[a-z])_", 0),
+    "b0_notop": ("EfficientNetV2B0", False, (".h5", ".weights.h5"), r"(block\d+[a-z])_", 0),
+    "s_notop": ("EfficientNetV2S", False, (".h5",), r"(block\d+[a-z])_", 480),
+    "convnext_tiny_top": ("ConvNeXtTiny", True, (".weights.h5",),
+                          r"convnext_tiny_(stage_\d_block_\d)_", 0),
+    "convnext_tiny_notop": ("ConvNeXtTiny", False, (".h5",), r"convnext_tiny_(stage_\d_block_\d)_",
+                            0),
+    "convnext_small_notop": ("ConvNeXtSmall", False, (), "", 200),
+    "mobilenetv3_small_top": ("MobileNetV3Small", True, ALL_FORMATS,
+                              r"(expanded_conv(?:_\d+)?)_", 0),
+    "mobilenetv3_small_notop": ("MobileNetV3Small", False, (".h5",),
+                                r"(expanded_conv(?:_\d+)?)_", 120),
+    "mobilenetv3_large_notop": ("MobileNetV3Large", False, (".h5", ".weights.h5"),
+                                r"(expanded_conv(?:_\d+)?)_", 0),
+}
 
 
-def block_outputs(model):
-  """Name of each block's last layer (its output), in order."""
-  last = {}
+def block_outputs(model, pattern: str):
+  """{block: the tensor after it}: the input of the first layer past the block's layers (the
+  output of its residual sum, which Keras computes outside any layer)."""
+  blocks, current = {}, None
   for layer in model.layers:
-    if layer.name.startswith("block"):
-      last[layer.name.split("_")[0]] = layer.name
-  return list(last.values())
+    match = re.match(pattern, layer.name)
+    block = match[1] if match else None
+    if current is not None and block != current:
+      blocks[current] = layer.input
+    current = block
+  return blocks
+
+
+def randomize(model, rng):
+  """Random normalisation parameters, statistics and layer scales, so that the test checks
+  they are ported. Residual branches are damped as in trained networks: with Keras's random
+  init a deep stack is chaotic (a 1e-6 input change moves the output by 40%), and no two
+  implementations could agree on it."""
+  for layer in model._flatten_layers():  # pylint: disable=protected-access  (nested stems)
+    if isinstance(layer, keras.layers.BatchNormalization):
+      n = layer.moving_mean.shape[0]
+      low, high = (0.1, 0.3) if layer.name.endswith("project_bn") else (0.8, 1.2)
+      layer.gamma.assign(rng.uniform(low, high, n).astype(np.float32))
+      layer.beta.assign(rng.normal(0, 0.05, n).astype(np.float32))
+      layer.moving_mean.assign(rng.normal(0, 0.1, n).astype(np.float32))
+      layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype(np.float32))
+    elif isinstance(layer, keras.layers.LayerNormalization):
+      n = layer.gamma.shape[0]
+      layer.gamma.assign(rng.uniform(0.8, 1.2, n).astype(np.float32))
+      layer.beta.assign(rng.normal(0, 0.05, n).astype(np.float32))
+    elif layer.name.endswith("_layer_scale"):  # 1e-6 would hide every block
+      layer.weights[0].assign(rng.uniform(0.1, 0.3, layer.weights[0].shape).astype(np.float32))
 
 
 def write(out_dir: str, size: int):
@@ -38,46 +81,37 @@ def write(out_dir: str, size: int):
   rng = np.random.default_rng(0)
   images = rng.uniform(0, 255, (2, size, size, 3)).astype(np.float32)
   np.save(os.path.join(out_dir, "images.npy"), images)
-  for short, (constructor, tops) in VARIANTS.items():
-    for top in tops:
-      keras.utils.set_random_seed(1)
-      model = getattr(keras.applications, constructor)(
-          weights=None, include_top=top, input_shape=(size, size, 3), classes=8,
-          classifier_activation=None, pooling=None if top else "avg")
-      stem = f"{short}_{'top' if top else 'notop'}"
-      # Random BatchNorm parameters and statistics, so the test checks they are ported.
-      # Residual branches are damped as in trained networks: with Keras's random
-      # init the 40-block stack is chaotic (a 1e-6 input change moves the output
-      # by 40%), and no two implementations could agree on it.
-      for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-          n = layer.moving_mean.shape[0]
-          low, high = (0.1, 0.3) if layer.name.endswith("project_bn") else (0.8, 1.2)
-          layer.gamma.assign(rng.uniform(low, high, n).astype(np.float32))
-          layer.beta.assign(rng.normal(0, 0.05, n).astype(np.float32))
-          layer.moving_mean.assign(rng.normal(0, 0.1, n).astype(np.float32))
-          layer.moving_variance.assign(rng.uniform(0.5, 1.5, n).astype(np.float32))
-      with h5py.File(os.path.join(out_dir, f"{stem}.h5"), "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, model)
-      if short == "b0":
-        model.save(os.path.join(out_dir, f"{stem}_model.h5"))
-        model.save_weights(os.path.join(out_dir, f"{stem}.weights.h5"))
+  for stem, (constructor, top, formats, pattern, freeze) in REFERENCES.items():
+    keras.utils.set_random_seed(1)
+    model = getattr(keras.applications, constructor)(
+        weights=None, include_top=top, input_shape=(size, size, 3), classes=8,
+        classifier_activation=None, pooling=None if top else "avg")
+    randomize(model, rng)
+    for suffix in formats:
+      path = os.path.join(out_dir, stem + suffix)
+      if suffix == ".h5":
+        with h5py.File(path, "w") as f:
+          legacy_h5_format.save_weights_to_hdf5_group(f, model)
+      elif suffix == "_model.h5":
+        model.save(path)
+      else:
+        model.save_weights(path)
+    if formats:
       np.save(os.path.join(out_dir, f"{stem}_output.npy"),
               np.asarray(model(images, training=False)))
-      names = block_outputs(model)
-      stages = keras.Model(model.input, [model.get_layer(n).output for n in names])
-      outputs = stages(images, training=False)
+      blocks = block_outputs(model, pattern)
+      outputs = keras.Model(model.input, list(blocks.values()))(images, training=False)
       np.savez(os.path.join(out_dir, f"{stem}_blocks.npz"),
-               **{n.split("_")[0]: np.asarray(o) for n, o in zip(names, outputs)})
-      if short == "s" and not top:
-        for layer in model.layers[:FREEZE_FIRST]:
-          layer.trainable = False
-        record = {"layers": [[layer.name, bool(layer.weights)] for layer in model.layers],
-                  "trainable": sorted(w.path for w in model.trainable_weights),
-                  "frozen": sorted(w.path for layer in model.layers[:FREEZE_FIRST]
-                                   for w in layer.weights if "moving" not in w.path)}
-        with open(os.path.join(out_dir, f"{stem}_freeze{FREEZE_FIRST}.json"), "w") as f:
-          json.dump(record, f)
+               **{b: np.asarray(o) for b, o in zip(blocks, outputs)})
+    if freeze:
+      for layer in model.layers[:freeze]:
+        layer.trainable = False
+      record = {"layers": [[layer.name, bool(layer.weights)] for layer in model.layers],
+                "trainable": sorted(w.path for w in model.trainable_weights),
+                "frozen": sorted(w.path for layer in model.layers[:freeze]
+                                 for w in layer.weights if "moving" not in w.path)}
+      with open(os.path.join(out_dir, f"{stem}_freeze{freeze}.json"), "w") as f:
+        json.dump(record, f)
 
 
 if __name__ == "__main__":

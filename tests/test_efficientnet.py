@@ -1,6 +1,5 @@
 """EfficientNetV2 against keras.applications: ported weights, numerical parity, freezing."""
 
-import functools
 import json
 import os
 import shutil
@@ -15,46 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
-from bloodcell_jax import freezing, models
+from bloodcell_jax import models
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.weights import init_from, keras_port
 from configs import effnet_finetune30
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import (PARITY_TOLERANCE, ROOT, compare_stages, freezing_against_keras,
+                            relative_error, run_with_intermediates, subprocess_env)
 
-PARITY_TOLERANCE = 1e-4  # max |flax - keras| / max |keras|, inference mode
 MODEL = {"b0": "efficientnetv2-b0", "s": "efficientnetv2-s"}
-
-
-@pytest.fixture(scope="session")
-def keras_ref(tmp_path_factory):
-  """Keras reference files (tests/keras_reference.py, run once in its own process)."""
-  pytest.importorskip("keras")
-  out = tmp_path_factory.mktemp("keras_ref")
-  subprocess.run([sys.executable, os.path.join(ROOT, "tests", "keras_reference.py"), str(out)],
-                 check=True, capture_output=True, env=subprocess_env(KERAS_BACKEND="tensorflow"),
-                 timeout=900)
-  return out
-
-
-def relative_error(got, want) -> float:
-  return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
-
-
-def compare_stages(intermediates, keras_blocks, tolerance=PARITY_TOLERANCE):
-  """Asserts block by block, in order, so that a mismatch names the first block that differs."""
-  for block in keras_blocks.files:
-    got = intermediates[block]["__call__"][0]
-    error = relative_error(got, keras_blocks[block])
-    assert error <= tolerance, f"first mismatch at {block}: relative error {error:.2e}"
-
-
-def run_with_intermediates(model, variables, images):
-  # Jitted: compiling the whole forward pass once is 10x faster than running it op by op.
-  out, state = jax.jit(functools.partial(model.apply, capture_intermediates=True,
-                                         mutable=["intermediates"]))(variables, images)
-  return np.asarray(out), state["intermediates"]
 
 
 @pytest.mark.parametrize("stem, file_suffix", [
@@ -83,30 +51,18 @@ def test_stage_comparison_points_at_the_first_wrong_block(keras_ref):
 def test_keras_layer_order_is_keras(keras_ref):
   record = json.loads((keras_ref / "s_notop_freeze480.json").read_text())
   keras = [layer for layer in record["layers"] if layer[0] != "avg_pool"]  # pooling="avg"
-  ours = models.get_spec(MODEL["s"]).keras.layers(False)
+  ours = models.get_spec(MODEL["s"]).keras.layers(False, {})
   assert len(ours) == len(keras) == 513
   assert [n for n, w in ours if w] == [n for n, w in keras if w]
-
-
-def keras_weight_name(flax_path: str) -> str:
-  """`block2b/expand_bn/scale` -> `block2b_expand_bn/gamma`."""
-  *module, leaf = flax_path.split("/")
-  leaf = {"scale": "gamma", "bias": "beta"}.get(leaf, leaf) if module[-1].endswith("bn") else leaf
-  return "_".join(module) + "/" + leaf
 
 
 def test_freezing_first_480_keras_layers_freezes_what_keras_does(keras_ref):
   record = json.loads((keras_ref / "s_notop_freeze480.json").read_text())
   config = effnet_finetune30.get_config()
   config.model.head = "none"
-  model = models.build_model(config, 8)
-  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
-  labels = traverse_util.flatten_dict(freezing.freeze_labels(config, params["params"]), sep="/")
-  frozen = sorted(keras_weight_name(p) for p, v in labels.items() if v == "freeze")
-  trainable = sorted(keras_weight_name(p) for p, v in labels.items() if v == "train")
   assert config.optim.freeze_keras_layers == 480
-  assert frozen == record["frozen"]
-  assert trainable == record["trainable"]
+  ours, keras = freezing_against_keras(config, record)
+  assert ours == keras and sum(ours["freeze"].values()) == len(record["frozen"])
 
 
 def test_every_variant_has_keras_parameter_count():

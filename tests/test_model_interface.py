@@ -45,7 +45,7 @@ KERAS_LAYERS = (("input_layer", False), ("stem_conv", True), ("stem_bn", True),
 
 models.register(NAME, head=("classifier",), frozen_batch_norm=True,
                 defaults=dict(width=4, dtype="float32", param_dtype="float32"),
-                keras=models.KerasPort(layers=lambda include_top: KERAS_LAYERS,
+                keras=models.KerasPort(layers=lambda include_top, model_args: KERAS_LAYERS,
                                        module_path=lambda layer: layer, application="TinyNet"),
                 )(lambda num_classes=8, **kwargs: TinyNet(num_classes=num_classes, **kwargs))
 

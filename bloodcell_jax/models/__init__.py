@@ -23,20 +23,27 @@ from bloodcell_jax.errors import UserError
 class KerasPort:
   """How a model corresponds to a `keras.applications` model, layer by layer.
 
-  layers(include_top): `model.layers` of the Keras model as (name, has weights), in order,
-    weightless layers included (they count in Keras's `layers[:N]`).
+  layers(include_top, model_args): `model.layers` of the Keras model as (name, has weights),
+    in order, weightless layers included (they count in Keras's `layers[:N]`), for a model
+    built with `model_args` (config.model's constructor arguments).
   module_path(layer): the Flax module path ("block2b/expand_bn") holding a Keras layer's weights.
+  sublayers(layer): the layers holding the weights of a nested Keras layer (a `Sequential`
+    inside the model), else just the layer.
+  weight_names: regexes of Keras weight names to Flax parameter names, beyond the usual ones
+    (kernel, bias, gamma, beta, moving_mean, moving_variance).
   application: the keras.applications constructor, for reading Keras 3 `.weights.h5` files.
   fixed_layers: preprocessing layers that some files store although their weights are fixed by
     the architecture ({layer: {weight: value}}); the port checks them and maps nothing.
   top_layer: the Keras classifier layer (a file holding it was saved with the top).
   weights_url(include_top): where keras.applications downloads the ImageNet file ("" if none).
   """
-  layers: Callable[[bool], Sequence[Tuple[str, bool]]]
+  layers: Callable[[bool, Mapping[str, Any]], Sequence[Tuple[str, bool]]]
   module_path: Callable[[str], str]
   application: str
   fixed_layers: Mapping[str, Mapping[str, Sequence[float]]] = dataclasses.field(
       default_factory=dict)
+  sublayers: Callable[[str], Tuple[str, ...]] = lambda layer: (layer,)
+  weight_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
   top_layer: str = "predictions"
   weights_url: Callable[[bool], str] = lambda include_top: ""
 
@@ -113,4 +120,4 @@ def model_names():
 def _import_builtin():
   """The families that ship with the library register themselves on import."""
   # pylint: disable=g-import-not-at-top,unused-import
-  from bloodcell_jax.models import cnn, efficientnet_v2
+  from bloodcell_jax.models import cnn, convnext, efficientnet_v2, mobilenet_v3

@@ -334,7 +334,7 @@ def _keras_port(name: str) -> KerasPort:
   fixed = {"normalization": {"mean": IMAGENET_MEAN,
                              "variance": tuple(s * s for s in IMAGENET_STD)}}
   return KerasPort(
-      layers=lambda include_top: keras_layers(variant, include_top),
+      layers=lambda include_top, model_args: keras_layers(variant, include_top),
       module_path=keras_to_flax_path, application=variant.keras_name,
       fixed_layers=fixed if variant.imagenet_normalized else {},
       weights_url=lambda include_top: (f"{KERAS_WEIGHTS_URL}{name}"

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from bloodcell_jax.models.depthwise import depthwise_conv2d
 
 
-# Keras's BatchNorm momentum, used by every model here (test-time adaptation relies on it).
+# Keras's usual BatchNorm momentum (MobileNetV3 sets 0.999).
 BATCH_NORM_MOMENTUM = 0.9
 
 INPUT_NORMS = ("none", "grey_world", "channel_standardize")
@@ -45,8 +45,8 @@ def batch_norm_dtypes(dtype, param_dtype) -> dict:
 
 
 def batch_norm(module: nn.Module, x, name: str, train: bool, epsilon: float = 1e-3,
-               frozen: Tuple[str, ...] = ()):
-  """Keras's BatchNorm (momentum 0.9) as `module`'s child `name`.
+               frozen: Tuple[str, ...] = (), momentum: float = BATCH_NORM_MOMENTUM):
+  """Keras's BatchNorm (momentum 0.9 unless the model says otherwise) as `module`'s child.
 
   `frozen` holds module paths ("block2b/expand_bn") of BatchNorm layers that run on their
   running statistics even while training (Keras's frozen layers); the path is this layer's
@@ -54,19 +54,19 @@ def batch_norm(module: nn.Module, x, name: str, train: bool, epsilon: float = 1e
   """
   path = "/".join((*module.scope.path, name))
   return nn.BatchNorm(use_running_average=not train or path in frozen,
-                      momentum=BATCH_NORM_MOMENTUM, epsilon=epsilon,
+                      momentum=momentum, epsilon=epsilon,
                       **batch_norm_dtypes(module.dtype, module.param_dtype), name=name)(x)
 
 
 class DepthwiseConv(nn.Module):
-  """Depthwise k x k convolution, TF "SAME" padding, no bias; kernel (k, k, 1, C).
+  """Depthwise k x k convolution, TF "SAME" padding; kernel (k, k, 1, C), optional bias.
 
   Goes through `depthwise_conv2d`, fast on XLA:CPU (its grouped convolution is not).
   """
   kernel_size: int = 3
   stride: int = 1
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal(in_axis=(0, 1),
-                                                                           out_axis=-1)
+  kernel_init: nn.initializers.Initializer = nn.initializers.xavier_uniform()
+  use_bias: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -74,8 +74,12 @@ class DepthwiseConv(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init,
                         (self.kernel_size, self.kernel_size, 1, x.shape[-1]), self.param_dtype)
-    return depthwise_conv2d(x.astype(self.dtype), kernel[:, :, 0, :].astype(self.dtype),
-                            self.stride)
+    y = depthwise_conv2d(x.astype(self.dtype), kernel[:, :, 0, :].astype(self.dtype),
+                         self.stride)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (x.shape[-1],),
+                         self.param_dtype).astype(self.dtype)
+    return y
 
 
 def _windows_2x2(x):

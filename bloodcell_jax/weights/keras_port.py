@@ -17,8 +17,8 @@ CLI: python -m bloodcell_jax.weights.keras_port --model=efficientnetv2-s \\
        --keras_weights=efficientnetv2-s_notop.h5 --out=DIR
 """
 
-import json
 import os
+import re
 import shutil
 import urllib.error
 import urllib.parse
@@ -56,10 +56,12 @@ def _text(value) -> str:
   return value.decode("utf8") if isinstance(value, bytes) else str(value)
 
 
-def _weight_name(layer: str, full_name: str) -> str:
-  """`block1a_project_bn/gamma:0` -> `gamma`."""
-  name = full_name.split(":")[0]
-  return name[len(layer) + 1:] if name.startswith(layer + "/") else name.rsplit("/", 1)[-1]
+def _layer_and_weight(layer: str, full_name: str) -> Tuple[str, str]:
+  """(the layer holding it, weight) of a stored weight name: `block1a_project_bn/gamma:0` ->
+  (`block1a_project_bn`, `gamma`); a nested layer's `stem/stem_conv/kernel` -> (`stem_conv`,
+  `kernel`); a bare `gamma` belongs to `layer`."""
+  parts = full_name.split(":")[0].split("/")
+  return (parts[-2] if len(parts) > 1 else layer), parts[-1]
 
 
 def read_named_h5(path: str) -> Optional[KerasWeights]:
@@ -74,17 +76,29 @@ def read_named_h5(path: str) -> Optional[KerasWeights]:
       return None
     weights = {}
     for layer in map(_text, group.attrs["layer_names"]):
-      names = [_text(n) for n in group[layer].attrs.get("weight_names", [])]
-      if names:
-        weights[layer] = {_weight_name(layer, n): np.asarray(group[layer][n]) for n in names}
+      for name in map(_text, group[layer].attrs.get("weight_names", [])):
+        owner, weight = _layer_and_weight(layer, name)
+        weights.setdefault(owner, {})[weight] = np.asarray(group[layer][name])
     return weights
 
 
-def _keras_classes_in_weights_file(path: str) -> Optional[int]:
-  """Number of classes of a `.weights.h5` saved with the top, else None."""
+def _keras3_classes(constructor, top_layer: str, path: str) -> Optional[int]:
+  """Number of classes of a `.weights.h5` saved with the top, else None.
+
+  Keras 3 files key each layer by its class name numbered in the model's order ("dense_36"),
+  so the top layer's key is found on a one-class model built the same way.
+  """
+  from keras.src.utils import naming  # pylint: disable=g-import-not-at-top
+  probe = constructor(weights=None, include_top=True, classes=1, classifier_activation=None)
+  seen, key = {}, None
+  for layer in probe.layers:
+    kind = naming.to_snake_case(type(layer).__name__)
+    if layer.name == top_layer:
+      key = kind if not seen.get(kind) else f"{kind}_{seen[kind]}"
+    seen[kind] = seen.get(kind, 0) + 1
   with h5py.File(path, "r") as f:
-    dense = f.get("layers/dense/vars/1")
-    return None if dense is None else int(dense.shape[0])
+    bias = f.get(f"layers/{key}/vars/1")
+    return None if bias is None else int(bias.shape[-1])
 
 
 def read_keras3_weights(model_name: str, path: str) -> KerasWeights:
@@ -94,8 +108,9 @@ def read_keras3_weights(model_name: str, path: str) -> KerasWeights:
   except ImportError:
     raise UserError(f"{path}: a Keras 3 .weights.h5 file names no layers, so reading it needs "
                     "keras installed (pip install keras)") from None
-  classes = _keras_classes_in_weights_file(path)
-  constructor = getattr(keras.applications, keras_port(model_name).application)
+  correspondence = keras_port(model_name)
+  constructor = getattr(keras.applications, correspondence.application)
+  classes = _keras3_classes(constructor, correspondence.top_layer, path)
   kwargs = (dict(include_top=True, classes=classes, classifier_activation=None) if classes
             else dict(include_top=False, input_shape=(None, None, 3)))
   model = constructor(weights=None, **kwargs)
@@ -106,8 +121,11 @@ def read_keras3_weights(model_name: str, path: str) -> KerasWeights:
   except ValueError as e:
     raise UserError(f"{path}: does not fit keras.applications.{constructor.__name__} "
                     f"({str(e).splitlines()[0]}); is --model right?") from None
-  return {layer.name: {w.path.split("/")[-1]: np.asarray(w.numpy()) for w in layer.weights}
-          for layer in model.layers if layer.weights}
+  weights = {}
+  for variable in model.weights:  # path: [model layer/]layer/weight
+    owner, weight = variable.path.split("/")[-2:]
+    weights.setdefault(owner, {})[weight] = np.asarray(variable.numpy())
+  return weights
 
 
 def keras_port(model_name: str) -> models.KerasPort:
@@ -142,7 +160,8 @@ def _target_shapes(model_name: str, include_top: bool, num_classes: int):
                                                 np.zeros((1, 64, 64, 3), np.float32)))
   return {(collection, path): leaf.shape
           for collection in ("params", "batch_stats")
-          for path, leaf in traverse_util.flatten_dict(variables[collection], sep="/").items()}
+          for path, leaf in traverse_util.flatten_dict(variables.get(collection, {}),
+                                                              sep="/").items()}
 
 
 def port(model_name: str, keras_weights: KerasWeights, source: str = "weights"):
@@ -161,6 +180,9 @@ def port(model_name: str, keras_weights: KerasWeights, source: str = "weights"):
     module = correspondence.module_path(layer)
     for weight, value in layer_weights.items():
       collection, name = _RENAME.get(weight, (None, None))
+      for pattern, param in correspondence.weight_names.items():
+        if re.fullmatch(pattern, weight):
+          collection, name = "params", param
       key = (collection, f"{module}/{name}")
       if key not in shapes:
         unmatched.append(f"{layer}/{weight}")
