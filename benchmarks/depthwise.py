@@ -28,10 +28,13 @@ from jax import lax  # pylint: disable=g-import-not-at-top
 
 from bloodcell_jax.models.depthwise import depthwise_conv2d  # pylint: disable=g-import-not-at-top
 
-SHAPES = (  # (N, H, W, C, stride)
-    (64, 12, 12, 256, 2), (64, 6, 6, 512, 1), (64, 6, 6, 768, 1), (64, 6, 6, 960, 1),
-    (64, 6, 6, 960, 2), (64, 3, 3, 1536, 1), (64, 24, 24, 96, 1), (64, 48, 48, 32, 1),
-    (64, 12, 12, 240, 2),
+SHAPES = (  # (N, H, W, C, stride, k): EfficientNetV2-S, ConvNeXt-Small, MobileNetV3-Small at 96x96
+    (64, 12, 12, 256, 2, 3), (64, 6, 6, 512, 1, 3), (64, 6, 6, 768, 1, 3), (64, 6, 6, 960, 1, 3),
+    (64, 6, 6, 960, 2, 3), (64, 3, 3, 1536, 1, 3), (64, 24, 24, 96, 1, 3), (64, 48, 48, 32, 1, 3),
+    (64, 12, 12, 240, 2, 3),
+    (64, 24, 24, 96, 1, 7), (64, 12, 12, 192, 1, 7), (64, 6, 6, 384, 1, 7), (64, 3, 3, 768, 1, 7),
+    (64, 48, 48, 16, 2, 3), (64, 24, 24, 72, 2, 3), (64, 12, 12, 96, 2, 5), (64, 6, 6, 240, 1, 5),
+    (64, 6, 6, 288, 2, 5), (64, 3, 3, 576, 1, 5),
 )
 
 
@@ -69,14 +72,14 @@ def main(argv=None):
   parser.add_argument("--impl", choices=tuple(IMPLS), default=None, help="default: both")
   args = parser.parse_args(argv)
   impls = [args.impl] if args.impl else list(IMPLS)
-  for n, h, w, c, stride in SHAPES:
+  for n, h, w, c, stride, k in SHAPES:
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(keys[0], (n, h, w, c))
-    kernel = jax.random.normal(keys[1], (3, 3, c))
+    kernel = jax.random.normal(keys[1], (k, k, c))
     g = jax.random.normal(keys[2], (n, -(-h // stride), -(-w // stride), c))
     for impl in impls:
       ms = median_ms(fwd_bwd_fn(IMPLS[impl], stride), (x, kernel, g), args.repeats)
-      print(json.dumps({"bench": "depthwise", "shape": [n, h, w, c], "stride": stride,
+      print(json.dumps({"bench": "depthwise", "shape": [n, h, w, c], "stride": stride, "k": k,
                         "impl": impl, "fwd_bwd_ms": round(ms, 2)}), flush=True)
 
 

@@ -3,13 +3,15 @@
   python benchmarks/train_step.py                    # every model x impl, one process each
   python benchmarks/train_step.py --model=cnn --impl=keras-jax --steps=30
   python benchmarks/train_step.py --model=efficientnetv2-s
+  python benchmarks/train_step.py --model=convnext-small    # also mobilenetv3-small
   python benchmarks/train_step.py --model=cnn --devices=8   # sharded path against 1 device
   python benchmarks/train_step.py --model=cnn --batch=256 --grad_accum_steps=8
 
 Prints one JSON object per line: {"bench": "train_step", "model", "impl", "batch",
 "images_per_s", "step_ms_median", "peak_rss_mb", ...}. Every implementation runs
-the same architecture (the model of configs/cnn.py, or EfficientNetV2-S with
-the study's head as in configs/effnet.py) on the same random batch, with Adam
+the same architecture (the model of configs/cnn.py, or a keras.applications
+backbone with the study's head as in configs/effnet.py, every layer trainable)
+on the same random batch, with Adam
 and the same loss, in its own subprocess so that each one's peak memory is its
 own and Keras's backend can be chosen. Run the whole set in one go: this
 machine's speed drifts, so only ratios within one run mean much.
@@ -31,7 +33,9 @@ import time
 import step_setup
 
 ROOT = step_setup.ROOT
-CONFIGS = {"cnn": "configs/cnn.py", "efficientnetv2-s": "configs/effnet.py"}
+CONFIGS = {"cnn": "configs/cnn.py", "efficientnetv2-s": "configs/effnet.py",
+           "convnext-small": "configs/convnext_small_transfer.py",
+           "mobilenetv3-small": "configs/mobilenetv3_transfer.py"}
 MODELS = tuple(CONFIGS)
 IMPLS = ("bloodcell_jax", "keras-jax", "keras-tensorflow")
 
@@ -102,12 +106,15 @@ def keras_cnn(config, args):
   return keras.Model(inputs, outputs)
 
 
-def keras_effnet(config, args):
-  """keras.applications' EfficientNetV2-S base with the study's head (configs/effnet.py)."""
+def keras_backbone(config, args):
+  """The keras.applications base of the config's model with the study's head (as
+  configs/effnet.py)."""
   import keras  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax import models  # pylint: disable=g-import-not-at-top
   m = config.model
-  base = keras.applications.EfficientNetV2S(weights=None, include_top=False,
-                                            input_shape=(args.image_size, args.image_size, 3))
+  constructor = getattr(keras.applications, models.get_spec(m.name).keras.application)
+  base = constructor(weights=None, include_top=False,
+                     input_shape=(args.image_size, args.image_size, 3))
   x = keras.layers.Flatten()(base.output)
   x = keras.layers.Dropout(m.dropout)(x)
   x = keras.layers.Dense(m.dense_units, activation="relu")(x)
@@ -120,7 +127,7 @@ def bench_keras(args, config, backend):
   if backend == "jax":
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the comparison is on the CPU
   import keras  # pylint: disable=g-import-not-at-top
-  model = keras_cnn(config, args) if args.model == "cnn" else keras_effnet(config, args)
+  model = keras_cnn(config, args) if args.model == "cnn" else keras_backbone(config, args)
   model.compile(optimizer=keras.optimizers.Adam(config.optim.learning_rate),
                 loss=keras.losses.CategoricalCrossentropy(
                     from_logits=True, label_smoothing=config.loss.label_smoothing))
@@ -135,6 +142,8 @@ def bench_keras(args, config, backend):
 
 def run_one(args):
   config = step_setup.load_config(args.config or os.path.join(ROOT, CONFIGS[args.model]))
+  with config.unlocked():
+    config.optim.freeze, config.optim.freeze_keras_layers = (), 0  # Keras trains every layer
   if args.impl == "bloodcell_jax":
     seconds, extra = bench_bloodcell_jax(args, config)
   else:

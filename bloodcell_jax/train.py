@@ -188,8 +188,8 @@ def _initial_weights(config, state, mesh, tx):
     return state, {"from": None}
   fresh = jax.tree.map(np.asarray, {"params": state.params, "batch_stats": state.batch_stats})
   variables, summary = init_from.merge(
-      fresh, init_from.load_variables(source, config.model.name), spec.head,
-      config.init.head == "keep", source)
+      fresh, init_from.load_variables(source, config.model.name, model_args=config.model),
+      spec.head, config.init.head == "keep", source)
   logging.info("initialised from %s: %d variables loaded, head %s", source,
                summary["variables_loaded"],
                ", ".join(summary["head_reinitialised"]) + " re-initialised"

@@ -1,29 +1,15 @@
-"""What the EfficientNetV2-S recipes share: the model, the study's head, Adam, class weights.
+"""What the EfficientNetV2-S recipes share: configs/transfer_common.py with EfficientNetV2-S.
 
-Pretrained start: port the official Keras ImageNet file once,
-  python -m bloodcell_jax.weights.keras_port --model=efficientnetv2-s \\
-      --keras_weights=efficientnetv2-s_notop.h5 --out=weights/effnetv2s_imagenet
-and pass --config.init.weights=weights/effnetv2s_imagenet (a Keras .h5 works
-too). Without it the run logs that it trains from scratch.
+Pretrained start: python -m bloodcell_jax.weights.keras_port --model=efficientnetv2-s \\
+    --keras_weights=efficientnetv2-s_notop.h5 --out=weights/effnetv2s_imagenet
+then --config.init.weights=weights/effnetv2s_imagenet.
 """
 
-from configs import default
+from configs import transfer_common
 
 # The study's Keras base: EfficientNetV2S(include_top=False), 513 layers.
 NUM_KERAS_LAYERS = 513
 
 
 def get_config():
-  config = default.get_config(model="efficientnetv2-s")
-  # A CPU-sized budget: minutes on the embedded data. On an accelerator and
-  # real data use e.g. --config.num_epochs=30 (early stopping ends it).
-  config.num_epochs = 2
-  config.data.synthetic_size = 1000
-  config.batch_size = 32
-  config.eval_batch_size = 128
-  config.model.head = "flatten"  # the study's Flatten, Dropout, Dense, Dropout, Dense(8)
-  config.loss.l2 = 0.0
-  config.optim.name = "adam"
-  config.optim.learning_rate = 1e-4
-  config.train.early_stopping_patience = 5
-  return config
+  return transfer_common.get_config("efficientnetv2-s")

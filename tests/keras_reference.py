@@ -39,7 +39,10 @@ REFERENCES = {
                                 r"(expanded_conv(?:_\d+)?)_", 120),
     "mobilenetv3_large_notop": ("MobileNetV3Large", False, (".h5", ".weights.h5"),
                                 r"(expanded_conv(?:_\d+)?)_", 0),
+    "mobilenetv3_small_alpha075_notop": ("MobileNetV3Small", False, (".weights.h5",),
+                                         r"(expanded_conv(?:_\d+)?)_", 0),
 }
+CONSTRUCTOR_ARGS = {"mobilenetv3_small_alpha075_notop": {"alpha": 0.75}}
 
 
 def block_outputs(model, pattern: str):
@@ -85,7 +88,8 @@ def write(out_dir: str, size: int):
     keras.utils.set_random_seed(1)
     model = getattr(keras.applications, constructor)(
         weights=None, include_top=top, input_shape=(size, size, 3), classes=8,
-        classifier_activation=None, pooling=None if top else "avg")
+        classifier_activation=None, pooling=None if top else "avg",
+        **CONSTRUCTOR_ARGS.get(stem, {}))
     randomize(model, rng)
     for suffix in formats:
       path = os.path.join(out_dir, stem + suffix)

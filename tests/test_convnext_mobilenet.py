@@ -21,20 +21,22 @@ MODEL = {"convnext_tiny": "convnext-tiny", "convnext_small": "convnext-small",
 
 
 def parts(stem: str):
-  """("convnext_tiny_top") -> (model name, include_top)."""
+  """("convnext_tiny_top") -> (model name, include_top, constructor arguments)."""
   base, top = stem.rsplit("_", 1)
-  return MODEL[base], top == "top"
+  args = {"alpha": 0.75} if base.endswith("_alpha075") else {}
+  return MODEL[base.removesuffix("_alpha075")], top == "top", args
 
 
 @pytest.mark.parametrize("stem, file_suffix", [
     ("convnext_tiny_top", ".weights.h5"), ("convnext_tiny_notop", ".h5"),
     ("mobilenetv3_small_top", ".h5"),
     ("mobilenetv3_small_top", "_model.h5"), ("mobilenetv3_small_top", ".weights.h5"),
-    ("mobilenetv3_small_notop", ".h5"), ("mobilenetv3_large_notop", ".weights.h5")])
+    ("mobilenetv3_small_notop", ".h5"), ("mobilenetv3_large_notop", ".weights.h5"),
+    ("mobilenetv3_small_alpha075_notop", ".weights.h5")])
 def test_ported_weights_reproduce_keras(keras_ref, stem, file_suffix):
-  name, top = parts(stem)
-  variables = keras_port.load_keras_weights(name, str(keras_ref / (stem + file_suffix)))
-  model = models.get_model(name, num_classes=8, include_top=top)
+  name, top, args = parts(stem)
+  variables = keras_port.load_keras_weights(name, str(keras_ref / (stem + file_suffix)), args)
+  model = models.get_model(name, num_classes=8, include_top=top, **args)
   out, intermediates = run_with_intermediates(model, variables, np.load(keras_ref / "images.npy"))
   # include_top: logits of the 8-class top; notop: the pooled features (ConvNeXt: then its
   # final LayerNorm).
@@ -57,7 +59,7 @@ def test_stage_comparison_points_at_the_first_wrong_block(keras_ref):
                                            ("mobilenetv3_small_notop", 120)])
 def test_keras_layer_order_and_first_n_freezing_are_keras(keras_ref, stem, first_n):
   record = json.loads((keras_ref / f"{stem}_freeze{first_n}.json").read_text())
-  name, _ = parts(stem)
+  name, _, _ = parts(stem)
   # Without pooling="avg"'s layer (ConvNeXt: before its final LayerNorm, which Keras numbers
   # by how many it made in the process).
   keras_layers = [[re.sub(r"^layer_normalization_\d+$", "layer_normalization", n), w]

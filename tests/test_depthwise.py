@@ -37,7 +37,7 @@ def inputs(shape, k, stride, dtype=jnp.float32):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("k", [3, 5, 7])  # EfficientNet, MobileNetV3, ConvNeXt
 @pytest.mark.parametrize("hw", [(7, 7), (8, 8), (1, 1), (2, 2)])
 def test_output_and_gradients_match_grouped_convolution(hw, k, stride):
   x, kernel, g = inputs((2, *hw, 3), k, stride)

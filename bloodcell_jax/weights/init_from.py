@@ -18,12 +18,13 @@ from bloodcell_jax.weights import keras_port
 
 
 def load_variables(path: str, model_name: str, where: str = "config.init.weights",
-                   ema: bool = False) -> Dict[str, dict]:
+                   ema: bool = False, model_args=None) -> Dict[str, dict]:
   """{"params", "batch_stats"} from `path`, whichever of the three kinds it is; with `ema`,
-  a run's moving average of the weights."""
+  a run's moving average of the weights. A Keras file is read for the model built with
+  `model_args` (config.model)."""
   path = os.path.expanduser(path)
   if path.endswith(".h5"):
-    return keras_port.load_keras_weights(model_name, path)
+    return keras_port.load_keras_weights(model_name, path, model_args)
   if os.path.isfile(os.path.join(path, checkpoint.PORT_RECORD)):
     variables, record = checkpoint.load_ported(path)
     if record.get("model") != model_name:

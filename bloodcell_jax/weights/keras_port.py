@@ -17,6 +17,9 @@ CLI: python -m bloodcell_jax.weights.keras_port --model=efficientnetv2-s \\
        --keras_weights=efficientnetv2-s_notop.h5 --out=DIR
 """
 
+import functools
+import inspect
+import json
 import os
 import re
 import shutil
@@ -101,7 +104,14 @@ def _keras3_classes(constructor, top_layer: str, path: str) -> Optional[int]:
     return None if bias is None else int(bias.shape[-1])
 
 
-def read_keras3_weights(model_name: str, path: str) -> KerasWeights:
+def _architecture_args(model_args) -> dict:
+  """The constructor arguments that shape the variables (a width multiplier, a variant), not
+  the head: the port builds the head the file holds."""
+  return {k: v for k, v in dict(model_args or {}).items()
+          if k not in ("name", "head", "pooling", "num_classes", "include_top")}
+
+
+def read_keras3_weights(model_name: str, path: str, model_args=None) -> KerasWeights:
   """A Keras 3 `.weights.h5`, through the keras.applications model it was saved from."""
   try:
     import keras  # pylint: disable=g-import-not-at-top
@@ -110,6 +120,10 @@ def read_keras3_weights(model_name: str, path: str) -> KerasWeights:
                     "keras installed (pip install keras)") from None
   correspondence = keras_port(model_name)
   constructor = getattr(keras.applications, correspondence.application)
+  # Keras's own arguments among the model's (MobileNetV3's alpha and minimalistic).
+  accepted = inspect.signature(constructor).parameters
+  shared = {k: v for k, v in _architecture_args(model_args).items() if k in accepted}
+  constructor = functools.partial(constructor, **shared)
   classes = _keras3_classes(constructor, correspondence.top_layer, path)
   kwargs = (dict(include_top=True, classes=classes, classifier_activation=None) if classes
             else dict(include_top=False, input_shape=(None, None, 3)))
@@ -119,7 +133,7 @@ def read_keras3_weights(model_name: str, path: str) -> KerasWeights:
       warnings.simplefilter("ignore")
       model.load_weights(path)
   except ValueError as e:
-    raise UserError(f"{path}: does not fit keras.applications.{constructor.__name__} "
+    raise UserError(f"{path}: does not fit keras.applications.{correspondence.application} "
                     f"({str(e).splitlines()[0]}); is --model right?") from None
   weights = {}
   for variable in model.weights:  # path: [model layer/]layer/weight
@@ -136,12 +150,12 @@ def keras_port(model_name: str) -> models.KerasPort:
   return models.get_spec(model_name).keras
 
 
-def read_keras_weights(model_name: str, path: str) -> KerasWeights:
+def read_keras_weights(model_name: str, path: str, model_args=None) -> KerasWeights:
   keras_port(model_name)
   if not os.path.isfile(path):
     raise UserError(f"--keras_weights={path}: no such file")
   weights = read_named_h5(path)
-  return weights if weights is not None else read_keras3_weights(model_name, path)
+  return weights if weights is not None else read_keras3_weights(model_name, path, model_args)
 
 
 def _check_fixed_layer(model_name: str, layer: str, weights: Dict[str, np.ndarray],
@@ -154,8 +168,9 @@ def _check_fixed_layer(model_name: str, layer: str, weights: Dict[str, np.ndarra
                       "built-in input preprocessing")
 
 
-def _target_shapes(model_name: str, include_top: bool, num_classes: int):
-  model = models.get_model(model_name, num_classes=num_classes, include_top=include_top)
+def _target_shapes(model_name: str, include_top: bool, num_classes: int, model_args=None):
+  model = models.get_model(model_name, num_classes=num_classes, include_top=include_top,
+                           **_architecture_args(model_args))
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                 np.zeros((1, 64, 64, 3), np.float32)))
   return {(collection, path): leaf.shape
@@ -164,8 +179,9 @@ def _target_shapes(model_name: str, include_top: bool, num_classes: int):
                                                               sep="/").items()}
 
 
-def port(model_name: str, keras_weights: KerasWeights, source: str = "weights"):
-  """Flax variables {"params", "batch_stats"} and whether they include the classifier."""
+def port(model_name: str, keras_weights: KerasWeights, source: str = "weights", model_args=None):
+  """Flax variables {"params", "batch_stats"} and whether they include the classifier, for the
+  model built with `model_args` (constructor arguments such as MobileNetV3's alpha)."""
   correspondence = keras_port(model_name)
   keras_weights = dict(keras_weights)
   for layer in correspondence.fixed_layers:
@@ -174,7 +190,7 @@ def port(model_name: str, keras_weights: KerasWeights, source: str = "weights"):
   top = keras_weights.get(correspondence.top_layer)
   include_top = top is not None
   num_classes = int(top["bias"].shape[0]) if include_top and "bias" in top else 1000
-  shapes = _target_shapes(model_name, include_top, num_classes)
+  shapes = _target_shapes(model_name, include_top, num_classes, model_args)
   flat, unmatched = {}, []
   for layer, layer_weights in keras_weights.items():
     module = correspondence.module_path(layer)
@@ -211,13 +227,13 @@ def _is_depthwise(value: np.ndarray, target: Tuple[int, ...]) -> bool:
           and tuple(target) == (*value.shape[:2], 1, value.shape[2]))
 
 
-def load_keras_weights(model_name: str, path: str) -> Dict[str, dict]:
+def load_keras_weights(model_name: str, path: str, model_args=None) -> Dict[str, dict]:
   """{"params", "batch_stats"} for `models.get_model(model_name, include_top=...)`.
 
   include_top follows the file: True when it holds the `predictions` layer
   (num_classes then is that layer's width).
   """
-  return port(model_name, read_keras_weights(model_name, path), source=path)[0]
+  return port(model_name, read_keras_weights(model_name, path, model_args), path, model_args)[0]
 
 
 def download_keras_weights(model_name: str, include_top: bool, stall_seconds: float = 30.0,
@@ -263,10 +279,17 @@ def main(argv):
   else:
     raise UserError("give --keras_weights=FILE (e.g. efficientnetv2-s_notop.h5), or --download "
                     "with network access")
-  variables, include_top = port(model_name, read_keras_weights(model_name, path), source=path)
+  try:
+    model_args = dict(json.loads(FLAGS.model_args))
+  except (ValueError, TypeError) as e:
+    raise UserError(f"--model_args={FLAGS.model_args}: expected a JSON object such as "
+                    f"'{{\"alpha\": 0.75}}' ({e})") from None
+  variables, include_top = port(model_name, read_keras_weights(model_name, path, model_args), path,
+                                model_args)
   count = sum(np.size(v) for v in jax.tree.leaves(variables["params"]))
   checkpoint.save_ported(variables, FLAGS.out, {"model": model_name, "include_top": include_top,
-                                     "source": os.path.abspath(path), "num_params": int(count)})
+                                     "model_args": model_args, "source": os.path.abspath(path),
+                                     "num_params": int(count)})
   print(f"ported {path} -> {FLAGS.out}: {model_name}, include_top={include_top}, "
         f"{count:,} parameters")
 
@@ -279,5 +302,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", None, "Directory for the ported Orbax checkpoint.", required=True)
   flags.DEFINE_bool("download", False, "Fetch the official ImageNet weights (needs network).")
   flags.DEFINE_bool("include_top", False, "With --download: the file with the 1000-class top.")
+  flags.DEFINE_string("model_args", "{}", 'Constructor arguments as JSON, e.g. \'{"alpha": 0.75}\'.')
   FLAGS = flags.FLAGS
   app.run(lambda argv: cli.run_reporting_errors(main, argv))

@@ -1,0 +1,16 @@
+"""The study's ConvNeXtSmall transfer row: the ImageNet backbone frozen (its final LayerNorm too),
+only the study's head trains, Adam 1e-3, class weights, the basic augmentation.
+
+Pretrained start: python -m bloodcell_jax.weights.keras_port --model=convnext-small \\
+    --keras_weights=convnext_small_notop.h5 --out=weights/convnext_small_imagenet
+then --config.init.weights=weights/convnext_small_imagenet.
+"""
+
+from configs import transfer_common
+
+
+def get_config():
+  config = transfer_common.get_config("convnext-small")
+  config.optim.freeze = transfer_common.HEAD_ONLY
+  config.optim.learning_rate = 1e-3
+  return config
