@@ -1,6 +1,7 @@
 """Where a train step's time goes: traces a few steps with jax.profiler and sums time per XLA op.
 
   python benchmarks/profile_step.py [--config=configs/cnn.py] [--steps=3] [--top=15] [--by_kind]
+      [--all_trainable]   # a transfer recipe's model with every layer training
 
 Prints one JSON object per line, heaviest first: {"bench": "profile", "op": ...,
 "ms_per_step": ...} (with --by_kind, ops are summed by kind: the name without
@@ -33,9 +34,12 @@ def main(argv=None):
   parser.add_argument("--top", type=int, default=15)
   parser.add_argument("--trace_dir", default=None)
   parser.add_argument("--by_kind", action="store_true", help="sum ops by kind")
+  parser.add_argument("--all_trainable", action="store_true", help="ignore the recipe's freezing")
   args = parser.parse_args(argv)
 
-  config = step_setup.load_config(args.config)  # before JAX starts: sets XLA flags
+  config = step_setup.load_config(args.config)
+  if args.all_trainable:
+    config.optim.freeze, config.optim.freeze_keras_layers = (), 0
   import jax  # pylint: disable=g-import-not-at-top
   train_fn, state, batch = step_setup.jitted_step(config, args.batch, config.image_size)
   for _ in range(2):  # compile and warm up

@@ -7,10 +7,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from bloodcell_jax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-runtime.set_up()  # the scripts that use this module run as their users' runs do
-
 
 def load_config(path):
   from bloodcell_jax import cli  # pylint: disable=g-import-not-at-top
@@ -25,7 +21,10 @@ def random_batch(batch, image_size, num_classes=8, seed=0):
 
 
 def jitted_step(config, batch, image_size, grad_accum_steps=1):
-  """(train_fn, state, device batch) for `config`'s model, optimizer and loss."""
+  """(train_fn, state, device batch) for `config`'s model, optimizer and loss, set up as
+  launch.py sets up a run (`runtime.set_up`, before JAX starts)."""
+  from bloodcell_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.set_up()
   import jax  # pylint: disable=g-import-not-at-top
   from bloodcell_jax import build, sharding, steps  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()

@@ -10,10 +10,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from bloodcell_jax import config_schema, models, sharding, steps
+from bloodcell_jax import checkpoint, config_schema, models, sharding, steps
 from bloodcell_jax.data import sources
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.weights import init_from
 
 
 def load_run(workdir: str, ema: bool = False):
@@ -32,7 +31,9 @@ def load_run(workdir: str, ema: bool = False):
   model = models.build_model(config, len(class_names))
   state, _ = steps.create_train_state(model, lambda p: optax.identity(),
                                       jax.random.PRNGKey(0), config.image_size, mesh)
-  variables = init_from.load_variables(workdir, config.model.name, where="--workdir", ema=ema)
+  variables = checkpoint.run_variables(workdir, "--workdir", ema=ema)
+  if variables is None:
+    raise UserError(f"--workdir={workdir}: no readable checkpoint in {workdir}/checkpoints")
   state = jax.device_put(state.replace(params=variables["params"],
                                        batch_stats=variables["batch_stats"]),
                          sharding.replicated(mesh))
