@@ -10,7 +10,4 @@ from configs import transfer_common
 
 
 def get_config():
-  config = transfer_common.get_config("convnext-small")
-  config.optim.freeze = transfer_common.HEAD_ONLY
-  config.optim.learning_rate = 1e-3
-  return config
+  return transfer_common.transfer_config("convnext-small")

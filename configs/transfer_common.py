@@ -11,10 +11,6 @@ Without it the run logs that it trains from scratch.
 
 from configs import default
 
-# Only the study's head trains; the backbone (with its BatchNorm in inference mode) is frozen.
-HEAD_ONLY = [("(head_dense|predictions)/.*", "train"), (".*", "freeze")]
-
-
 def get_config(model: str):
   config = default.get_config(model=model)
   # A CPU-sized budget: minutes on the embedded data. On an accelerator and
@@ -28,4 +24,13 @@ def get_config(model: str):
   config.optim.name = "adam"
   config.optim.learning_rate = 1e-4
   config.train.early_stopping_patience = 5
+  return config
+
+
+def transfer_config(model: str):
+  """The study's transfer-learning step: the backbone frozen (its BatchNorm in inference
+  mode), only the study's head trains, at Adam 1e-3."""
+  config = get_config(model)
+  config.optim.freeze = [("(head_dense|predictions)/.*", "train"), (".*", "freeze")]
+  config.optim.learning_rate = 1e-3
   return config

@@ -21,9 +21,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import KerasPort, register
-from bloodcell_jax.models.layers import INPUT_NORMS, DepthwiseConv, normalize_input
+from bloodcell_jax.models import KerasPort, heads, register
+from bloodcell_jax.models.layers import DepthwiseConv, normalize_input
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,26 +141,16 @@ class ConvNeXt(nn.Module):
       x = _layer_norm(self, "head_layernorm")(x.mean(axis=(1, 2)))
       x = dense(self.num_classes, "predictions")(x)
     elif self.head == "flatten":
-      x = _layer_norm(self, "head_layernorm")(x)
-      x = nn.Dropout(self.dropout, deterministic=not train)(x.reshape(x.shape[0], -1))
-      x = nn.relu(dense(self.dense_units, "head_dense")(x))
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
-      x = dense(self.num_classes, "predictions")(x)
+      x = heads.study_head(_layer_norm(self, "head_layernorm")(x), dense,
+                           num_classes=self.num_classes, dense_units=self.dense_units,
+                           dropout=self.dropout, train=train)
     else:
-      if self.pooling == "avg":
-        x = x.mean(axis=(1, 2))
-      elif self.pooling == "max":
-        x = x.max(axis=(1, 2))
-      x = _layer_norm(self, "head_layernorm")(x)
+      x = _layer_norm(self, "head_layernorm")(heads.pool(x, self.pooling))
     return x.astype(self.output_dtype)
 
   @property
   def output_dtype(self):
-    return jnp.promote_types(self.dtype, jnp.float32)
-
-
-HEADS = ("keras", "flatten", "none")
-POOLINGS = ("avg", "max", "none")
+    return heads.output_dtype(self.dtype)
 
 
 def keras_layers(variant: Variant, include_top: bool = True) -> Tuple[Tuple[str, bool], ...]:
@@ -232,10 +221,7 @@ def _factory(variant: str):
             **kwargs) -> ConvNeXt:
     if include_top is not None and not include_top:
       head = "none"
-    for key, value, allowed in (("head", head, HEADS), ("pooling", pooling, POOLINGS),
-                                ("input_norm", kwargs.get("input_norm", "none"), INPUT_NORMS)):
-      if value not in allowed:
-        raise UserError(f"config.model.{key}='{value}': expected one of {', '.join(allowed)}")
+    heads.check_arguments(head, pooling, kwargs.get("input_norm", "none"))
     return ConvNeXt(variant=variant, num_classes=num_classes, head=head, pooling=pooling,
                     **kwargs)
   return build

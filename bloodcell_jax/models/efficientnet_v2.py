@@ -21,9 +21,8 @@ from typing import Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import KerasPort, register
-from bloodcell_jax.models.layers import INPUT_NORMS, DepthwiseConv, batch_norm, normalize_input
+from bloodcell_jax.models import KerasPort, heads, register
+from bloodcell_jax.models.layers import DepthwiseConv, batch_norm, normalize_input
 
 # One row per stage: block type, repeats, input filters, output filters,
 # expansion ratio, squeeze-excitation ratio, first stride (all kernels are 3x3).
@@ -295,24 +294,15 @@ class EfficientNetV2(nn.Module):
       x = nn.Dropout(self.top_dropout, deterministic=not train)(x.mean(axis=(1, 2)))
       x = dense(self.num_classes, "predictions")(x)
     elif self.head == "flatten":
-      x = nn.Dropout(self.dropout, deterministic=not train)(x.reshape(x.shape[0], -1))
-      x = nn.relu(dense(self.dense_units, "head_dense")(x))
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
-      x = dense(self.num_classes, "predictions")(x)
-    elif self.pooling == "avg":
-      x = x.mean(axis=(1, 2))
-    elif self.pooling == "max":
-      x = x.max(axis=(1, 2))
+      x = heads.study_head(x, dense, num_classes=self.num_classes, dense_units=self.dense_units,
+                           dropout=self.dropout, train=train)
+    else:
+      x = heads.pool(x, self.pooling)
     return x.astype(self.output_dtype)
 
   @property
   def output_dtype(self):
-    """float32, or float64 for a float64 model (bfloat16 computes, float32 comes out)."""
-    return jnp.promote_types(self.dtype, jnp.float32)
-
-
-HEADS = ("keras", "flatten", "none")
-POOLINGS = ("avg", "max", "none")
+    return heads.output_dtype(self.dtype)
 
 
 def _factory(variant: str):
@@ -320,10 +310,7 @@ def _factory(variant: str):
             pooling: str = "avg", frozen_bn: Sequence[str] = (), **kwargs) -> EfficientNetV2:
     if include_top is not None and not include_top:
       head = "none"
-    for key, value, allowed in (("head", head, HEADS), ("pooling", pooling, POOLINGS),
-                                ("input_norm", kwargs.get("input_norm", "none"), INPUT_NORMS)):
-      if value not in allowed:
-        raise UserError(f"config.model.{key}='{value}': expected one of {', '.join(allowed)}")
+    heads.check_arguments(head, pooling, kwargs.get("input_norm", "none"))
     return EfficientNetV2(variant=variant, num_classes=num_classes, head=head, pooling=pooling,
                           frozen_bn=tuple(frozen_bn), **kwargs)
   return build

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import KerasPort, register
-from bloodcell_jax.models.layers import INPUT_NORMS, DepthwiseConv, batch_norm, normalize_input
+from bloodcell_jax.models import KerasPort, heads, register
+from bloodcell_jax.models.layers import DepthwiseConv, batch_norm, normalize_input
 
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.999
@@ -199,23 +199,15 @@ class MobileNetV3(nn.Module):
       x = _conv(self, self.num_classes, "predictions", bias=True)(x).reshape(x.shape[0], -1)
     elif self.head == "flatten":
       dense = lambda n, name: nn.Dense(n, kernel_init=_glorot, **_dtypes(self), name=name)
-      x = nn.Dropout(self.dropout, deterministic=not train)(x.reshape(x.shape[0], -1))
-      x = nn.relu(dense(self.dense_units, "head_dense")(x))
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
-      x = dense(self.num_classes, "predictions")(x)
-    elif self.pooling == "avg":
-      x = x.mean(axis=(1, 2))
-    elif self.pooling == "max":
-      x = x.max(axis=(1, 2))
+      x = heads.study_head(x, dense, num_classes=self.num_classes, dense_units=self.dense_units,
+                           dropout=self.dropout, train=train)
+    else:
+      x = heads.pool(x, self.pooling)
     return x.astype(self.output_dtype)
 
   @property
   def output_dtype(self):
-    return jnp.promote_types(self.dtype, jnp.float32)
-
-
-HEADS = ("keras", "flatten", "none")
-POOLINGS = ("avg", "max", "none")
+    return heads.output_dtype(self.dtype)
 
 
 def keras_layers(variant: Variant, include_top: bool = True, alpha: float = 1.0,
@@ -276,10 +268,7 @@ def _factory(variant: str):
             frozen_bn=(), **kwargs) -> MobileNetV3:
     if include_top is not None and not include_top:
       head = "none"
-    for key, value, allowed in (("head", head, HEADS), ("pooling", pooling, POOLINGS),
-                                ("input_norm", kwargs.get("input_norm", "none"), INPUT_NORMS)):
-      if value not in allowed:
-        raise UserError(f"config.model.{key}='{value}': expected one of {', '.join(allowed)}")
+    heads.check_arguments(head, pooling, kwargs.get("input_norm", "none"))
     if not kwargs.get("alpha", 1.0) > 0:
       raise UserError(f"config.model.alpha={kwargs['alpha']}: expected a width multiplier > 0")
     return MobileNetV3(variant=variant, num_classes=num_classes, head=head, pooling=pooling,
