@@ -6,7 +6,8 @@ everything here is the same for every ported family.
 Three Keras files are read:
   * legacy HDF5 weight files (the official ImageNet `efficientnetv2-s_notop.h5`
     etc.): root attribute `layer_names`, one group per layer whose
-    `weight_names` are `layer/weight` (`:0` suffixed in Keras 2 files);
+    `weight_names` are `layer/weight` (`:0` suffixed in Keras 2 files; a nested
+    layer's `outer/inner/weight` belongs to `inner`);
   * Keras full-model `.h5` files: the same under `model_weights/`;
   * Keras 3 `.weights.h5` files, which name variables by class and position
     only: they are loaded into the matching `keras.applications` model first.
