@@ -6,12 +6,13 @@ README), e.g.
   python -m bloodcell_jax.weights.keras_port --model=efficientnetv2-s \\
       --keras_weights=efficientnetv2-s_notop.h5 --out=weights/effnetv2s_imagenet
 and pass --config.init.weights=weights/effnetv2s_imagenet (a Keras .h5 works too).
-Without it the run logs that it trains from scratch.
+Without it the run logs that it trains from scratch. As a recipe of its own:
+--config=configs/transfer_common.py:convnext-base (any registered model, every layer trains).
 """
 
 from configs import default
 
-def get_config(model: str):
+def get_config(model: str = "efficientnetv2-s"):
   config = default.get_config(model=model)
   # A CPU-sized budget: minutes on the embedded data. On an accelerator and
   # real data use e.g. --config.num_epochs=30 (early stopping ends it).

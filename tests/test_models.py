@@ -78,8 +78,7 @@ def test_unknown_model_and_knobs_are_user_errors():
 
 
 RECIPES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                 if os.path.basename(p) not in ("__init__.py", "default.py", "effnet_common.py",
-                                                    "transfer_common.py"))
+                 if os.path.basename(p) not in ("__init__.py", "default.py", "effnet_common.py"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
