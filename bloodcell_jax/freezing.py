@@ -27,9 +27,8 @@ def keras_layer_modules(model_name: str, first_n: int, model_args=None) -> Tuple
   (of the model built with `model_args`, config.model's constructor arguments)."""
   port = models.get_spec(model_name).keras
   if port is None:
-    ported = [n for n in models.model_names() if models.get_spec(n).keras is not None]
     raise UserError(f"config.optim.freeze_keras_layers needs a model ported from Keras "
-                    f"({', '.join(ported)}), not '{model_name}'")
+                    f"({', '.join(models.keras_ported_names())}), not '{model_name}'")
   layers = port.layers(False, dict(model_args or {}))
   return tuple(port.module_path(sublayer) for name, weighted in layers[:first_n]
                if weighted for sublayer in port.sublayers(name))
@@ -60,14 +59,11 @@ def frozen_batchnorm_layers(labels, batch_stats) -> Tuple[str, ...]:
   parameters are all frozen."""
   if labels is None:
     return ()
-  flat = traverse_util.flatten_dict(labels, sep="/")
+  per_module = {}
+  for path, value in traverse_util.flatten_dict(labels, sep="/").items():
+    per_module.setdefault(path.rsplit("/", 1)[0], set()).add(value)
   layers = {path.rsplit("/", 1)[0] for path in traverse_util.flatten_dict(batch_stats, sep="/")}
-  frozen = []
-  for layer in sorted(layers):
-    values = [v for p, v in flat.items() if p.startswith(layer + "/")]
-    if values and all(v == FREEZE for v in values):
-      frozen.append(layer)
-  return tuple(frozen)
+  return tuple(sorted(layer for layer in layers if per_module.get(layer) == {FREEZE}))
 
 
 def apply_frozen_batchnorm(model, config, labels, batch_stats):

@@ -81,7 +81,9 @@ def make_optimizer(config, params, steps_per_epoch: int, total_steps: int, freez
     chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
   chain.append(_base_optimizer(config, _decay(config.weight_decay, decay_factors)))
   chain.append(optax.scale_by_learning_rate(schedule))
-  chain.append(_per_parameter(optax.scale, rate_factors))
+  # Factors of 1 everywhere (the default) add no per-step multiply.
+  chain.append(_per_parameter(lambda f: optax.scale(f) if f != 1.0 else optax.identity(),
+                              rate_factors))
   optimizer = optax.chain(*chain)
   if freeze_labels is not None:
     optimizer = optax.multi_transform({"train": optimizer, "freeze": optax.set_to_zero()},

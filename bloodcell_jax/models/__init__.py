@@ -117,6 +117,11 @@ def model_names():
   return sorted(_MODELS)
 
 
+def keras_ported_names():
+  """The registered models that have a Keras port."""
+  return [name for name in model_names() if _MODELS[name].keras is not None]
+
+
 def _import_builtin():
   """The families that ship with the library register themselves on import."""
   # pylint: disable=g-import-not-at-top,unused-import

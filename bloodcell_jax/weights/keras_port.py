@@ -145,7 +145,7 @@ def read_keras3_weights(model_name: str, path: str, model_args=None) -> KerasWei
 
 def keras_port(model_name: str) -> models.KerasPort:
   """The registry's Keras correspondence of `model_name`; a UserError if it has none."""
-  ported = [n for n in models.model_names() if models.get_spec(n).keras is not None]
+  ported = models.keras_ported_names()
   if model_name not in ported:
     raise UserError(f"--model={model_name}: expected one of {', '.join(ported)}")
   return models.get_spec(model_name).keras
