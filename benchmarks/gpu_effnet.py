@@ -136,7 +136,7 @@ def train_from_scratch(args, step_images_per_s: float):
     config.optim.schedule = "warmup_cosine"
     config.loss.label_smoothing = 0.1
   started = time.perf_counter()
-  data = splits.load_splits(config.data, args.image_size, config.seed)
+  data = splits.load_splits(config.data, args.image_size, config.data.split_seed)
   read_s = time.perf_counter() - started
   num_classes = len(data.class_names)
   steps_per_epoch = len(data.train) // args.batch  # whole batches; the rest reshuffles in

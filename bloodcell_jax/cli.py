@@ -45,14 +45,20 @@ def check_override_keys(argv, flag: str = "config") -> None:
   paths = [a.split("=", 1)[1] for a in argv[1:] if a.startswith(f"--{flag}=")]
   if not paths:
     return
-  valid = flatten_keys(load_config_file(paths[-1]))
+  config = load_config_file(paths[-1])
+  valid = flatten_keys(config)
   overrides = [a for a in argv[1:] if a.startswith(f"--{flag}.")]
   for arg in overrides:
     key = arg[len(flag) + 3:].split("=", 1)[0]
     if key not in valid:
-      close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+      close = close_keys(key, config)
       hint = f"; closest valid keys: {', '.join(close)}" if close else ""
       raise UserError(f"--{flag}.{key}: unknown config key{hint}")
+
+
+def close_keys(key: str, config) -> list:
+  """The config's keys spelled most like `key` (up to 3)."""
+  return difflib.get_close_matches(key, flatten_keys(config), n=3, cutoff=0.5)
 
 
 class _QuietLibraries(logging.Filter):

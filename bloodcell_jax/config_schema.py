@@ -36,7 +36,8 @@ def number_in(low: float, high: float = float("inf"), *, open_low=False, open_hi
 
 
 def one_of(*choices) -> Rule:
-  return lambda v: None if v in choices else f"one of {', '.join(map(str, choices))}"
+  shown = ", ".join(str(c) if c != "" else "''" for c in choices)
+  return lambda v: None if v in choices else f"one of {shown}"
 
 
 def text(value) -> Optional[str]:
@@ -84,6 +85,7 @@ RULES = {
     "image_size": int_at_least(16),  # four 2x poolings of the CNN
     "data.train": text, "data.val": text, "data.test": text,
     "data.val_fraction": number_in(0.0, 1.0, open_high=True),
+    "data.split_seed": int_at_least(0),
     "data.class_names": class_names,
     "data.synthetic_size": int_at_least(16),
     "data.clean": flag,
@@ -143,6 +145,8 @@ RULES = {
     "train.checkpoint_every_steps": int_at_least(0),
     "train.keep_checkpoints": int_at_least(1),
     "train.ema_decay": number_in(0.0, 1.0, open_high=True),
+    "eval.tta": one_of("", "flips", "d4"),
+    "eval.report": flag,
 }
 
 
@@ -214,8 +218,11 @@ def stage_config(config, overrides):
 
 def upgrade_recorded(config: dict) -> dict:
   """A run's recorded config (config.json, a plain dict) in today's form: earlier versions
-  kept the weight source under `model` and wrote per-parameter rules as strings."""
+  kept the weight source under `model`, wrote per-parameter rules as strings and split the
+  data by `seed`."""
   config = json.loads(json.dumps(config))
+  config.setdefault("data", {}).setdefault("split_seed", config.get("seed", 0))
+  config.setdefault("eval", {"tta": "", "report": True})
   model = config.get("model", {})
   legacy_init = {"init_from": "weights", "init_head": "head", "frozen_bn_mode": "frozen_bn_mode"}
   for old, new in legacy_init.items():

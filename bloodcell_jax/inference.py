@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bloodcell_jax import checkpoint, config_schema, models, sharding, steps
+from bloodcell_jax import checkpoint, config_schema, files, models, sharding, steps
 from bloodcell_jax.data import sources
 from bloodcell_jax.errors import UserError
 
@@ -57,24 +57,39 @@ def read_unlabelled(path: str, image_size: int):
   raise UserError(f"{path}: expected an image folder or an .npz file")
 
 
+def run_temperature(workdir: str, ema: bool = False) -> float:
+  """The temperature fitted on the run's validation set (calibration.json), for the raw
+  weights or their moving average."""
+  path = os.path.join(workdir, "calibration.json")
+  key = "ema_temperature" if ema else "temperature"
+  record = files.read_json(path, {})
+  if key not in record:
+    raise UserError(f"--workdir={workdir}: no {key} in {path}; --calibrated needs a run that "
+                    "finished with a validation set (rerun its command to re-evaluate it)")
+  return float(record[key])
+
+
 @functools.lru_cache(maxsize=8)
-def _forward(model, mesh):
+def _forward(model, mesh, tta: str):
   """The jitted forward pass of `model`, built once: the robustness benchmark predicts
   a hundred sets with the same model, and each new jit would compile again."""
-  return steps.jit_predict_step(mesh, model=model)
+  return steps.jit_predict_step(mesh, model=model, tta=tta)
 
 
-def predict(model, state, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """Class probabilities, computed in padded batches on the device mesh."""
+def predict(model, state, images: np.ndarray, batch_size: int, tta: str = "",
+            temperature: float = 1.0) -> np.ndarray:
+  """Class probabilities, computed in padded batches on the device mesh; with `tta`,
+  averaged over its views; each view's logits divided by `temperature`."""
   mesh = sharding.make_mesh()
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
-  forward = _forward(model, mesh)
+  forward = _forward(model, mesh, tta)
   outputs = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size].astype(np.float32)
     valid = len(chunk)
     chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:],
                                             np.float32)])
-    probabilities = forward(state, sharding.global_batch({"image": chunk}, mesh)["image"])
+    probabilities = forward(state, sharding.global_batch({"image": chunk}, mesh)["image"],
+                            np.float32(temperature))
     outputs.append(np.asarray(probabilities)[:valid])
   return np.concatenate(outputs)

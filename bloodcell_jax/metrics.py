@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics
 
+from bloodcell_jax import calibration
+
 
 @flax.struct.dataclass
 class ConfusionMatrix(metrics.Metric):
@@ -55,3 +57,20 @@ def summarize_confusion(confusion: np.ndarray, class_names, prefix: str) -> dict
       f"per_class_{prefix}_accuracy": {name: float(r) for name, r, p in
                                        zip(class_names, recall, present) if p},
   }
+
+
+def confusion_from_outputs(log_probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  num_classes = log_probabilities.shape[1]
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(confusion, (labels, log_probabilities.argmax(axis=1)), 1)
+  return confusion
+
+
+def summarize_outputs(log_probabilities: np.ndarray, labels: np.ndarray, class_names,
+                      prefix: str, suffix: str = "") -> dict:
+  """`summarize_confusion` and the loss (mean negative log-likelihood) of every example's
+  log probabilities; every key ends in `suffix`."""
+  summary = summarize_confusion(confusion_from_outputs(log_probabilities, labels), class_names,
+                                prefix)
+  summary[f"{prefix}_loss"] = calibration.negative_log_likelihood(log_probabilities, labels)
+  return {f"{key}{suffix}": value for key, value in summary.items()}

@@ -1,32 +1,42 @@
-"""Class predictions of a trained run's best checkpoint for a folder or an .npz.
+"""Class predictions of one trained run, or the average of several, for a folder or an .npz.
 
   python -m bloodcell_jax.predict --workdir=DIR --input=PATH --output=preds.csv
+  python -m bloodcell_jax.predict --workdir=A --workdir=B --workdir=C --tta=d4 --calibrated ...
 
-With --adapt_bn the BatchNorm statistics are first recomputed on the input images
-(test-time adaptation to another lab, see bloodcell_jax/adaptation.py).
+Each run predicts with its best checkpoint. With several --workdir the class
+probabilities of the runs are averaged (an ensemble: other seeds, configs or models;
+their class names must agree). --tta averages each run's probabilities over flipped
+(and with d4, rotated) copies of every image, in the same jitted step; --calibrated
+divides each run's logits by the temperature fitted on its validation set (the
+probabilities change, the predicted classes do not). With --adapt_bn the BatchNorm
+statistics are first recomputed on the input images (test-time adaptation to another
+lab, see bloodcell_jax/adaptation.py).
 
 Writes one row per image: `id` (path relative to the input folder, or the row
-index of an .npz), `pred` (class index), `pred_name`, and `p_<class>` for every
-class. A folder may hold images directly or in sub-folders (an ImageFolder);
-every image under it is predicted.
+index of an .npz), `pred` (class index), `pred_name`, `confidence` (the predicted
+class's probability) and `p_<class>` for every class. A folder may hold images
+directly or in sub-folders (an ImageFolder); every image under it is predicted.
 """
 
-import csv
 import os
 
-import numpy as np
 from absl import app, flags
 
-from bloodcell_jax import adaptation, cli
+from bloodcell_jax import adaptation, cli, files, steps
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.inference import load_run, predict, read_unlabelled
+from bloodcell_jax.inference import load_run, predict, read_unlabelled, run_temperature
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
+_WORKDIR = flags.DEFINE_multi_string("workdir", None, "A training run's workdir; repeat it to "
+                                     "average the probabilities of several runs.")
 _INPUT = flags.DEFINE_string("input", None, "Image folder or .npz to predict.")
 _OUTPUT = flags.DEFINE_string("output", "predictions.csv", "CSV file to write.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
 _EMA = flags.DEFINE_bool("ema", False, "Use the moving average of the weights (a run with "
                          "config.train.ema_decay > 0) instead of the raw weights.")
+_TTA = flags.DEFINE_enum("tta", "", list(steps.TTA_VIEWS), "Test-time augmentation: average "
+                         "over 'flips' (4 views) or 'd4' (8 rotations and reflections).")
+_CALIBRATED = flags.DEFINE_bool("calibrated", False, "Divide the logits by the temperature "
+                                "fitted on each run's validation set (calibration.json).")
 _ADAPT_BN = flags.DEFINE_bool("adapt_bn", False, "Recompute the BatchNorm statistics on the "
                               "input images before predicting them (AdaBN: for images from "
                               "another microscope, camera or stain; needs a few dozen images "
@@ -42,13 +52,15 @@ def check_writable_file(path: str, flag: str) -> None:
     raise UserError(f"{flag}={path}: cannot write a file there")
 
 
-def write_csv(path: str, ids, probabilities: np.ndarray, class_names) -> None:
-  with open(path, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["id", "pred", "pred_name"] + [f"p_{c}" for c in class_names])
-    for image_id, probs in zip(ids, probabilities):
-      pred = int(np.argmax(probs))
-      writer.writerow([image_id, pred, class_names[pred]] + [f"{p:.6f}" for p in probs])
+def run_probabilities(workdir: str, input_path: str):
+  """(ids, class names, probabilities) of one run on `input_path`, as the flags ask."""
+  config, class_names, model, state = load_run(workdir, _EMA.value)
+  temperature = run_temperature(workdir, _EMA.value) if _CALIBRATED.value else 1.0
+  ids, images = read_unlabelled(input_path, config.image_size)
+  if _ADAPT_BN.value:
+    state = adaptation.adapt_batch_stats(model, state, images, _BATCH_SIZE.value)
+  return ids, class_names, predict(model, state, images, _BATCH_SIZE.value, _TTA.value,
+                                   temperature)
 
 
 def main(argv):
@@ -56,13 +68,17 @@ def main(argv):
   if not _WORKDIR.value or not _INPUT.value:
     raise UserError("--workdir and --input are required")
   check_writable_file(_OUTPUT.value, "--output")
-  config, class_names, model, state = load_run(_WORKDIR.value, _EMA.value)
-  ids, images = read_unlabelled(_INPUT.value, config.image_size)
-  if _ADAPT_BN.value:
-    state = adaptation.adapt_batch_stats(model, state, images, _BATCH_SIZE.value)
-  probabilities = predict(model, state, images, _BATCH_SIZE.value)
-  write_csv(_OUTPUT.value, ids, probabilities, class_names)
-  print(f"wrote {len(ids)} predictions to {_OUTPUT.value}")
+  ids, class_names, total = run_probabilities(_WORKDIR.value[0], _INPUT.value)
+  for workdir in _WORKDIR.value[1:]:
+    _, names, probabilities = run_probabilities(workdir, _INPUT.value)
+    if list(names) != list(class_names):
+      raise UserError(f"--workdir={workdir}: its classes {list(names)} are not those of "
+                      f"--workdir={_WORKDIR.value[0]} {list(class_names)}; an ensemble needs "
+                      "the same classes in the same order")
+    total = total + probabilities
+  files.write_probabilities(_OUTPUT.value, ids, total / len(_WORKDIR.value), class_names)
+  runs = f" (mean of {len(_WORKDIR.value)} runs)" if len(_WORKDIR.value) > 1 else ""
+  print(f"wrote {len(ids)} predictions to {_OUTPUT.value}{runs}")
 
 
 if __name__ == "__main__":

@@ -1,50 +1,259 @@
-"""What a run leaves for people: results.json and the confusion-matrix picture."""
+"""One self-contained HTML page per run or per sweep: DIR/report.html.
 
+  python -m bloodcell_jax.report --workdir=DIR
+
+For a run: its results, training curves, confusion matrices, precision / recall / F1 per
+class, the most confident errors as thumbnails, the reliability diagram, the
+augmentation preview, the cleaning findings and the config. For a sweep's directory
+(it holds sweep.json, or runs in sub-directories): the results table, a chart of the
+main metric per run group with error bars, and every run with a link to its report.
+Images are embedded, so the file opens anywhere without a network. A training run
+writes its own at the end, the sweep runner the sweep's.
+"""
+
+import base64
+import io
 import json
 import os
+import time
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import jinja2
 import numpy as np
+from absl import app, flags
+from PIL import Image
+from sklearn import metrics as sk_metrics
+
+from bloodcell_jax import files, plots, run_outputs, table
+from bloodcell_jax.errors import UserError
+
+REPORT_FILE = "report.html"
+CURVES_FILE = "training_curves.png"
+CHART_FILE = "sweep_chart.png"
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(__file__), "templates")),
+    autoescape=True, undefined=jinja2.StrictUndefined)
 
 
-def plot_confusion(confusion: np.ndarray, class_names, path: str, title: str) -> None:
-  """Row-normalised confusion matrix with counts, saved as PNG."""
-  confusion = np.asarray(confusion, np.float64)
-  rows = confusion.sum(axis=1, keepdims=True)
-  normalised = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
-  fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(class_names), 0.8 * len(class_names) + 1.0))
-  ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
-  ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-  ax.set_yticks(range(len(class_names)), class_names)
-  ax.set_xlabel("predicted")
-  ax.set_ylabel("true")
-  ax.set_title(title)
-  for i in range(len(class_names)):
-    for j in range(len(class_names)):
-      ax.text(j, i, f"{int(confusion[i, j])}\n{normalised[i, j]:.0%}", ha="center",
-              va="center", fontsize=7, color="white" if normalised[i, j] > 0.5 else "black")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+def _png_file(path: str) -> str:
+  """The PNG at `path` as base64, or "" when there is none."""
+  if not os.path.isfile(path):
+    return ""
+  with open(path, "rb") as f:
+    return base64.b64encode(f.read()).decode("ascii")
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes whole or not at all: a run killed mid-write leaves the previous file."""
-  partial = f"{path}.{os.getpid()}.partial"
-  with open(partial, "w") as f:
-    f.write(text)
-  os.replace(partial, path)
+def _png_array(image: np.ndarray) -> str:
+  buffer = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
+  return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def write_json(path: str, payload: dict) -> None:
-  write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
+def _percent(value) -> str:
+  return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "n/a"
 
 
-def _jsonable(value):
-  if isinstance(value, np.generic):
-    return value.item()
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  raise TypeError(f"not JSON serialisable: {type(value)}")
+def _minutes(seconds) -> str:
+  return f"{seconds / 60:.1f} min" if isinstance(seconds, (int, float)) else "n/a"
+
+
+def _render(template: str, path: str, **context) -> str:
+  html = _TEMPLATES.get_template(template).render(
+      written=time.strftime("%Y-%m-%d %H:%M"), **context)
+  files.write_text(path, html)
+  return path
+
+
+def _cards(results: dict) -> list:
+  """(label, value) of the headline numbers the run has."""
+  shown = [("validation accuracy", "val_accuracy"),
+           ("augmented validation accuracy", "augmented_val_accuracy"),
+           ("test accuracy", "test_accuracy"),
+           ("balanced validation accuracy", "val_balanced_accuracy"),
+           ("validation accuracy, TTA", "val_accuracy_tta"),
+           ("augmented validation accuracy, TTA", "augmented_val_accuracy_tta"),
+           ("EMA validation accuracy", "ema_val_accuracy"),
+           ("validation ECE", "val_ece"),
+           ("validation ECE, temperature-scaled", "val_ece_calibrated")]
+  cards = [(label, _percent(results[key])) for label, key in shown
+           if isinstance(results.get(key), (int, float))]
+  if isinstance(results.get("temperature"), float):
+    cards.append(("temperature", f"{results['temperature']:.3f}"))
+  trainable = (results.get("weights") or {}).get("trainable_parameters")
+  if trainable is not None:
+    cards.append(("trainable parameters", f"{trainable:,}"))
+  cards.append(("training time", _minutes(table.run_value(results, "train_seconds"))))
+  return cards
+
+
+def _per_class(workdir: str, split: str):
+  """Precision, recall, F1 and support per class from predictions/<split>.csv."""
+  path = os.path.join(workdir, run_outputs.PREDICTIONS_DIR, f"{split}.csv")
+  if not os.path.isfile(path):
+    return []
+  _, labels, probabilities, class_names = files.read_probabilities(path)
+  precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+      labels, probabilities.argmax(axis=1), labels=range(len(class_names)), zero_division=0)
+  rows = [{"name": name, "precision": f"{p:.3f}", "recall": f"{r:.3f}", "f1": f"{f:.3f}",
+           "support": int(s)} for name, p, r, f, s in zip(class_names, precision, recall, f1,
+                                                           support)]
+  macro = sk_metrics.precision_recall_fscore_support(
+      labels, probabilities.argmax(axis=1), labels=range(len(class_names)), average="macro",
+      zero_division=0)
+  rows.append({"name": "macro average", "precision": f"{macro[0]:.3f}",
+               "recall": f"{macro[1]:.3f}", "f1": f"{macro[2]:.3f}", "support": len(labels)})
+  return rows
+
+
+def _worst_errors(workdir: str) -> list:
+  path = os.path.join(workdir, run_outputs.WORST_ERRORS_FILE)
+  if not os.path.isfile(path):
+    return []
+  with np.load(path) as saved:
+    names = list(saved["class_names"])
+    return [{"image": _png_array(image), "id": str(image_id), "true": names[label],
+             "predicted": names[predicted], "confidence": f"{confidence:.0%}"}
+            for image, image_id, label, predicted, confidence in zip(
+                saved["images"], saved["ids"], saved["labels"], saved["predicted"],
+                saved["confidence"])]
+
+
+def _cleaning(results: dict):
+  cleaning = results.get("cleaning")
+  if not cleaning:
+    return None
+  report_dir = cleaning.get("report_dir", "")
+  sheets = sorted(f for f in os.listdir(report_dir) if f.startswith("contact_")
+                  and f.endswith(".png")) if os.path.isdir(report_dir) else []
+  return {"num_removed": cleaning.get("num_removed"), "num_input": cleaning.get("num_input"),
+          "report_dir": report_dir, "removed": sorted((cleaning.get("removed") or {}).items()),
+          "sheets": [_png_file(os.path.join(report_dir, f)) for f in sheets[:4]]}
+
+
+def _stages(workdir: str, results: dict) -> list:
+  return [{"name": name, "val": _percent(stage.get("val_accuracy")),
+           "augmented": _percent(stage.get("augmented_val_accuracy")),
+           "time": _minutes(stage.get("train_seconds")),
+           "link": f"{name}/{REPORT_FILE}"
+                   if os.path.isfile(os.path.join(workdir, name, REPORT_FILE)) else ""}
+          for name, stage in sorted((results.get("stages") or {}).items())]
+
+
+def _read_metrics(workdir: str) -> list:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:  # a line cut short by a kill
+        continue
+  return records
+
+
+def write_run_report(workdir: str) -> str:
+  """Writes `workdir`/report.html for a finished run; returns its path."""
+  results = files.read_json(os.path.join(workdir, "results.json"))
+  if results is None:
+    raise UserError(f"--workdir={workdir}: no results.json; the run has not finished")
+  curves_path = os.path.join(workdir, CURVES_FILE)
+  if not plots.plot_curves(_read_metrics(workdir), curves_path):
+    curves_path = ""
+  config_path = os.path.join(workdir, "config.json")
+  config_text = open(config_path).read() if os.path.isfile(config_path) else "(not recorded)"
+  sweep = dict(results.get("sweep") or {})
+  if sweep:
+    sweep["overrides_json"] = json.dumps(sweep.get("overrides", {}), sort_keys=True)
+  dataset = results.get("dataset") or {}
+  calibration_text = (
+      f"Temperature scaling fitted on the {results.get('num_val')} validation images: "
+      f"T = {results.get('temperature', float('nan')):.3f}; ECE "
+      f"{_percent(results.get('val_ece'))} -> {_percent(results.get('val_ece_calibrated'))}, "
+      f"NLL {results.get('val_nll', float('nan')):.4f} -> "
+      f"{results.get('val_nll_calibrated', float('nan')):.4f}.")
+  return _render(
+      "run_report.html.j2", os.path.join(workdir, REPORT_FILE),
+      title=f"Run {os.path.basename(os.path.abspath(workdir))}",
+      subtitle=f"{results.get('model', '?')} on {dataset.get('name', '?')}"
+               f"{' (synthetic)' if dataset.get('synthetic') else ''}: "
+               f"{results.get('num_train')} training, {results.get('num_val')} validation, "
+               f"{results.get('num_test')} test images; {results.get('epochs')} epochs, "
+               f"{results.get('steps')} steps, best at step {results.get('best_step')}",
+      cards=_cards(results), sweep=sweep, stages=_stages(workdir, results),
+      curves=_png_file(curves_path) if curves_path else "",
+      confusions=[(name, image) for name, image in
+                  (("validation", _png_file(os.path.join(workdir, "confusion_val.png"))),
+                   ("test", _png_file(os.path.join(workdir, "confusion_test.png")))) if image],
+      per_class=[(split, rows) for split, rows in
+                 (("validation", _per_class(workdir, "val")),
+                  ("test", _per_class(workdir, "test"))) if rows],
+      worst=_worst_errors(workdir),
+      reliability=_png_file(os.path.join(workdir, "reliability_val.png")),
+      calibration_text=calibration_text,
+      preview=_png_file(os.path.join(workdir, run_outputs.PREVIEW_FILE)),
+      cleaning=_cleaning(results), config_text=config_text)
+
+
+def _table_context(rows) -> dict:
+  columns = table.shown_columns(rows)
+  best = {c.key: table.best_rows(rows, c) for c in columns}
+  return {
+      "titles": [c.title for c in columns],
+      "rows": [{"label": row.label, "seeds": len(row.runs), "ensemble": row.ensemble,
+                "cells": [{"text": table.format_cell(row.values.get(c.key), c),
+                           "bold": i in best[c.key]} for c in columns]}
+               for i, row in enumerate(rows)]}
+
+
+def write_sweep_report(directory: str, metric: str = "val_accuracy") -> str:
+  """Writes `directory`/report.html for a sweep (or any directory of runs)."""
+  runs = table.read_runs(directory)
+  rows = table.group_rows(runs)
+  record = files.read_json(os.path.join(directory, "sweep.json"), {})
+  indices = {r["name"]: r["index"] for r in record.get("runs", [])}
+  overrides = {r["name"]: r["overrides"] for r in record.get("runs", [])}
+  grouped = [r for r in rows if not r.ensemble and r.values.get(metric)]
+  chart_path = os.path.join(directory, CHART_FILE)
+  if grouped:
+    stats = [table.mean_std(r.values[metric]) for r in grouped]
+    plots.plot_metric_by_group([r.label for r in grouped], [m for m, _ in stats],
+                               [s or 0.0 for _, s in stats], metric, chart_path)
+  run_rows = []
+  for run in runs:
+    state = ("finished" if run.results is not None else "failed" if run.error else "pending")
+    link = os.path.join(run.name, REPORT_FILE)
+    run_rows.append({
+        "index": indices.get(run.name, ""), "name": run.name, "group": run.group,
+        "status": state, "error": run.error,
+        "val": _percent((run.results or {}).get("val_accuracy")) if run.results else "",
+        "overrides": json.dumps(overrides.get(run.name, (run.results or {}).get(
+            "sweep", {}).get("overrides", {})), sort_keys=True),
+        "link": link if os.path.isfile(os.path.join(directory, link)) else ""})
+  finished = sum(r["status"] == "finished" for r in run_rows)
+  return _render(
+      "sweep_report.html.j2", os.path.join(directory, REPORT_FILE),
+      title=f"Sweep {os.path.basename(os.path.abspath(directory))}",
+      subtitle=f"{record.get('file', '')}: {finished} of {len(run_rows)} runs finished",
+      table=_table_context(rows), chart=_png_file(chart_path) if grouped else "",
+      chart_metric=metric, runs=run_rows)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  directory = flags.FLAGS.workdir
+  if not directory or not os.path.isdir(directory):
+    raise UserError(f"--workdir={directory}: expected a run's workdir or a sweep's directory")
+  if os.path.isfile(os.path.join(directory, "results.json")):
+    path = write_run_report(directory)
+  else:
+    path = write_sweep_report(directory)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  from bloodcell_jax import cli  # pylint: disable=g-import-not-at-top  (entry point only)
+  # Defined here, not at import: training imports this module beside launch.py's --workdir.
+  flags.DEFINE_string("workdir", None, "A run's workdir or a sweep's directory.")
+  app.run(lambda argv: cli.run_reporting_errors(main, argv))

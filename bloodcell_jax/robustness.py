@@ -25,7 +25,7 @@ import zlib
 import numpy as np
 from absl import app, flags, logging
 
-from bloodcell_jax import cli, report, runtime
+from bloodcell_jax import cli, files, runtime
 from bloodcell_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
@@ -167,7 +167,7 @@ def _labelled_images(config, class_names, input_path: str):
       raise UserError(f"--input={input_path}: its classes {list(data.class_names)} are not the "
                       f"run's {list(class_names)}")
     return data.images, data.labels, data.name
-  data = splits.load_splits(config.data, config.image_size, config.seed).val
+  data = splits.load_splits(config.data, config.image_size, config.data.split_seed).val
   if data is None:
     raise UserError("--workdir: the run has no validation set (config.data.val_fraction=0); "
                     "pass labelled images with --input")
@@ -202,9 +202,9 @@ def run(workdir: str, input_path: str = "", out: str = "", ema: bool = False,
                  seconds=round(time.perf_counter() - started, 1))
   out = out or os.path.join(workdir, "robustness.json")
   stem = os.path.splitext(out)[0]
-  report.write_text(out, json.dumps(results, indent=2))  # shifts in the table's order
+  files.write_text(out, json.dumps(results, indent=2))  # shifts in the table's order
   table = markdown_table(results)
-  report.write_text(stem + ".md", table)
+  files.write_text(stem + ".md", table)
   plot_grid(images[grid_image], names, seed, stem + "_grid.png")
   print(table)
   print(f"wrote {out}, {stem}.md and {stem}_grid.png")

@@ -13,7 +13,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from bloodcell_jax import losses, sharding
 from bloodcell_jax.metrics import EvalMetrics, TrainMetrics
@@ -222,18 +221,54 @@ def train_step(state: TrainState, batch: dict, *, model, tx, loss_config: LossCo
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, model):
-  """Metrics of one padded evaluation batch (padding masked out)."""
-  logits, _ = _apply(model, state, state.params, batch["image"], False)
+# Test-time augmentation: the views each image is also classified in, as (k rot90, flip).
+TTA_VIEWS = {
+    "": ((0, False),),
+    "flips": ((0, False), (0, True), (2, False), (2, True)),  # none, horizontal, both, vertical
+    "d4": tuple((k, flip) for flip in (False, True) for k in range(4)),  # the dihedral group
+}
+
+
+def tta_views(images, tta: str):
+  """`images` (N, H, W, C) in every view of `tta`, stacked as one batch (V * N, H, W, C)."""
+  views = [jnp.rot90(images[:, :, ::-1] if flip else images, k, axes=(1, 2))
+           for k, flip in TTA_VIEWS[tta]]
+  return jnp.concatenate(views) if len(views) > 1 else views[0]
+
+
+def view_logits(model, state: TrainState, images, tta: str = ""):
+  """Logits of every view of every image (V, N, classes), BatchNorm in inference mode."""
+  logits, _ = _apply(model, state, state.params, tta_views(images, tta), False)
+  return logits.reshape((len(TTA_VIEWS[tta]), images.shape[0], -1)).astype(jnp.float32)
+
+
+def log_probabilities(model, state: TrainState, images, tta: str = "", temperature=1.0):
+  """Log of the class probabilities averaged over the views of `tta` (each view's logits
+  divided by `temperature` first): (N, classes)."""
+  logits = view_logits(model, state, images, tta) / temperature
+  return jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0) - jnp.log(logits.shape[0])
+
+
+def eval_step(state: TrainState, batch: dict, *, model, tta: str = ""):
+  """Metrics of one padded evaluation batch (padding masked out); with `tta`, of the
+  probabilities averaged over its views."""
+  log_probs = log_probabilities(model, state, batch["image"], tta)
   labels, mask = batch["label"], batch["mask"]
-  per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return EvalMetrics.single_from_model_output(loss=per_example, logits=logits,
+  per_example = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+  return EvalMetrics.single_from_model_output(loss=per_example, logits=log_probs,
                                               labels=labels, mask=mask)
 
 
-def predict_step(state: TrainState, images, *, model):
-  """Class probabilities of a batch of images (inference mode)."""
-  return jax.nn.softmax(_apply(model, state, state.params, images, False)[0])
+def outputs_step(state: TrainState, batch: dict, *, model, tta: str = ""):
+  """(log probabilities, labels, mask) of one padded evaluation batch, for what needs every
+  example's output (prediction files, calibration, ensembles)."""
+  return log_probabilities(model, state, batch["image"], tta), batch["label"], batch["mask"]
+
+
+def predict_step(state: TrainState, images, temperature, *, model, tta: str = ""):
+  """Class probabilities of a batch of images (inference mode), averaged over the views of
+  `tta`, with each view's logits divided by `temperature` (1: uncalibrated)."""
+  return jnp.exp(log_probabilities(model, state, images, tta, temperature))
 
 
 def jit_train_step(mesh, **kwargs):
@@ -250,7 +285,14 @@ def jit_eval_step(mesh, **kwargs):
                  out_shardings=sharding.replicated(mesh))
 
 
+def jit_outputs_step(mesh, **kwargs):
+  return jax.jit(functools.partial(outputs_step, **kwargs),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
 def jit_predict_step(mesh, **kwargs):
   return jax.jit(functools.partial(predict_step, **kwargs),
-                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh),
+                               sharding.replicated(mesh)),
                  out_shardings=sharding.replicated(mesh))

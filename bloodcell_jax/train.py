@@ -20,12 +20,13 @@ import numpy as np
 from clu import periodic_actions
 from jax.experimental import multihost_utils
 
-from bloodcell_jax import build, config_schema, freezing, models, optim, report, sharding, steps
+from bloodcell_jax import build, calibration, config_schema, files, freezing, models, optim
+from bloodcell_jax import run_outputs, sharding, steps
 from bloodcell_jax import workdir as workdir_lib
 from bloodcell_jax.checkpoint import Checkpoints, DiskFull
 from bloodcell_jax.data import augment, offline, pipeline, splits as splits_lib
 from bloodcell_jax.errors import UserError, innermost_line, is_disk_full
-from bloodcell_jax.metrics import summarize_confusion
+from bloodcell_jax.metrics import confusion_from_outputs, summarize_confusion, summarize_outputs
 from bloodcell_jax.weights import init_from
 from bloodcell_jax.writers import create_writer
 
@@ -65,26 +66,47 @@ def _loss_config(config, train_labels, num_classes):
 
 
 class Evaluator:
-  """Runs the jitted eval step over every example of a source exactly once."""
+  """Runs jitted evaluation over every example of a source exactly once: metrics (each
+  epoch's validation) or every example's output (the final evaluation)."""
 
-  def __init__(self, eval_fn, mesh, batch_size: int, class_names):
-    self.eval_fn, self.mesh = eval_fn, mesh
+  def __init__(self, model, mesh, batch_size: int, class_names):
+    self.model, self.mesh = model, mesh
     self.batch_size, self.class_names = batch_size, class_names
+    self.eval_fn = steps.jit_eval_step(mesh, model=model)
+    self._outputs_fns = {}
 
-  def __call__(self, state, source, prefix: str, augmentation: str = "", seed: int = 0):
-    """(metrics named `<prefix>_...`, confusion matrix) over `source`."""
-    total = None
+  def _batches(self, source, prefix: str, augmentation: str, seed: int):
     for local in pipeline.eval_batches(
         source, batch_size=self.batch_size, augmentation=augmentation, seed=seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
         where=f"{prefix} augmentation"):
-      metrics = self.eval_fn(state, sharding.global_batch(local, self.mesh))
+      yield sharding.global_batch(local, self.mesh)
+
+  def __call__(self, state, source, prefix: str, augmentation: str = "", seed: int = 0):
+    """(metrics named `<prefix>_...`, confusion matrix) over `source`."""
+    total = None
+    for batch in self._batches(source, prefix, augmentation, seed):
+      metrics = self.eval_fn(state, batch)
       total = metrics if total is None else total.merge(metrics)
     computed = total.compute()
     confusion = np.asarray(computed["confusion"])
     summary = summarize_confusion(confusion, self.class_names, prefix)
     summary[f"{prefix}_loss"] = float(computed["loss"])
     return summary, confusion
+
+  def outputs(self, state, source, prefix: str, augmentation: str = "", seed: int = 0,
+              tta: str = ""):
+    """(log probabilities, labels) of every example of `source`, in order; with `tta`,
+    averaged over its views."""
+    if tta not in self._outputs_fns:
+      self._outputs_fns[tta] = steps.jit_outputs_step(self.mesh, model=self.model, tta=tta)
+    log_probs, labels = [], []
+    for batch in self._batches(source, prefix, augmentation, seed):
+      batch_log_probs, batch_labels, mask = (np.asarray(a) for a in
+                                             self._outputs_fns[tta](state, batch))
+      log_probs.append(batch_log_probs[mask > 0])
+      labels.append(batch_labels[mask > 0])
+    return np.concatenate(log_probs), np.concatenate(labels)
 
 
 def _score(metric: str, value: float) -> float:
@@ -172,7 +194,7 @@ def run_stages(config, workdir: str) -> dict:
     results[name] = train_and_evaluate(stage, previous)
   final = dict(results[name], stages=results)
   if jax.process_index() == 0:
-    report.write_json(os.path.join(workdir, "results.json"), final)
+    files.write_json(os.path.join(workdir, "results.json"), final)
   return final
 
 
@@ -203,7 +225,7 @@ def _initial_weights(config, state, mesh, tx):
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) in `workdir`, evaluates the best checkpoint, returns results."""
   os.makedirs(workdir, exist_ok=True)
-  data = splits_lib.load_splits(config.data, config.image_size, config.seed)
+  data = splits_lib.load_splits(config.data, config.image_size, config.data.split_seed)
   logging.info("data: %s", describe_data(data.train))
   if data.cleaning:
     logging.info("cleaning removed %d of %d images (%s); report in %s",
@@ -248,8 +270,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                         total_steps),
           loss_config=_loss_config(config, data.train.labels, num_classes),
           grad_accum_steps=config.grad_accum_steps, ema_decay=config.train.ema_decay),
-      evaluate=Evaluator(steps.jit_eval_step(mesh, model=model), mesh,
-                         config.eval_batch_size, data.class_names),
+      evaluate=Evaluator(model, mesh, config.eval_batch_size, data.class_names),
       checkpoints=Checkpoints(workdir, keep=config.train.keep_checkpoints),
       writer=create_writer(workdir), steps_per_epoch=steps_per_epoch, total_steps=total_steps,
       weights=weights, offline=offline_summary, manifest=manifest)
@@ -296,8 +317,8 @@ def _record_run(run: _Run) -> None:
   """Writes what the workdir holds (config.json, split_manifest.json), once its checkpoints
   are known to fit: a refused rerun leaves the old record."""
   if jax.process_index() == 0:
-    report.write_text(os.path.join(run.workdir, "split_manifest.json"), json.dumps(run.manifest))
-    report.write_text(os.path.join(run.workdir, "config.json"),
+    files.write_text(os.path.join(run.workdir, "split_manifest.json"), json.dumps(run.manifest))
+    files.write_text(os.path.join(run.workdir, "config.json"),
                       run.config.to_json_best_effort(indent=2, sort_keys=True))
 
 
@@ -419,25 +440,49 @@ def _format_seconds(seconds: float) -> str:
   return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
-def _evaluate_splits(run: _Run, state, prefix: str = ""):
-  """Validation, augmented validation and test metrics of `state` (keys start with
-  `prefix`), with the validation and test confusion matrices."""
-  config, evaluate = run.config, run.evaluate
-  val, augmented, confusion = {}, {}, None
+def _evaluation_sets(run: _Run) -> list:
+  """(name, source, augmentation, image set) of each set the final evaluation covers. The
+  augmented validation images are drawn from the split seed, so that runs differing only
+  in `seed` are compared (and ensembled) on the same images."""
+  sets = []
   if run.val_source is not None:
-    val, confusion = evaluate(state, run.val_source, f"{prefix}val")
-    augmented, _ = evaluate(state, run.val_source, f"{prefix}augmented_val",
-                            augmentation=config.augment.eval_strong, seed=config.seed)
-  test, test_confusion = {}, None
+    sets += [("val", run.val_source, "", run.data.val),
+             ("augmented_val", run.val_source, run.config.augment.eval_strong, run.data.val)]
   if run.data.test is not None:
-    test, test_confusion = evaluate(state, pipeline.InMemorySource(run.data.test),
-                                    f"{prefix}test")
-  return {**val, **augmented, **test}, confusion, test_confusion
+    sets.append(("test", pipeline.InMemorySource(run.data.test), "", run.data.test))
+  return sets
+
+
+def _evaluate_outputs(run: _Run, state, prefix: str = ""):
+  """Metrics of `state` on every evaluation set, with and without `config.eval.tta` (keys
+  `<prefix><set>_<metric>[_tta]`), and the outputs behind them {`<prefix><set>[_tta]`:
+  (log probabilities, labels)}."""
+  tta = run.config.eval.tta
+  metrics, outputs = {}, {}
+  for name, source, augmentation, _ in _evaluation_sets(run):
+    for suffix, views in [("", "")] + [("_tta", tta)] * bool(tta):
+      log_probs, labels = run.evaluate.outputs(state, source, f"{prefix}{name}", augmentation,
+                                               seed=run.config.data.split_seed, tta=views)
+      outputs[f"{prefix}{name}{suffix}"] = (log_probs, labels)
+      metrics.update(summarize_outputs(log_probs, labels, run.data.class_names,
+                                       f"{prefix}{name}", suffix))
+  return metrics, outputs
+
+
+def _calibrate(outputs: dict, prefix: str) -> dict:
+  """Temperature scaling fitted on the validation outputs of `prefix`'s weights, with the
+  ECE and NLL before and after; {} without a validation set."""
+  if f"{prefix}val" not in outputs:
+    return {}
+  log_probs, labels = outputs[f"{prefix}val"]
+  temperature = calibration.fit_temperature(log_probs, labels)
+  return {f"{prefix}temperature": temperature,
+          **calibration.summary(log_probs, labels, temperature, f"{prefix}val")}
 
 
 def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
   """Evaluates the best checkpoint (and its weight average, if kept) on validation,
-  augmented validation and test."""
+  augmented validation and test; fits the temperature; writes what the run leaves."""
   config, workdir, data = run.config, run.workdir, run.data
   restored = run.checkpoints.restore_best(state)
   if restored is not None:
@@ -446,14 +491,20 @@ def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
     logging.warning("no readable checkpoint in %s: evaluating the newest state (step %d) "
                     "instead of the best (step %d)", run.checkpoints.best.directory, loop.step,
                     loop.best_step)
-  metrics, confusion, test_confusion = _evaluate_splits(run, state)
+  metrics, outputs = _evaluate_outputs(run, state)
+  metrics.update(_calibrate(outputs, ""))
   if state.ema:
-    metrics.update(_evaluate_splits(run, state.with_ema_weights(), "ema_")[0])
+    ema_metrics, ema_outputs = _evaluate_outputs(run, state.with_ema_weights(), "ema_")
+    metrics.update(ema_metrics, **_calibrate(ema_outputs, "ema_"))
+    outputs.update(ema_outputs)
+  confusions = {name: confusion_from_outputs(*outputs[name]) for name in ("val", "test")
+                if name in outputs}
   results = {
       "val_accuracy": None, "augmented_val_accuracy": None,  # without a validation set
       **metrics,
       "balanced_val_accuracy": metrics.get("val_balanced_accuracy"),
       "test_accuracy": metrics.get("test_accuracy"),
+      **{f"{name}_confusion": confusion for name, confusion in confusions.items()},
       "num_train": len(data.train), "num_val": len(data.val) if data.val is not None else 0,
       "num_test": len(data.test) if data.test is not None else 0,
       "train_seconds": loop.train_seconds, "steps": loop.step, "epochs": loop.epoch,
@@ -466,22 +517,17 @@ def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
       "cleaning": data.cleaning,
   }
   if jax.process_index() == 0:
-    if confusion is not None:
-      report.plot_confusion(confusion, data.class_names,
-                            os.path.join(workdir, "confusion_val.png"),
-                            f"validation (step {loop.best_step}), accuracy "
-                            f"{results['val_accuracy']:.2%}")
-    if test_confusion is not None:
-      report.plot_confusion(test_confusion, data.class_names,
-                            os.path.join(workdir, "confusion_test.png"),
-                            f"test, accuracy {results['test_accuracy']:.2%}")
-    report.write_json(os.path.join(workdir, "results.json"), results)
+    files.write_json(os.path.join(workdir, "results.json"), results)
+    run_outputs.write(workdir, run, results, outputs, confusions, loop.best_step)
   run.writer.write_scalars(loop.step, {k: v for k, v in results.items()
                                        if k.endswith("accuracy") and isinstance(v, float)})
   shown = lambda key: "n/a" if results.get(key) is None else f"{results[key]:.4f}"
-  logging.info("results: val_accuracy %s, augmented_val_accuracy %s, test_accuracy %s%s (%s)",
+  logging.info("results: val_accuracy %s, augmented_val_accuracy %s, test_accuracy %s%s%s, "
+               "val ECE %s -> %s at temperature %s (%s)",
                shown("val_accuracy"), shown("augmented_val_accuracy"), shown("test_accuracy"),
+               f", val_accuracy_tta {shown('val_accuracy_tta')}" if config.eval.tta else "",
                f", ema_val_accuracy {shown('ema_val_accuracy')}" if state.ema else "",
+               shown("val_ece"), shown("val_ece_calibrated"), shown("temperature"),
                describe_data(data.train))
   return results
 

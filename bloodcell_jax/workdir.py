@@ -90,6 +90,16 @@ def _remove_if_stale(path: str) -> None:
     os.remove(path)
 
 
+def active_holder(workdir: str) -> Optional[dict]:
+  """The lock record of the run using `workdir` now (a live process on this host, or any
+  on another host), else None."""
+  holder = _read_lock(os.path.join(workdir, LOCK_FILE))
+  if holder is None or (holder.get("host") == socket.gethostname()
+                        and not _alive(holder.get("pid"))):
+    return None
+  return holder
+
+
 def _read_lock(path: str) -> Optional[dict]:
   try:
     with open(path) as f:

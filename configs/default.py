@@ -26,6 +26,10 @@ def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
   config.data.val = ""  # optional separate validation source; empty = split from train
   config.data.test = ""  # optional test source
   config.data.val_fraction = 0.1
+  # The seed of the data itself: the train/val split, the synthetic default's images and the
+  # augmented validation draws. Fixed apart from `seed`, so that runs differing only in
+  # `seed` are evaluated (and ensembled) on the same images.
+  config.data.split_seed = 0
   config.data.class_names = PBC_CLASS_NAMES  # for .npz sources (ImageFolder uses folder names)
   config.data.synthetic_size = 2000
   # Clean data.train before the split (duplicates, label conflicts, contamination, copies
@@ -118,6 +122,13 @@ def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
   # Also keep an exponential moving average of the weights (e.g. 0.999; 0 = off), evaluated
   # beside the raw weights as ema_val_accuracy, ema_test_accuracy, ...
   config.train.ema_decay = 0.0
+
+  config.eval = ml_collections.ConfigDict()
+  # Test-time augmentation of the final evaluation: "" (off), "flips" (4 views: none,
+  # horizontal, vertical, both) or "d4" (the 8 rotations and reflections); reported beside
+  # the plain metrics as val_accuracy_tta, augmented_val_accuracy_tta, test_accuracy_tta.
+  config.eval.tta = ""
+  config.eval.report = True  # write report.html at the end (bloodcell_jax/report.py)
 
   # Staged fine-tuning: named stages, run in name order, each a set of overrides
   # of this config, each starting from the previous stage's best checkpoint.

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from bloodcell_jax import files
 from bloodcell_jax.data.cleaning import run as run_lib
 
 REPORT, KEEP = "report.json", "keep.txt"
@@ -57,9 +58,9 @@ def write(result, out_dir: str, source: str = "") -> dict:
   """Writes report.json and keep.txt into out_dir; returns the report."""
   os.makedirs(out_dir, exist_ok=True)
   report = report_dict(result, source)
-  _write_text(os.path.join(out_dir, REPORT), json.dumps(report, indent=1) + "\n")
+  files.write_text(os.path.join(out_dir, REPORT), json.dumps(report, indent=1) + "\n")
   kept = [str(i) for i in result.data.ids[result.keep]]
-  _write_text(os.path.join(out_dir, KEEP), "".join(f"{i}\n" for i in kept))
+  files.write_text(os.path.join(out_dir, KEEP), "".join(f"{i}\n" for i in kept))
   return report
 
 
@@ -94,13 +95,6 @@ def console_summary(report: dict, out_dir: str = "") -> str:
     lines.append(f"  wrote {os.path.join(out_dir, REPORT)}, {os.path.join(out_dir, KEEP)} "
                  "and contact sheets")
   return "\n".join(lines)
-
-
-def _write_text(path: str, text: str) -> None:
-  partial = path + ".partial"
-  with open(partial, "w") as f:
-    f.write(text)
-  os.replace(partial, path)
 
 
 def _plain(value):

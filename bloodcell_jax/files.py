@@ -1,0 +1,67 @@
+"""Files a run writes for people and tools: whole or not at all."""
+
+import csv
+import json
+import os
+
+import numpy as np
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes whole or not at all: a run killed mid-write leaves the previous file."""
+  partial = f"{path}.{os.getpid()}.partial"
+  with open(partial, "w") as f:
+    f.write(text)
+  os.replace(partial, path)
+
+
+def write_json(path: str, payload: dict) -> None:
+  write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
+
+
+def read_json(path: str, default=None):
+  """The JSON object in `path`, or `default` when it is missing or unreadable."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return default
+
+
+def _jsonable(value):
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def write_probabilities(path: str, ids, probabilities: np.ndarray, class_names,
+                        labels=None) -> None:
+  """One row per image: `id`, (`label`,) `pred`, `pred_name`, `confidence`, `p_<class>`..."""
+  partial = f"{path}.{os.getpid()}.partial"
+  with open(partial, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["id"] + ["label"] * (labels is not None) + ["pred", "pred_name", "confidence"]
+                    + [f"p_{c}" for c in class_names])
+    for row, (image_id, probs) in enumerate(zip(ids, probabilities)):
+      pred = int(np.argmax(probs))
+      label = [int(labels[row])] if labels is not None else []
+      writer.writerow([image_id] + label + [pred, class_names[pred], f"{probs[pred]:.6f}"]
+                      + [f"{p:.6f}" for p in probs])
+  os.replace(partial, path)
+
+
+def read_probabilities(path: str):
+  """(ids, labels or None, probabilities, class names) of a `write_probabilities` file."""
+  with open(path, newline="") as f:
+    rows = list(csv.reader(f))
+  header, rows = rows[0], rows[1:]
+  first_p = next(i for i, name in enumerate(header) if name.startswith("p_"))
+  class_names = [name[2:] for name in header[first_p:]]
+  ids = [r[0] for r in rows]
+  labels = (np.array([int(r[header.index("label")]) for r in rows])
+            if "label" in header else None)
+  probabilities = np.array([[float(v) for v in r[first_p:]] for r in rows],
+                           np.float64).reshape(len(rows), len(class_names))
+  return ids, labels, probabilities, class_names
