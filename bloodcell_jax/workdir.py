@@ -125,7 +125,17 @@ def _alive(pid) -> bool:
     return False
   except PermissionError:  # another user's process
     return True
-  return True
+  return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+  """Whether `pid` has exited but was not reaped (its parent died too, and the container's
+  first process does not reap orphans): it holds nothing."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+  except (OSError, IndexError):
+    return False
 
 
 def check_identity(workdir: str, config: dict, manifest: dict, warn: bool = True) -> None:

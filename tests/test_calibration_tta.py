@@ -1,0 +1,83 @@
+"""Test-time augmentation in the jitted steps, calibration error and temperature scaling."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bloodcell_jax import calibration, metrics, models, steps
+from configs import default
+
+
+def test_tta_views_are_the_flips_and_the_dihedral_group():
+  image = np.arange(4 * 4 * 3, dtype=np.float32).reshape(1, 4, 4, 3)  # no symmetry
+  for tta, count in (("", 1), ("flips", 4), ("d4", 8)):
+    views = np.asarray(steps.tta_views(jnp.asarray(image), tta))
+    assert views.shape == (count, 4, 4, 3)
+    assert len({v.tobytes() for v in views}) == count
+    expected = {np.rot90(m, k).tobytes() for k in range(4) for m in (image[0], image[0][:, ::-1])}
+    assert {v.tobytes() for v in views} <= expected
+  flips = {v.tobytes() for v in np.asarray(steps.tta_views(jnp.asarray(image), "flips"))}
+  assert flips == {image[0].tobytes(), image[0][:, ::-1].tobytes(), image[0][::-1].tobytes(),
+                   image[0][::-1, ::-1].tobytes()}
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  config = default.get_config()
+  config.model.filters, config.model.dense_units, config.model.norm = (4, 4, 8, 8), 8, "batch"
+  model = models.build_model(config, num_classes=5)
+  params, batch_stats = steps.init_variables(model, jax.random.PRNGKey(0), 16)
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                           opt_state=(), rng=jax.random.PRNGKey(1))
+  return model, state
+
+
+def test_tta_prediction_is_the_mean_of_the_views_probabilities_in_one_jitted_step(tiny_model):
+  model, state = tiny_model
+  images = np.random.default_rng(0).uniform(0, 255, (3, 16, 16, 3)).astype(np.float32)
+  predict = jax.jit(functools.partial(steps.predict_step, model=model, tta="d4"))
+  got = np.asarray(predict(state, images, 1.5))
+  single = jax.jit(functools.partial(steps.predict_step, model=model))
+  views = [np.rot90(m, k, axes=(1, 2)) for m in (images, images[:, :, ::-1]) for k in range(4)]
+  want = np.mean([np.asarray(single(state, np.ascontiguousarray(v), 1.5)) for v in views], 0)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-6)
+
+  # The eval step's metrics are those of the same averaged probabilities.
+  batch = {"image": images, "label": np.array([0, 1, 2], np.int32),
+           "mask": np.array([1.0, 1.0, 0.0], np.float32)}
+  computed = steps.eval_step(state, batch, model=model, tta="d4").compute()
+  log_probs = np.asarray(steps.outputs_step(state, batch, model=model, tta="d4")[0])
+  summary = metrics.summarize_outputs(log_probs[:2], batch["label"][:2], "abcde", "val")
+  assert float(computed["loss"]) == pytest.approx(summary["val_loss"], rel=1e-5)
+  assert float(computed["accuracy"]) == pytest.approx(summary["val_accuracy"])
+
+
+def test_expected_calibration_error_of_known_cases():
+  labels = np.zeros(10, np.int64)
+  overconfident = np.tile([0.9, 0.1], (10, 1))
+  overconfident[:4] = [0.1, 0.9]  # 60% right at 90% confidence
+  assert calibration.expected_calibration_error(overconfident, labels) == pytest.approx(0.3)
+  count, confidence, accuracy = calibration.reliability_bins(overconfident, labels)
+  assert count.sum() == 10 and count[13] == 10  # 0.9 lies in (13/15, 14/15]
+  assert (confidence[13], accuracy[13]) == (pytest.approx(0.9), pytest.approx(0.6))
+  perfect = np.tile([1.0, 0.0], (10, 1))
+  assert calibration.expected_calibration_error(perfect, labels) == 0.0
+
+
+def test_temperature_scaling_recovers_the_temperature_and_keeps_the_predictions():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 3, (20000, 6))
+  true_probs = np.exp(calibration.scaled_log_probabilities(logits, 2.0))
+  labels = np.array([rng.choice(6, p=p) for p in true_probs])
+  log_probs = calibration.scaled_log_probabilities(logits, 1.0)
+  temperature = calibration.fit_temperature(log_probs, labels)
+  assert temperature == pytest.approx(2.0, rel=0.05)
+  summary = calibration.summary(log_probs, labels, temperature, "val")
+  assert summary["val_ece_calibrated"] < 0.02 < summary["val_ece"]
+  assert summary["val_nll_calibrated"] < summary["val_nll"]
+  scaled = calibration.scaled_log_probabilities(log_probs, temperature)
+  np.testing.assert_array_equal(scaled.argmax(1), log_probs.argmax(1))
