@@ -28,8 +28,8 @@ def write(workdir: str, run, results: dict, outputs: dict, confusions: dict,
   if "val" in outputs:
     _write_calibration(workdir, results, outputs["val"])
     _write_worst_errors(workdir, run.data.val, *outputs["val"], class_names)
-  _write_preview(workdir, run)
   if run.config.eval.report:
+    _write_preview(workdir, run)
     from bloodcell_jax import report  # pylint: disable=g-import-not-at-top  (jinja2)
     try:
       report.write_run_report(workdir)

@@ -34,12 +34,13 @@ def pytest_sessionfinish(session, exitstatus):
   shutil.rmtree(COMPILATION_CACHE["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
-# Small enough to train in seconds on 2 cores, big enough to learn something.
+# Small enough to train in seconds on 2 cores, big enough to learn something. No HTML report:
+# its pictures cost seconds per run (tests/test_sweep.py checks the reports).
 TINY_OVERRIDES = (
     "--config.image_size=32", "--config.data.synthetic_size=320",
     "--config.batch_size=16", "--config.eval_batch_size=32",
     "--config.model.filters=(8, 16, 16, 32)", "--config.model.dense_units=32",
-    "--config.train.log_every_steps=4",
+    "--config.train.log_every_steps=4", "--config.eval.report=False",
 )
 
 

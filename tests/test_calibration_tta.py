@@ -29,7 +29,8 @@ def tiny_model():
   config = default.get_config()
   config.model.filters, config.model.dense_units, config.model.norm = (4, 4, 8, 8), 8, "batch"
   model = models.build_model(config, num_classes=5)
-  params, batch_stats = steps.init_variables(model, jax.random.PRNGKey(0), 16)
+  params, batch_stats = jax.jit(functools.partial(steps.init_variables, model, image_size=16))(
+      jax.random.PRNGKey(0))
   state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                            opt_state=(), rng=jax.random.PRNGKey(1))
   return model, state
@@ -49,8 +50,10 @@ def test_tta_prediction_is_the_mean_of_the_views_probabilities_in_one_jitted_ste
   # The eval step's metrics are those of the same averaged probabilities.
   batch = {"image": images, "label": np.array([0, 1, 2], np.int32),
            "mask": np.array([1.0, 1.0, 0.0], np.float32)}
-  computed = steps.eval_step(state, batch, model=model, tta="d4").compute()
-  log_probs = np.asarray(steps.outputs_step(state, batch, model=model, tta="d4")[0])
+  computed = jax.jit(functools.partial(steps.eval_step, model=model, tta="d4"))(
+      state, batch).compute()
+  log_probs = np.asarray(jax.jit(functools.partial(steps.outputs_step, model=model, tta="d4"))(
+      state, batch)[0])
   summary = metrics.summarize_outputs(log_probs[:2], batch["label"][:2], "abcde", "val")
   assert float(computed["loss"]) == pytest.approx(summary["val_loss"], rel=1e-5)
   assert float(computed["accuracy"]) == pytest.approx(summary["val_accuracy"])

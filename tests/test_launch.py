@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from bloodcell_jax import files
 from bloodcell_jax.data.sources import PBC_CLASS_NAMES
 from conftest import ROOT, TRAINED_RUN_OVERRIDES, run_launch, subprocess_env, write_image_folder
 
@@ -40,6 +41,18 @@ def test_run_leaves_every_artefact(trained_run):
   assert len(manifest["train"]["ids"]) + len(manifest["val"]["ids"]) == 320
   assert os.listdir(os.path.join(workdir, "checkpoints", "best"))
   assert "images/s" in result.stderr and "ETA" in result.stderr
+  # Every validation image's probabilities, the temperature fitted on them, its picture.
+  ids, labels, probabilities, names = files.read_probabilities(
+      os.path.join(workdir, "predictions", "val.csv"))
+  assert ids == manifest["val"]["ids"] and labels.tolist() == manifest["val"]["labels"]
+  assert names == results["class_names"]
+  assert np.mean(probabilities.argmax(1) == labels) == pytest.approx(results["val_accuracy"])
+  assert os.path.isfile(os.path.join(workdir, "predictions", "augmented_val.csv"))
+  calibration = json.load(open(os.path.join(workdir, "calibration.json")))
+  assert calibration["temperature"] == results["temperature"] > 0
+  assert 0 <= results["val_ece"] <= 1 and results["val_nll"] == results["val_loss"]
+  assert os.path.getsize(os.path.join(workdir, "reliability_val.png")) > 1000
+  assert not os.path.exists(os.path.join(workdir, "report.html"))  # config.eval.report=False
 
 
 def test_tiny_cnn_learns_the_synthetic_classes(trained_run):
@@ -72,7 +85,8 @@ def test_predict_writes_one_row_per_image(trained_run, tmp_path):
   assert [r["id"] for r in rows] == [os.path.join(c, f"{c}_{i}.png") for c in "xy"
                                      for i in range(2)]
   class_names = json.load(open(os.path.join(workdir, "results.json")))["class_names"]
-  assert list(rows[0]) == ["id", "pred", "pred_name"] + [f"p_{c}" for c in class_names]
+  assert list(rows[0]) == ["id", "pred", "pred_name", "confidence"] + [f"p_{c}" for c in
+                                                                       class_names]
   for row in rows:
     probs = np.array([float(row[f"p_{c}"]) for c in class_names])
     assert abs(probs.sum() - 1.0) < 1e-4

@@ -57,6 +57,7 @@ def tiny_config():
   config.data.val_fraction = 0.25
   config.train.log_every_steps = 2
   config.augment.train = "flip"
+  config.eval.report = False
   # s1 trains all; s2 freezes Keras layers[:4] (stem_conv, stem_bn); s3 freezes block1 by regex.
   config.stages.s1_all = dict(optim=dict(freeze_keras_layers=0))
   config.stages.s2_first_4 = dict(optim=dict(freeze_keras_layers=4))

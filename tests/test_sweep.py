@@ -28,7 +28,7 @@ def get_config():
   config.image_size = 32
   config.batch_size = 16
   config.eval_batch_size = 32
-  config.data.synthetic_size = 112
+  config.data.synthetic_size = 96
   config.model.filters = (8, 8, 16, 16)
   config.model.dense_units = 16
   config.train.checkpoint_every_steps = 1
@@ -125,7 +125,7 @@ def test_rerun_skips_finished_runs_retries_failed_ones_and_index_is_the_listed_r
   chosen = run_sweep(sweep_file, workdir, "--index=1", check_rc=0)
   assert chosen.stdout.splitlines()[0] == "run 1: tiny.seed1 (finished)"
   assert listed[1].split()[1] == "tiny.seed1"
-  # An override on the command line is another config: no run is finished under it.
+  # An override on the command line makes other configs: no run is finished under them.
   relisted = run_sweep(sweep_file, workdir, "--list", "--config.num_epochs=4", check_rc=0)
   assert [line.split()[2] for line in relisted.stdout.splitlines()[1:]] == [
       "interrupted", "interrupted", "failed"]
