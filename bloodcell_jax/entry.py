@@ -3,6 +3,8 @@
 Defines the multi-host flags both entry points take.
 """
 
+from typing import Optional
+
 from absl import flags, logging
 
 from bloodcell_jax import config_schema, runtime, workdir as workdir_lib
@@ -14,9 +16,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
-def train(config, workdir: str) -> dict:
+def train(config, workdir: str, provenance: Optional[dict] = None) -> dict:
   """Validates `config`, joins the other processes when the flags ask, and trains (or
-  resumes, or re-evaluates) it in `workdir` under the workdir's lock; returns the results."""
+  resumes, or re-evaluates) it in `workdir` under the workdir's lock; returns the results
+  (with `provenance`, e.g. the sweep's record, in results.json)."""
   config_schema.validate(config)
   import jax  # pylint: disable=g-import-not-at-top  (after the config checks: seconds)
   if _DISTRIBUTED.value or _COORDINATOR.value:
@@ -32,4 +35,4 @@ def train(config, workdir: str) -> dict:
   with workdir_lib.exclusive(workdir, holder=jax.process_index() == 0):
     runtime.keep_tensorflow_on_host()
     from bloodcell_jax import train as train_lib  # pylint: disable=g-import-not-at-top  (TF)
-    return train_lib.run_stages(config, workdir)
+    return train_lib.run_stages(config, workdir, provenance)

@@ -30,11 +30,16 @@ def write(workdir: str, run, results: dict, outputs: dict, confusions: dict,
     _write_worst_errors(workdir, run.data.val, *outputs["val"], class_names)
   if run.config.eval.report:
     _write_preview(workdir, run)
-    from bloodcell_jax import report  # pylint: disable=g-import-not-at-top  (jinja2)
-    try:
-      report.write_run_report(workdir)
-    except Exception as e:  # pylint: disable=broad-except  (the results are already written)
-      logging.warning("could not write %s/report.html: %s", workdir, e)
+    write_report(workdir)
+
+
+def write_report(workdir: str) -> None:
+  """report.html; a failure to draw it is a warning: the results are already written."""
+  from bloodcell_jax import report  # pylint: disable=g-import-not-at-top  (jinja2, sklearn)
+  try:
+    report.write_run_report(workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("could not write %s/report.html: %s", workdir, e)
 
 
 def _write_predictions(workdir: str, run, outputs: dict, class_names) -> None:

@@ -148,13 +148,12 @@ def failure_line(run_dir: str) -> str:
 
 def train_one(sweep_file: str, run: SweepRun, command_line: dict, workdir: str) -> None:
   """Trains one run in `workdir`/<name> (this process); a failure is recorded, then raised."""
-  import jax  # pylint: disable=g-import-not-at-top
   config = run_config(sweep_file, run, command_line)
-  record = sweep_record(sweep_file, run, command_line, config)
   run_dir = os.path.join(workdir, run.name)
   failure_path = os.path.join(run_dir, table.FAILURE_FILE)
+  record = sweep_record(sweep_file, run, command_line, config)
   try:
-    results = entry.train(config, run_dir)
+    entry.train(config, run_dir, provenance=record)
   except Exception as e:  # pylint: disable=broad-except  (recorded for --list and the table)
     if not isinstance(e, UserError) or "in use by process" not in str(e):
       os.makedirs(run_dir, exist_ok=True)
@@ -162,10 +161,8 @@ def train_one(sweep_file: str, run: SweepRun, command_line: dict, workdir: str) 
       files.write_json(failure_path, {"error": line.splitlines()[0] if line else "",
                                       "sweep": record, "time": time.strftime("%F %T")})
     raise
-  if jax.process_index() == 0:
-    if os.path.isfile(failure_path):
-      os.remove(failure_path)
-    files.write_json(os.path.join(run_dir, "results.json"), {**results, "sweep": record})
+  if os.path.isfile(failure_path):
+    os.remove(failure_path)
 
 
 def command_line_overrides(argv) -> List[str]:
@@ -263,6 +260,9 @@ class _Runner:
 
   def _start(self, run: SweepRun, slot: int) -> None:
     run_dir = os.path.join(self.workdir, run.name)
+    if workdir_lib.active_holder(run_dir):  # another sweep process took it meanwhile
+      print(f"[{run.index}] {run.name}: running elsewhere, skipped", flush=True)
+      return
     os.makedirs(run_dir, exist_ok=True)
     log = open(os.path.join(run_dir, LOG_FILE), "a")
     log.write(f"\n==== {time.strftime('%F %T')}: sweep run {run.index} ({run.name})\n")

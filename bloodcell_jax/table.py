@@ -118,12 +118,18 @@ def group_rows(runs: List[Run]) -> List[Row]:
   return rows
 
 
+def predictions_dir(run: Run) -> str:
+  """Where a run's prediction files are: its workdir's, or its last stage's."""
+  stages = sorted((run.results or {}).get("stages") or {})
+  return os.path.join(run.workdir, *stages[-1:], "predictions")
+
+
 def ensemble_values(members: List[Run]) -> dict:
   """{column: [accuracy]} of the members' averaged probabilities, for each prediction file
   they all have on the same images; {} when they share none."""
   values = {}
   for column, name in ENSEMBLE_PREDICTIONS.items():
-    paths = [os.path.join(m.workdir, "predictions", f"{name}.csv") for m in members]
+    paths = [os.path.join(predictions_dir(m), f"{name}.csv") for m in members]
     if not all(os.path.isfile(p) for p in paths):
       continue
     read = [files.read_probabilities(p) for p in paths]

@@ -176,13 +176,15 @@ class _Run:
   weights: dict  # where the weights came from, and how many train
   offline: dict  # the offline augmented copies in the training set
   manifest: dict  # the ids of each split
+  provenance: Optional[dict] = None  # recorded in results.json as "sweep"
 
 
-def run_stages(config, workdir: str) -> dict:
+def run_stages(config, workdir: str, provenance: Optional[dict] = None) -> dict:
   """Runs `config.stages` in name order (each in its own sub-workdir, each starting from the
-  previous stage's best checkpoint, head kept), or the config itself when it has none."""
+  previous stage's best checkpoint, head kept), or the config itself when it has none.
+  `provenance` (e.g. the sweep a run belongs to) is recorded in results.json as "sweep"."""
   if not config.stages:
-    return train_and_evaluate(config, workdir)
+    return train_and_evaluate(config, workdir, provenance)
   results, previous = {}, None
   for name in sorted(config.stages):
     stage = config_schema.stage_config(config, config.stages[name])
@@ -191,10 +193,12 @@ def run_stages(config, workdir: str) -> dict:
         stage.init.weights, stage.init.head = previous, "keep"
     previous = os.path.join(workdir, name)
     logging.info("stage %s: %s", name, json.dumps(config.stages[name].to_dict(), default=str))
-    results[name] = train_and_evaluate(stage, previous)
+    results[name] = train_and_evaluate(stage, previous, provenance)
   final = dict(results[name], stages=results)
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, "results.json"), final)
+    if config.eval.report:
+      run_outputs.write_report(workdir)
   return final
 
 
@@ -222,7 +226,7 @@ def _initial_weights(config, state, mesh, tx):
   return state, summary
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, provenance: Optional[dict] = None) -> dict:
   """Trains (or resumes) in `workdir`, evaluates the best checkpoint, returns results."""
   os.makedirs(workdir, exist_ok=True)
   data = splits_lib.load_splits(config.data, config.image_size, config.data.split_seed)
@@ -273,7 +277,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       evaluate=Evaluator(model, mesh, config.eval_batch_size, data.class_names),
       checkpoints=Checkpoints(workdir, keep=config.train.keep_checkpoints),
       writer=create_writer(workdir), steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-      weights=weights, offline=offline_summary, manifest=manifest)
+      weights=weights, offline=offline_summary, manifest=manifest, provenance=provenance)
   try:
     return _resume_train_evaluate(run, state)
   except Exception as error:  # pylint: disable=broad-except
@@ -515,6 +519,7 @@ def _final_evaluation(run: _Run, state, loop: LoopState) -> dict:
       "weights": run.weights,
       "offline_augmentation": run.offline,
       "cleaning": data.cleaning,
+      **({"sweep": run.provenance} if run.provenance else {}),
   }
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, "results.json"), results)
