@@ -323,7 +323,7 @@ def _record_run(run: _Run) -> None:
   if jax.process_index() == 0:
     files.write_text(os.path.join(run.workdir, "split_manifest.json"), json.dumps(run.manifest))
     files.write_text(os.path.join(run.workdir, "config.json"),
-                      run.config.to_json_best_effort(indent=2, sort_keys=True))
+                     run.config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _train_loop(run: _Run, state, loop: LoopState):
