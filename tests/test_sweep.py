@@ -17,21 +17,20 @@ from browser import needs_chromium, open_page
 from conftest import ROOT, subprocess_env
 
 # Two seeds of one tiny CNN (a group, so the table gains an ensemble row) and a run that
-# fails once its data is loaded. A checkpoint every step leaves a window to kill a run in.
+# fails once its data is loaded.
 SWEEP_FILE = """
 from bloodcell_jax import hyper
 from configs import default
 
 def get_config():
   config = default.get_config()
-  config.num_epochs = 3
+  config.num_epochs = 2
   config.image_size = 32
   config.batch_size = 16
   config.eval_batch_size = 32
   config.data.synthetic_size = 96
   config.model.filters = (8, 8, 16, 16)
   config.model.dense_units = 16
-  config.train.checkpoint_every_steps = 1
   config.train.log_every_steps = 4
   config.eval.tta = "flips"
   return config
@@ -135,9 +134,11 @@ def test_parallel_sweep_killed_midway_resumes_to_the_sequential_results(
     sequential, sweep_file, tmp_path):
   sequential_dir, _ = sequential
   workdir = str(tmp_path / "parallel")
+  # A checkpoint every step leaves a window to kill a run in (and changes no result).
+  every_step = "--config.train.checkpoint_every_steps=1"
   process = subprocess.Popen(
       [sys.executable, "-m", "bloodcell_jax.sweep", f"--config={sweep_file}",
-       f"--workdir={workdir}", "--parallel=2"], cwd=ROOT, env=subprocess_env(),
+       f"--workdir={workdir}", "--parallel=2", every_step], cwd=ROOT, env=subprocess_env(),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
   checkpoints = os.path.join(workdir, "tiny.seed1", "checkpoints", "latest")
   deadline = time.time() + 300
@@ -149,7 +150,7 @@ def test_parallel_sweep_killed_midway_resumes_to_the_sequential_results(
   process.wait()
   assert not os.path.exists(os.path.join(workdir, "tiny.seed1", "results.json"))
 
-  resumed = run_sweep(sweep_file, workdir, "--parallel=2", check_rc=1)
+  resumed = run_sweep(sweep_file, workdir, "--parallel=2", every_step, check_rc=1)
   assert "on cores" in resumed.stdout
   log = open(os.path.join(workdir, "tiny.seed1", "train.log")).read()
   assert "resumed from" in log
