@@ -35,11 +35,11 @@ class Column:
 
 
 _METRICS = ("val_accuracy", "augmented_val_accuracy", "test_accuracy", "val_balanced_accuracy")
+_title = lambda key: (key.replace("_", " ") + " ").replace("val ", "val. ").strip()
 COLUMNS = (
-    [Column(k, k.replace("_", " ").replace("val ", "val. ").strip(), "accuracy")
-     for k in _METRICS]
-    + [Column(f"ema_{k}", f"EMA {k.replace('_', ' ')}", "accuracy") for k in _METRICS[:3]]
-    + [Column(f"{k}_tta", f"{k.replace('_', ' ')} TTA", "accuracy") for k in _METRICS[:3]]
+    [Column(k, _title(k), "accuracy") for k in _METRICS]
+    + [Column(f"ema_{k}", f"EMA {_title(k)}", "accuracy") for k in _METRICS[:3]]
+    + [Column(f"{k}_tta", f"{_title(k)} TTA", "accuracy") for k in _METRICS[:3]]
     + [Column("val_ece", "val. ECE", "error"),
        Column("val_ece_calibrated", "val. ECE calibrated", "error"),
        Column("trainable_parameters", "trainable params", "count"),
