@@ -1,6 +1,7 @@
 """Files a run writes for people and tools: whole or not at all."""
 
 import csv
+import io
 import json
 import os
 
@@ -39,17 +40,16 @@ def _jsonable(value):
 def write_probabilities(path: str, ids, probabilities: np.ndarray, class_names,
                         labels=None) -> None:
   """One row per image: `id`, (`label`,) `pred`, `pred_name`, `confidence`, `p_<class>`..."""
-  partial = f"{path}.{os.getpid()}.partial"
-  with open(partial, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["id"] + ["label"] * (labels is not None) + ["pred", "pred_name", "confidence"]
-                    + [f"p_{c}" for c in class_names])
-    for row, (image_id, probs) in enumerate(zip(ids, probabilities)):
-      pred = int(np.argmax(probs))
-      label = [int(labels[row])] if labels is not None else []
-      writer.writerow([image_id] + label + [pred, class_names[pred], f"{probs[pred]:.6f}"]
-                      + [f"{p:.6f}" for p in probs])
-  os.replace(partial, path)
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(["id"] + ["label"] * (labels is not None) + ["pred", "pred_name", "confidence"]
+                  + [f"p_{c}" for c in class_names])
+  for row, (image_id, probs) in enumerate(zip(ids, probabilities)):
+    pred = int(np.argmax(probs))
+    label = [int(labels[row])] if labels is not None else []
+    writer.writerow([image_id] + label + [pred, class_names[pred], f"{probs[pred]:.6f}"]
+                    + [f"{p:.6f}" for p in probs])
+  write_text(path, out.getvalue())
 
 
 def read_probabilities(path: str):

@@ -206,10 +206,11 @@ def _table_context(rows) -> dict:
                for i, row in enumerate(rows)]}
 
 
-def write_sweep_report(directory: str, metric: str = "val_accuracy") -> str:
-  """Writes `directory`/report.html for a sweep (or any directory of runs)."""
+def write_sweep_report(directory: str, rows=None, metric: str = "val_accuracy") -> str:
+  """Writes `directory`/report.html for a sweep (or any directory of runs); `rows`: its
+  table's, when the caller has them (the ensemble rows read every run's predictions)."""
   runs = table.read_runs(directory)
-  rows = table.group_rows(runs)
+  rows = table.group_rows(runs) if rows is None else rows
   record = files.read_json(os.path.join(directory, "sweep.json"), {})
   indices = {r["name"]: r["index"] for r in record.get("runs", [])}
   overrides = {r["name"]: r["overrides"] for r in record.get("runs", [])}

@@ -61,11 +61,11 @@ def _write_calibration(workdir: str, results: dict, val_outputs) -> None:
                     "num_bins": calibration.NUM_BINS})
   log_probs, labels = val_outputs
   curves = []
-  for label, temperature in (("uncalibrated", 1.0), (f"T = {results['temperature']:.2f}",
-                                                     results["temperature"])):
+  for label, temperature, ece in (
+      ("uncalibrated", 1.0, results["val_ece"]),
+      (f"T = {results['temperature']:.2f}", results["temperature"], results["val_ece_calibrated"])):
     probs = np.exp(calibration.scaled_log_probabilities(log_probs, temperature))
-    curves.append((label, *calibration.reliability_bins(probs, labels),
-                   calibration.expected_calibration_error(probs, labels)))
+    curves.append((label, *calibration.reliability_bins(probs, labels), ece))
   plots.plot_reliability(curves, os.path.join(workdir, "reliability_val.png"),
                          "validation set, 15 confidence bins")
 

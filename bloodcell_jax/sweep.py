@@ -86,20 +86,16 @@ def load_runs(sweep_file: str, seeds=None) -> List[SweepRun]:
 
 
 def apply_overrides(config, overrides: dict, where: str) -> None:
-  """Sets each dotted `key: value` of `overrides` on `config`; an unknown key or a value of
-  the wrong type is a UserError naming `where`."""
+  """Sets each dotted `key: value` of `overrides` on `config` (locked: no new keys); an
+  unknown key or a value of the wrong type is a UserError naming `where`."""
+  config.lock()
   for key, value in overrides.items():
-    node, parts = config, key.split(".")
-    for part in parts[:-1]:
-      node = node.get(part) if hasattr(node, "get") else None
-    if node is None or not hasattr(node, "items") or parts[-1] not in node:
+    try:
+      config.update_from_flattened_dict({key: value})
+    except (KeyError, AttributeError):
       close = ", ".join(cli.close_keys(key, config))
       raise UserError(f"{where}: config.{key}: unknown config key"
-                      + (f"; closest valid keys: {close}" if close else ""))
-    if isinstance(node[parts[-1]], tuple) and isinstance(value, list):
-      value = tuple(value)
-    try:
-      node[parts[-1]] = value
+                      + (f"; closest valid keys: {close}" if close else "")) from None
     except (TypeError, ValueError) as e:
       raise UserError(f"{where}: config.{key}={value!r}: {e}") from None
 
@@ -314,7 +310,7 @@ def print_list(sweep_file: str, runs, digests, workdir: str) -> None:
 def write_summaries(workdir: str) -> None:
   from bloodcell_jax import report  # pylint: disable=g-import-not-at-top  (matplotlib, jinja2)
   rows = table.write(workdir)
-  report.write_sweep_report(workdir)
+  report.write_sweep_report(workdir, rows)
   print(f"wrote {os.path.join(workdir, 'table.md')} ({len(rows)} rows) and "
         f"{os.path.join(workdir, 'report.html')}")
 
