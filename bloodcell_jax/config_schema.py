@@ -6,6 +6,7 @@ model, which owns them. Cross-key rules follow. A value that breaks a rule is a 
 names `config.<key>`, the value and what was expected. Imports no TensorFlow.
 """
 
+import hashlib
 import json
 from typing import Callable, Optional
 
@@ -237,3 +238,9 @@ def upgrade_recorded(config: dict) -> dict:
   if isinstance(loss.get("regularize"), str):
     loss["regularize"] = [[loss["regularize"], 1.0], [".*", 0.0]]
   return config
+
+
+def config_digest(config) -> str:
+  """A short hash of a resolved config: equal configs, equal digests."""
+  canonical = json.dumps(json.loads(config.to_json_best_effort()), sort_keys=True)
+  return hashlib.sha1(canonical.encode()).hexdigest()[:16]

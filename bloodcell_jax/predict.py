@@ -2,6 +2,11 @@
 
   python -m bloodcell_jax.predict --workdir=DIR --input=PATH --output=preds.csv
   python -m bloodcell_jax.predict --workdir=A --workdir=B --workdir=C --tta=d4 --calibrated ...
+  python -m bloodcell_jax.predict --model=cnn.onnx --input=PATH --output=preds.csv
+
+--model runs a model written by bloodcell_jax.export (a SavedModel directory, an .onnx or a
+.tflite file) in its own runtime, to check an export on real images without writing code;
+its TTA, calibration and weights were chosen at export time.
 
 Each run predicts with its best checkpoint. With several --workdir the class
 probabilities of the runs are averaged (an ensemble: other seeds, configs or models;
@@ -22,12 +27,14 @@ import os
 
 from absl import app, flags
 
-from bloodcell_jax import adaptation, cli, files, steps
+from bloodcell_jax import adaptation, cli, exported, files, steps
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.inference import load_run, predict, read_unlabelled, run_temperature
 
 _WORKDIR = flags.DEFINE_multi_string("workdir", None, "A training run's workdir; repeat it to "
                                      "average the probabilities of several runs.")
+_MODEL = flags.DEFINE_multi_string("model", None, "An exported model (bloodcell_jax.export); "
+                                   "repeat it, or add --workdir, to average several.")
 _INPUT = flags.DEFINE_string("input", None, "Image folder or .npz to predict.")
 _OUTPUT = flags.DEFINE_string("output", "predictions.csv", "CSV file to write.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
@@ -63,21 +70,38 @@ def run_probabilities(workdir: str, input_path: str):
                                    temperature)
 
 
+def model_probabilities(path: str, input_path: str):
+  """(ids, class names, probabilities) of an exported model on `input_path`."""
+  model = exported.load(path)
+  ids, images = read_unlabelled(input_path, model.metadata["image_size"])
+  return ids, model.metadata["class_names"], model.predict(images, _BATCH_SIZE.value)
+
+
 def main(argv):
   del argv
-  if not _WORKDIR.value or not _INPUT.value:
-    raise UserError("--workdir and --input are required")
+  sources = ([("--workdir", w, run_probabilities) for w in _WORKDIR.value or ()]
+             + [("--model", m, model_probabilities) for m in _MODEL.value or ()])
+  if not sources or not _INPUT.value:
+    raise UserError("--input and one --workdir or --model at least are required")
+  if not _WORKDIR.value:
+    for flag in (_EMA, _TTA, _CALIBRATED, _ADAPT_BN):
+      if flag.present:
+        raise UserError(f"--{flag.name}: for --workdir runs; an exported model has its "
+                        "weights, TTA and calibration chosen at export")
   check_writable_file(_OUTPUT.value, "--output")
-  ids, class_names, total = run_probabilities(_WORKDIR.value[0], _INPUT.value)
-  for workdir in _WORKDIR.value[1:]:
-    _, names, probabilities = run_probabilities(workdir, _INPUT.value)
+  total, first = None, sources[0][:2]
+  for flag, source, probabilities_of in sources:
+    ids, names, probabilities = probabilities_of(source, _INPUT.value)
+    if total is None:
+      class_names, total = names, probabilities
+      continue
     if list(names) != list(class_names):
-      raise UserError(f"--workdir={workdir}: its classes {list(names)} are not those of "
-                      f"--workdir={_WORKDIR.value[0]} {list(class_names)}; an ensemble needs "
+      raise UserError(f"{flag}={source}: its classes {list(names)} are not those of "
+                      f"{first[0]}={first[1]} {list(class_names)}; an ensemble needs "
                       "the same classes in the same order")
     total = total + probabilities
-  files.write_probabilities(_OUTPUT.value, ids, total / len(_WORKDIR.value), class_names)
-  runs = f" (mean of {len(_WORKDIR.value)} runs)" if len(_WORKDIR.value) > 1 else ""
+  files.write_probabilities(_OUTPUT.value, ids, total / len(sources), class_names)
+  runs = f" (mean of {len(sources)} models)" if len(sources) > 1 else ""
   print(f"wrote {len(ids)} predictions to {_OUTPUT.value}{runs}")
 
 

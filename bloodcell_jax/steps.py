@@ -231,7 +231,7 @@ TTA_VIEWS = {
 
 def tta_views(images, tta: str):
   """`images` (N, H, W, C) in every view of `tta`, stacked as one batch (V * N, H, W, C)."""
-  views = [jnp.rot90(images[:, :, ::-1] if flip else images, k, axes=(1, 2))
+  views = [jnp.rot90(jnp.flip(images, axis=2) if flip else images, k, axes=(1, 2))
            for k, flip in TTA_VIEWS[tta]]
   return jnp.concatenate(views) if len(views) > 1 else views[0]
 

@@ -19,7 +19,6 @@ DIR/report.html (bloodcell_jax/report.py).
 
 import dataclasses
 import glob
-import hashlib
 import json
 import os
 import re
@@ -110,17 +109,12 @@ def run_config(sweep_file: str, run: SweepRun, command_line: dict):
   return config
 
 
-def config_digest(config) -> str:
-  canonical = json.dumps(json.loads(config.to_json_best_effort()), sort_keys=True)
-  return hashlib.sha1(canonical.encode()).hexdigest()[:16]
-
-
 def sweep_record(sweep_file: str, run: SweepRun, command_line: dict, config) -> dict:
   """What each run's results.json records of the sweep."""
   return {"name": os.path.splitext(os.path.basename(sweep_file))[0], "file": sweep_file,
           "run": run.name, "index": run.index, "group": hyper.group_of(run.name),
           "overrides": run.overrides, "command_line": command_line,
-          "config_digest": config_digest(config)}
+          "config_digest": config_schema.config_digest(config)}
 
 
 def status(run_dir: str, digest: str) -> str:
@@ -329,7 +323,7 @@ def main(argv):
       config_schema.validate(configs[run.name])
     except UserError as e:
       raise UserError(f"{sweep_file}: run {run.name}: {e}") from None
-  digests = {name: config_digest(config) for name, config in configs.items()}
+  digests = {name: config_schema.config_digest(config) for name, config in configs.items()}
   workdir = _WORKDIR.value
   if _LIST.value:
     print_list(sweep_file, runs, digests, workdir)

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from bloodcell_jax.models import KerasPort, heads, register
+from bloodcell_jax.models import KerasPort, heads, portable, register
 from bloodcell_jax.models.layers import DepthwiseConv, normalize_input
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -86,7 +86,7 @@ class Block(nn.Module):
     x = DepthwiseConv(7, 1, _glorot, use_bias=True, **_dtypes(self), name="depthwise_conv")(inputs)
     x = _layer_norm(self, "layernorm")(x)
     x = nn.Dense(4 * width, kernel_init=_glorot, **_dtypes(self), name="pointwise_conv_1")(x)
-    x = nn.gelu(x, approximate=False)
+    x = portable.gelu(x)
     x = nn.Dense(width, kernel_init=_glorot, **_dtypes(self), name="pointwise_conv_2")(x)
     x = LayerScale(**_dtypes(self), name="layer_scale")(x)
     if self.drop_rate:  # stochastic depth: the whole residual branch, per example

@@ -20,7 +20,8 @@ hand-written VJP:
   reduction sums. A reduction over the batch or the image inside the fusion
   makes XLA:CPU emit a scalar loop, 10x slower.
 
-Other platforms (GPU, TPU) use `lax.conv_general_dilated`, which is fast there.
+Other platforms (GPU, TPU) use `lax.conv_general_dilated`, which is fast there,
+and so does every platform inside `portable.standard_ops()` (for export).
 Reverse-mode autodiff (grad, vjp) is supported, forward-mode (jvp) is not.
 """
 
@@ -29,6 +30,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from bloodcell_jax.models import portable
 
 _BLOCK = 6
 
@@ -59,6 +62,8 @@ def _depthwise(x, kernel, stride):
 
 
 def _depthwise_fwd(x, kernel, stride):
+  if portable.enabled():
+    return _lax_forward(x, kernel, stride), (x, kernel)
   y = lax.platform_dependent(x, kernel, cpu=functools.partial(_cpu_forward, stride=stride),
                              default=functools.partial(_lax_forward, stride=stride))
   return y, (x, kernel)

@@ -1,0 +1,262 @@
+"""Exports a trained run for inference outside JAX: TensorFlow SavedModel, ONNX or LiteRT.
+
+  python -m bloodcell_jax.export --workdir=DIR --format=saved_model --out=exported/cnn
+  python -m bloodcell_jax.export --workdir=DIR --format=onnx --out=cnn.onnx --tta=d4 --calibrated
+  python -m bloodcell_jax.export --workdir=DIR --format=tflite --tflite_weights=float16 --out=cnn.tflite
+
+Every exported model takes uint8 RGB images (N, S, S, 3), any N and S the run's image size,
+and returns class probabilities (N, classes): the cast to float and the model's own input
+scaling are inside, BatchNorm runs on its running statistics, dropout is off, and --tta and
+--calibrated are baked in. The best checkpoint is exported (--ema: its weight average).
+Class names, image size, the source run, its config digest and validation accuracy travel
+inside the file (`metadata`).
+
+Routes, each the one that converts every registered model on the pinned versions:
+* SavedModel: jax2tf (jax.experimental), which serialises the model as StableHLO inside an
+  XlaCallModule op with the weights as variables. It ships with jax itself, so it cannot
+  drift from the pinned JAX; orbax-export wraps the same converter but pins its own ranges.
+* LiteRT: TensorFlow's converter from that SavedModel (float32, float16 or dynamic-range
+  int8 weights).
+* ONNX: tf2onnx from the float32 LiteRT model, opset 18. tf2onnx cannot read XlaCallModule
+  ops, so not the SavedModel; the newest jax2onnx that installs beside these pins fails on
+  ConvNeXt and writes files that ONNX's checker rejects (README, "Export").
+
+After writing, the file is run on generated cells at batch sizes 1 and 7 and compared with
+the JAX model; a larger difference than the format's tolerance is an error.
+"""
+
+import dataclasses
+import datetime
+import json
+import logging as python_logging
+import os
+import shutil
+import tempfile
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+from absl import app, flags, logging
+
+from bloodcell_jax import cli, config_schema, exported, files, steps
+from bloodcell_jax.errors import UserError
+
+FORMATS = ("saved_model", "onnx", "tflite")
+TFLITE_WEIGHTS = ("float32", "float16", "int8")
+# tf2onnx's newest opset; ONNX Runtime's CPU provider runs opsets up to 23.
+ONNX_OPSET = 18
+# Largest |exported - JAX| probability accepted by the check after export.
+TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "int8": None}  # int8: reported, not checked
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run to export.")
+_FORMAT = flags.DEFINE_enum("format", None, FORMATS, "What to write.")
+_OUT = flags.DEFINE_string("out", None, "Where: a directory for saved_model, else a file "
+                           "(.onnx or .tflite).")
+_EMA = flags.DEFINE_bool("ema", False, "Export the moving average of the weights.")
+_TTA = flags.DEFINE_enum("tta", "", list(steps.TTA_VIEWS), "Bake test-time augmentation "
+                         "into the model: 'flips' (4 views) or 'd4' (8).")
+_CALIBRATED = flags.DEFINE_bool("calibrated", False, "Divide the logits by the temperature "
+                                "fitted on the run's validation set.")
+_TFLITE_WEIGHTS = flags.DEFINE_enum("tflite_weights", "float32", TFLITE_WEIGHTS,
+                                    "LiteRT weights: float32, float16 (half the size), or "
+                                    "int8 (dynamic-range quantisation, a quarter).")
+
+
+@dataclasses.dataclass
+class Exportable:
+  """A pure function of (variables, uint8 images) to class probabilities, with its weights
+  and what the exported file says about itself."""
+  probabilities: Callable[[Any, Any], Any]
+  variables: Any
+  image_size: int
+  metadata: dict
+
+
+def probability_function(model, tta: str = "", temperature: float = 1.0):
+  """(variables, uint8 images) -> class probabilities, traced with standard ops."""
+  import jax.numpy as jnp
+  from bloodcell_jax.models import portable
+
+  def probabilities(variables, images):
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                             batch_stats=variables["batch_stats"], opt_state=(), rng=None)
+    with portable.standard_ops():
+      return steps.predict_step(state, images.astype(jnp.float32), temperature, model=model,
+                                tta=tta)
+  return probabilities
+
+
+def run_exportable(workdir: str, ema: bool = False, tta: str = "",
+                   calibrated: bool = False) -> Exportable:
+  """The best checkpoint of a training run, ready to export."""
+  import jax
+  from bloodcell_jax import inference
+  config, class_names, model, state = inference.load_run(workdir, ema)
+  temperature = inference.run_temperature(workdir, ema) if calibrated else 1.0
+  results = files.read_json(os.path.join(workdir, "results.json"), {})
+  accuracy = results.get("ema_val_accuracy" if ema else "val_accuracy")
+  metadata = {
+      "class_names": list(class_names), "image_size": int(config.image_size),
+      "model": config.model.name, "source_run": os.path.abspath(workdir),
+      "config_digest": config_schema.config_digest(config),
+      "val_accuracy": accuracy, "weights": "ema" if ema else "best checkpoint",
+      "tta": tta or "none", "temperature": temperature,
+  }
+  variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  return Exportable(probability_function(model, tta, temperature), variables,
+                    int(config.image_size), metadata)
+
+
+def _full_metadata(exportable: Exportable, export_format: str, weights: str) -> dict:
+  return {**exportable.metadata, "format": export_format, "tflite_weights": weights,
+          "input": f"uint8 RGB images [N, {exportable.image_size}, {exportable.image_size}, 3]",
+          "output": "class probabilities [N, classes]",
+          "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_saved_model(exportable: Exportable, out: str, metadata: dict) -> None:
+  """A SavedModel whose `serving_default` maps `images` to `probabilities`; the metadata is
+  the asset `assets/metadata.json` and the function `metadata()`."""
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+
+  size = exportable.image_size
+  module = tf.Module()
+  module.variables_ = tf.nest.map_structure(tf.Variable, exportable.variables)
+  converted = jax2tf.convert(exportable.probabilities, with_gradient=False,
+                             polymorphic_shapes=[None, f"(batch, {size}, {size}, 3)"])
+
+  @tf.function(autograph=False, input_signature=[
+      tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])
+  def serve(images):
+    return {"probabilities": converted(module.variables_, images)}
+
+  with tempfile.TemporaryDirectory() as scratch:
+    asset_path = os.path.join(scratch, exported.METADATA_FILE)
+    files.write_json(asset_path, metadata)
+    module.metadata_asset = tf.saved_model.Asset(asset_path)
+    text = json.dumps(metadata)
+    module.metadata = tf.function(lambda: tf.constant(text), input_signature=[])
+    module.serve = serve
+    tf.saved_model.save(module, out, signatures={"serving_default": serve})
+
+
+def tflite_model(saved_model: str, weights: str, metadata: dict) -> bytes:
+  """The LiteRT flatbuffer of a SavedModel, with the metadata as a named buffer."""
+  import tensorflow as tf
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+  if weights in ("float16", "int8"):
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if weights == "float16":
+    converter.target_spec.supported_types = [tf.float16]
+  return exported.with_tflite_metadata(converter.convert(), metadata)
+
+
+def onnx_model(tflite_path: str, metadata: dict):
+  """The ONNX model of a float32 LiteRT file: input `images`, output `probabilities`, a
+  dynamic `batch` dimension and the metadata in `metadata_props`."""
+  import onnx
+  from tf2onnx import convert
+  with warnings.catch_warnings():  # tf2onnx reads the file with TensorFlow's own interpreter
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+    model, _ = convert.from_tflite(tflite_path, opset=ONNX_OPSET)
+  _rename_value(model, model.graph.input[0].name, "images")
+  _rename_value(model, model.graph.output[0].name, "probabilities")
+  for value in (model.graph.input[0], model.graph.output[0]):
+    value.type.tensor_type.shape.dim[0].dim_param = "batch"
+  model.producer_name = "bloodcell_jax.export (tf2onnx from LiteRT)"
+  onnx.helper.set_model_props(model, {exported.METADATA_KEY: json.dumps(metadata)})
+  onnx.checker.check_model(model)
+  return model
+
+
+def _rename_value(model, old: str, new: str) -> None:
+  for value in list(model.graph.input) + list(model.graph.output):
+    if value.name == old:
+      value.name = new
+  for node in model.graph.node:
+    node.input[:] = [new if name == old else name for name in node.input]
+    node.output[:] = [new if name == old else name for name in node.output]
+
+
+def export(exportable: Exportable, export_format: str, out: str,
+           tflite_weights: str = "float32") -> dict:
+  """Writes `exportable` to `out` (replacing what is there once the new one is complete);
+  returns its metadata."""
+  if export_format != "tflite" and tflite_weights != "float32":
+    raise UserError(f"--tflite_weights={tflite_weights}: only for --format=tflite")
+  weights = tflite_weights if export_format == "tflite" else "float32"
+  metadata = _full_metadata(exportable, export_format, weights)
+  out = os.path.abspath(out)
+  with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as scratch:
+    saved_model = os.path.join(scratch, "saved_model")
+    write_saved_model(exportable, saved_model, metadata)
+    if export_format == "saved_model":
+      written = saved_model
+    else:
+      written = os.path.join(scratch, "model.tflite")
+      with open(written, "wb") as f:
+        f.write(tflite_model(saved_model, weights, metadata))
+      if export_format == "onnx":
+        import onnx
+        model = onnx_model(written, metadata)
+        written = os.path.join(scratch, "model.onnx")
+        onnx.save(model, written)
+    _replace(written, out)
+  return metadata
+
+
+def _replace(new: str, out: str) -> None:
+  if os.path.isdir(out) and not os.path.isdir(new):
+    raise UserError(f"--out={out}: is a directory; expected a file path for this format")
+  if os.path.isdir(out):
+    if not os.path.isfile(os.path.join(out, "saved_model.pb")):
+      raise UserError(f"--out={out}: an existing directory that is not a SavedModel; "
+                      "choose a new path")
+    shutil.rmtree(out)
+  elif os.path.exists(out) and os.path.isdir(new):
+    raise UserError(f"--out={out}: is a file; a SavedModel is a directory")
+  os.replace(new, out)
+
+
+def check_equal_to_jax(exportable: Exportable, path: str, tolerance) -> float:
+  """Largest |exported - JAX| probability on generated cells at batch sizes 1 and 7; an
+  error above `tolerance` (None: reported only)."""
+  import jax
+  from bloodcell_jax.data import synthetic
+  images = synthetic.generate(7, exportable.image_size, seed=1).images
+  want = np.asarray(jax.jit(exportable.probabilities)(exportable.variables, images))
+  model = exported.load(path)
+  got = np.concatenate([model.predict(images[:1]), model.predict(images[1:])])
+  difference = float(np.abs(got - want).max())
+  if tolerance is not None and not difference <= tolerance:
+    raise UserError(f"--out={path}: its probabilities differ from the JAX model's by "
+                    f"{difference:.2e} (more than {tolerance:g}); the file is kept for "
+                    "inspection, do not deploy it")
+  return difference
+
+
+def main(argv):
+  del argv
+  for flag in (_WORKDIR, _FORMAT, _OUT):
+    if not flag.value:
+      raise UserError(f"--{flag.name} is required")
+  out = os.path.abspath(_OUT.value)
+  if not os.path.isdir(os.path.dirname(out)):
+    raise UserError(f"--out={_OUT.value}: no such directory {os.path.dirname(out)}")
+  suffix = {"onnx": ".onnx", "tflite": ".tflite"}.get(_FORMAT.value)
+  if suffix and not out.endswith(suffix):
+    raise UserError(f"--out={_OUT.value}: a --format={_FORMAT.value} file must end in {suffix}")
+  logging.set_verbosity(logging.WARNING)  # the SavedModel writer logs each file it writes
+  python_logging.getLogger("tf2onnx").setLevel(python_logging.WARNING)
+  exportable = run_exportable(_WORKDIR.value, _EMA.value, _TTA.value, _CALIBRATED.value)
+  metadata = export(exportable, _FORMAT.value, out, _TFLITE_WEIGHTS.value)
+  difference = check_equal_to_jax(exportable, out, TOLERANCE[metadata["tflite_weights"]])
+  print(f"wrote {out} ({exported.size_bytes(out) / 2**20:.1f} MiB): {metadata['model']}, "
+        f"{len(metadata['class_names'])} classes, uint8 input [N, {exportable.image_size}, "
+        f"{exportable.image_size}, 3]; max |difference| to JAX {difference:.1e}\n"
+        f"check it on images: python -m bloodcell_jax.predict --model={out} --input=PATH")
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: cli.run_reporting_errors(main, argv))

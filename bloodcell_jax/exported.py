@@ -1,0 +1,162 @@
+"""Exported models (bloodcell_jax/export.py) run by their own runtimes: TensorFlow for a
+SavedModel, ONNX Runtime for .onnx, LiteRT for .tflite. Imports no JAX.
+
+  model = exported.load("cnn.onnx")
+  model.metadata["class_names"], model.predict(uint8_images)  # (N, classes) probabilities
+"""
+
+import json
+import os
+
+import numpy as np
+
+from bloodcell_jax.errors import UserError
+
+METADATA_FILE = "metadata.json"  # SavedModel asset
+METADATA_KEY = "bloodcell_jax"  # ONNX metadata_props key, LiteRT metadata buffer name
+
+
+class ExportedModel:
+  """A loaded exported model: `metadata` (dict) and `predict(uint8 images)`."""
+  kind = ""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.metadata = self._read_metadata()
+    for key in ("class_names", "image_size"):
+      if key not in self.metadata:
+        raise UserError(f"--model={path}: its metadata has no {key}; was it written by "
+                        "bloodcell_jax.export?")
+
+  def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities of uint8 images (N, S, S, 3), in batches of `batch_size`."""
+    size = self.metadata["image_size"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+      raise UserError(f"--model={self.path}: expected uint8 images [N, {size}, {size}, 3], "
+                      f"got {images.dtype} {list(images.shape)}")
+    return np.concatenate([self._run(images[i:i + batch_size])
+                           for i in range(0, len(images), batch_size)])
+
+  def _read_metadata(self) -> dict:
+    raise NotImplementedError
+
+  def _run(self, images: np.ndarray) -> np.ndarray:
+    raise NotImplementedError
+
+
+class SavedModel(ExportedModel):
+  kind = "saved_model"
+
+  def __init__(self, path):
+    super().__init__(path)
+    import tensorflow as tf
+    self._tf = tf
+    self._serve = tf.saved_model.load(path).signatures["serving_default"]
+
+  def _read_metadata(self):
+    with open(os.path.join(self.path, "assets", METADATA_FILE)) as f:
+      return json.load(f)
+
+  def _run(self, images):
+    return self._serve(images=self._tf.constant(images))["probabilities"].numpy()
+
+
+class OnnxModel(ExportedModel):
+  kind = "onnx"
+
+  def __init__(self, path):
+    import onnxruntime
+    self._session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    super().__init__(path)
+
+  def _read_metadata(self):
+    props = self._session.get_modelmeta().custom_metadata_map
+    return json.loads(props[METADATA_KEY]) if METADATA_KEY in props else {}
+
+  def _run(self, images):
+    return self._session.run(["probabilities"], {"images": images})[0]
+
+
+class LiteRtModel(ExportedModel):
+  kind = "tflite"
+
+  def __init__(self, path):
+    with open(path, "rb") as f:
+      self._bytes = f.read()
+    super().__init__(path)
+    self._interpreter = _litert_interpreter(path)
+    self._input = self._interpreter.get_input_details()[0]["index"]
+    self._output = self._interpreter.get_output_details()[0]["index"]
+    self._batch = None
+
+  def _read_metadata(self):
+    buffer = tflite_metadata(self._bytes)
+    return json.loads(buffer) if buffer else {}
+
+  def _run(self, images):
+    if self._batch != len(images):  # resizing re-plans the interpreter's memory
+      self._interpreter.resize_tensor_input(self._input, images.shape)
+      self._interpreter.allocate_tensors()
+      self._batch = len(images)
+    self._interpreter.set_tensor(self._input, images)
+    self._interpreter.invoke()
+    return self._interpreter.get_tensor(self._output).copy()
+
+
+def _litert_interpreter(path: str):
+  """LiteRT's interpreter (ai-edge-litert), else TensorFlow's copy of it."""
+  try:
+    from ai_edge_litert.interpreter import Interpreter
+  except ImportError:
+    from tensorflow.lite import Interpreter
+  return Interpreter(model_path=path, num_threads=os.cpu_count())
+
+
+def load(path: str) -> ExportedModel:
+  """The exported model at `path`: a SavedModel directory, an .onnx or a .tflite file."""
+  if os.path.isdir(path):
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+      raise UserError(f"--model={path}: a directory without saved_model.pb; expected a "
+                      "SavedModel directory, an .onnx or a .tflite file")
+    return SavedModel(path)
+  if not os.path.isfile(path):
+    raise UserError(f"--model={path}: no such file or directory")
+  kinds = {".onnx": OnnxModel, ".tflite": LiteRtModel}
+  extension = os.path.splitext(path)[1].lower()
+  if extension not in kinds:
+    raise UserError(f"--model={path}: expected a SavedModel directory, an .onnx or a .tflite "
+                    "file")
+  return kinds[extension](path)
+
+
+def size_bytes(path: str) -> int:
+  """A file's size, or the total of a directory's files."""
+  if not os.path.isdir(path):
+    return os.path.getsize(path)
+  return sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(path) for name in names)
+
+
+# LiteRT files carry named metadata buffers in their flatbuffer (schema: Model.metadata).
+def with_tflite_metadata(model_bytes: bytes, metadata: dict) -> bytes:
+  from tensorflow.lite.python import schema_py_generated as schema
+  from tensorflow.lite.tools import flatbuffer_utils
+  model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+  buffer = schema.BufferT()
+  buffer.data = np.frombuffer(json.dumps(metadata).encode(), np.uint8)
+  entry = schema.MetadataT()
+  entry.name, entry.buffer = METADATA_KEY.encode(), len(model.buffers)
+  model.buffers.append(buffer)
+  model.metadata = [*(model.metadata or []), entry]
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def tflite_metadata(model_bytes: bytes) -> str:
+  """The bloodcell_jax metadata buffer of a LiteRT flatbuffer ('' when absent)."""
+  from tensorflow.lite.python import schema_py_generated as schema
+  model = schema.Model.GetRootAs(model_bytes, 0)
+  for i in range(model.MetadataLength()):
+    entry = model.Metadata(i)
+    if entry.Name().decode() == METADATA_KEY:
+      return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
+  return ""
