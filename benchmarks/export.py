@@ -50,9 +50,18 @@ def images_per_s(predict, images, repeats):
 
 
 def random_exportable(name, image_size):
+  """Initial weights with the classifier scaled to logits of spread 3: confident outputs,
+  where an export's error would show (initial ones are near uniform)."""
   model = models.get_model(name, num_classes=8)
   params, batch_stats = jax.jit(functools.partial(steps.init_variables, model,
                                                   image_size=image_size))(jax.random.PRNGKey(0))
+  cells = synthetic.generate(16, image_size, seed=2).images.astype(np.float32)
+  logits = jax.jit(functools.partial(model.apply, train=False))(
+      {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params},
+      cells)
+  head = models.get_spec(name).head[-1]
+  factor = 3.0 / float(np.std(logits))
+  params = {**params, head: {k: v * factor for k, v in params[head].items()}}
   metadata = {"class_names": list(sources.PBC_CLASS_NAMES), "image_size": image_size,
               "model": name, "source_run": None, "val_accuracy": None}
   return model, export.Exportable(export.probability_function(model),
@@ -75,7 +84,8 @@ def jax2onnx_file(exportable, path):
   from jax2onnx import to_onnx
   size = exportable.image_size
   with contextlib.redirect_stdout(io.StringIO()):  # it prints its module patches
-    model = to_onnx(functools.partial(exportable.probabilities, exportable.variables),
+    model = to_onnx(functools.partial(export.with_standard_ops(exportable.probabilities),
+                                      exportable.variables),
                     [jax.ShapeDtypeStruct(("B", size, size, 3), jnp.uint8)], opset=21)
   import onnx
   onnx.save(model, path)
