@@ -50,20 +50,6 @@ SERVING_PLATFORMS = ("cpu", "cuda", "tpu")
 # Largest |exported - JAX| probability accepted by the check after export.
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "int8": None}  # int8: reported, not checked
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The training run to export.")
-_FORMAT = flags.DEFINE_enum("format", None, FORMATS, "What to write.")
-_OUT = flags.DEFINE_string("out", None, "Where: a directory for saved_model, else a file "
-                           "(.onnx or .tflite).")
-_EMA = flags.DEFINE_bool("ema", False, "Export the moving average of the weights.")
-_TTA = flags.DEFINE_enum("tta", "", list(steps.TTA_VIEWS), "Bake test-time augmentation "
-                         "into the model: 'flips' (4 views) or 'd4' (8).")
-_CALIBRATED = flags.DEFINE_bool("calibrated", False, "Divide the logits by the temperature "
-                                "fitted on the run's validation set.")
-_TFLITE_WEIGHTS = flags.DEFINE_enum("tflite_weights", "float32", TFLITE_WEIGHTS,
-                                    "LiteRT weights: float32, float16 (half the size), or "
-                                    "int8 (dynamic-range quantisation, a quarter).")
-
-
 @dataclasses.dataclass
 class Exportable:
   """A pure function of (variables, uint8 images) to class probabilities, with its weights
@@ -335,21 +321,38 @@ def check_equal_to_jax(exportable: Exportable, path: str, tolerance) -> float:
   return difference
 
 
+def define_flags() -> None:
+  """The CLI's flags; defined by the entry point only, since other modules that tests import
+  together define --workdir too."""
+  flags.DEFINE_string("workdir", None, "The training run to export.")
+  flags.DEFINE_enum("format", None, FORMATS, "What to write.")
+  flags.DEFINE_string("out", None, "Where: a directory for saved_model, else a file (.onnx or "
+                      ".tflite).")
+  flags.DEFINE_bool("ema", False, "Export the moving average of the weights.")
+  flags.DEFINE_enum("tta", "", list(steps.TTA_VIEWS), "Bake test-time augmentation into the "
+                    "model: 'flips' (4 views) or 'd4' (8).")
+  flags.DEFINE_bool("calibrated", False, "Divide the logits by the temperature fitted on the "
+                    "run's validation set.")
+  flags.DEFINE_enum("tflite_weights", "float32", TFLITE_WEIGHTS, "LiteRT weights: float32, "
+                    "float16 (half the size), or int8 (dynamic-range quantisation, a quarter).")
+
+
 def main(argv):
   del argv
-  for flag in (_WORKDIR, _FORMAT, _OUT):
-    if not flag.value:
-      raise UserError(f"--{flag.name} is required")
-  out = os.path.abspath(_OUT.value)
+  args = flags.FLAGS
+  for name in ("workdir", "format", "out"):
+    if not args[name].value:
+      raise UserError(f"--{name} is required")
+  out = os.path.abspath(args.out)
   if not os.path.isdir(os.path.dirname(out)):
-    raise UserError(f"--out={_OUT.value}: no such directory {os.path.dirname(out)}")
-  suffix = {"onnx": ".onnx", "tflite": ".tflite"}.get(_FORMAT.value)
+    raise UserError(f"--out={args.out}: no such directory {os.path.dirname(out)}")
+  suffix = {"onnx": ".onnx", "tflite": ".tflite"}.get(args.format)
   if suffix and not out.endswith(suffix):
-    raise UserError(f"--out={_OUT.value}: a --format={_FORMAT.value} file must end in {suffix}")
+    raise UserError(f"--out={args.out}: a --format={args.format} file must end in {suffix}")
   logging.set_verbosity(logging.WARNING)  # the SavedModel writer logs each file it writes
   python_logging.getLogger("tf2onnx").setLevel(python_logging.WARNING)
-  exportable = run_exportable(_WORKDIR.value, _EMA.value, _TTA.value, _CALIBRATED.value)
-  metadata = export(exportable, _FORMAT.value, out, _TFLITE_WEIGHTS.value)
+  exportable = run_exportable(args.workdir, args.ema, args.tta, args.calibrated)
+  metadata = export(exportable, args.format, out, args.tflite_weights)
   difference = check_equal_to_jax(exportable, out, TOLERANCE[metadata["tflite_weights"]])
   print(f"wrote {out} ({exported.size_bytes(out) / 2**20:.1f} MiB): {metadata['model']}, "
         f"{len(metadata['class_names'])} classes, uint8 input [N, {exportable.image_size}, "
@@ -358,4 +361,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(lambda argv: cli.run_reporting_errors(main, argv))
