@@ -13,10 +13,12 @@ inside the file (`metadata`).
 
 Routes, each the one that converts every registered model on the pinned versions:
 * SavedModel: jax2tf (jax.experimental), which serialises the model as StableHLO inside an
-  XlaCallModule op with the weights as variables. It ships with jax itself, so it cannot
-  drift from the pinned JAX; orbax-export wraps the same converter but pins its own ranges.
-* LiteRT: TensorFlow's converter from that SavedModel (float32, float16 or dynamic-range
-  int8 weights).
+  XlaCallModule op, for CPU, CUDA and TPU, with the weights as variables. It ships with jax
+  itself, so it cannot drift from the pinned JAX; orbax-export wraps the same converter but
+  pins its own ranges.
+* LiteRT: TensorFlow's converter from a SavedModel traced with standard ops
+  (bloodcell_jax/models/portable.py), less the broadcasts a dynamic batch spells out;
+  float32, float16 or dynamic-range int8 weights.
 * ONNX: tf2onnx from the float32 LiteRT model, opset 18. tf2onnx cannot read XlaCallModule
   ops, so not the SavedModel; the newest jax2onnx that installs beside these pins fails on
   ConvNeXt and writes files that ONNX's checker rejects (README, "Export").
@@ -49,6 +51,7 @@ ONNX_OPSET = 18
 SERVING_PLATFORMS = ("cpu", "cuda", "tpu")
 # Largest |exported - JAX| probability accepted by the check after export.
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "int8": None}  # int8: reported, not checked
+
 
 @dataclasses.dataclass
 class Exportable:
