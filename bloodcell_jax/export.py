@@ -45,7 +45,7 @@ from bloodcell_jax.errors import UserError
 
 FORMATS = ("saved_model", "onnx", "tflite")
 TFLITE_WEIGHTS = ("float32", "float16", "int8")
-# tf2onnx's newest opset; ONNX Runtime's CPU provider runs opsets up to 23.
+# tf2onnx's newest opset; ONNX Runtime's CPU provider runs it and newer ones.
 ONNX_OPSET = 18
 # A SavedModel runs wherever TensorFlow Serving does.
 SERVING_PLATFORMS = ("cpu", "cuda", "tpu")
@@ -119,7 +119,7 @@ def write_saved_model(exportable: Exportable, out: str, metadata: dict,
   the asset `assets/metadata.json` and the function `metadata()`.
 
   For serving, the model runs on CPU, CUDA and TPU with each platform's own ops (XLA:CPU's
-  grouped convolution would make EfficientNetV2 3.5x slower on CPU). `for_conversion` traces
+  grouped convolution would make EfficientNetV2 3 to 5x slower on CPU). `for_conversion` traces
   it with standard ops for one platform, which LiteRT's converter needs.
   """
   import tensorflow as tf
@@ -183,7 +183,7 @@ def _without_broadcasts(model_bytes: bytes) -> bytes:
 
   With a dynamic batch, StableHLO spells every broadcast out, and LiteRT's converter keeps it
   as an op that writes the small tensor at the activation's size before each use; XNNPACK
-  then leaves those parts of the graph to the reference kernels (the CNN ran 5x slower).
+  then leaves those parts of the graph to the reference kernels (the CNN ran 7x slower).
   A broadcast goes only where its consumer's other input is a full-size activation (not
   itself a broadcast), so no output changes shape.
   """
