@@ -84,7 +84,7 @@ class LiteRtModel(ExportedModel):
     with open(path, "rb") as f:
       self._bytes = f.read()
     super().__init__(path)
-    self._interpreter = _litert_interpreter(path)
+    self._interpreter = _litert_interpreter(self._bytes)
     self._input = self._interpreter.get_input_details()[0]["index"]
     self._output = self._interpreter.get_output_details()[0]["index"]
     self._batch = None
@@ -103,13 +103,13 @@ class LiteRtModel(ExportedModel):
     return self._interpreter.get_tensor(self._output).copy()
 
 
-def _litert_interpreter(path: str):
+def _litert_interpreter(model_bytes: bytes):
   """LiteRT's interpreter (ai-edge-litert), else TensorFlow's copy of it."""
   try:
     from ai_edge_litert.interpreter import Interpreter
   except ImportError:
     from tensorflow.lite import Interpreter
-  return Interpreter(model_path=path, num_threads=os.cpu_count())
+  return Interpreter(model_content=model_bytes, num_threads=os.cpu_count())
 
 
 def load(path: str) -> ExportedModel:

@@ -89,15 +89,13 @@ def main(argv):
         raise UserError(f"--{flag.name}: for --workdir runs; an exported model has its "
                         "weights, TTA and calibration chosen at export")
   check_writable_file(_OUTPUT.value, "--output")
-  total, first = None, sources[0][:2]
-  for flag, source, probabilities_of in sources:
-    ids, names, probabilities = probabilities_of(source, _INPUT.value)
-    if total is None:
-      class_names, total = names, probabilities
-      continue
+  (first_flag, first, first_probabilities_of), *rest = sources
+  ids, class_names, total = first_probabilities_of(first, _INPUT.value)
+  for flag, source, probabilities_of in rest:
+    _, names, probabilities = probabilities_of(source, _INPUT.value)
     if list(names) != list(class_names):
       raise UserError(f"{flag}={source}: its classes {list(names)} are not those of "
-                      f"{first[0]}={first[1]} {list(class_names)}; an ensemble needs "
+                      f"{first_flag}={first} {list(class_names)}; an ensemble needs "
                       "the same classes in the same order")
     total = total + probabilities
   files.write_probabilities(_OUTPUT.value, ids, total / len(sources), class_names)
