@@ -1,27 +1,10 @@
 """Train and evaluate: `python launch.py --config=configs/cnn.py --workdir=DIR [--config.key=value]`.
 
-Multi-host: pass --coordinator_address, --num_processes and --process_id (or
---distributed for the automatic detection on Cloud TPU and SLURM) and run the
-same command on every host.
+The same program as `bloodcell-train` (bloodcell_jax/cli/train.py), runnable from a checkout
+without installing the package.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
-
-from bloodcell_jax import cli, entry
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file in configs/.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results; "
-                               "a run resumes from it.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  entry.train(_CONFIG.value, _WORKDIR.value)
-
+from bloodcell_jax.cli import train
 
 if __name__ == "__main__":
-  app.run(lambda argv: cli.run_reporting_errors(main, argv), flags_parser=cli.parse_flags)
+  train.run()

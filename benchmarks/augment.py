@@ -22,6 +22,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import step_setup  # pylint: disable=g-bad-import-order,unused-import
+
 from configs import cnn_robust  # pylint: disable=g-bad-import-order
 
 PIPELINES = {
@@ -107,6 +108,7 @@ def images_per_s(batches, args):
 def main(argv=None):
   args = parse_args(argv)
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from bloodcell_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(args.data):
     sys.exit(f"--data={args.data}: not a directory (expected an ImageFolder such as pbc96)")

@@ -33,8 +33,13 @@ runtime.set_up()
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from bloodcell_jax import export, exported, files, inference, models, steps  # pylint: disable=g-import-not-at-top
-from bloodcell_jax.data import sources, synthetic  # pylint: disable=g-import-not-at-top
+from bloodcell_jax import models
+from bloodcell_jax.data import image_set, sources, synthetic  # pylint: disable=g-import-not-at-top
+from bloodcell_jax.evaluation import inference
+from bloodcell_jax.export import runtimes as exported
+from bloodcell_jax.export import writer as export  # pylint: disable=g-import-not-at-top
+from bloodcell_jax.results import predictions
+from bloodcell_jax.training import run_files, steps
 
 BATCHES = (1, 64)
 
@@ -62,7 +67,7 @@ def random_exportable(name, image_size):
   head = models.get_spec(name).head[-1]
   factor = 3.0 / float(np.std(logits))
   params = {**params, head: {k: v * factor for k, v in params[head].items()}}
-  metadata = {"class_names": list(sources.PBC_CLASS_NAMES), "image_size": image_size,
+  metadata = {"class_names": list(image_set.PBC_CLASS_NAMES), "image_size": image_size,
               "model": name, "source_run": None, "val_accuracy": None}
   return model, export.Exportable(export.probability_function(model),
                                   jax.device_get({"params": params, "batch_stats": batch_stats}),
@@ -127,7 +132,7 @@ def runtimes(exportable, directory):
 def validation_set(workdir, config):
   """(uint8 images, labels) of the run's validation images, as its predictions/val.csv lists
   them."""
-  ids, labels, _, _ = files.read_probabilities(os.path.join(workdir, "predictions", "val.csv"))
+  ids, labels, _, _ = predictions.read_probabilities(os.path.join(workdir, run_files.PREDICTIONS_DIR, "val.csv"))
   images = np.stack([sources.read_image_file(os.path.join(config.data.train, i),
                                              config.image_size)[0] for i in ids])
   return images, labels
@@ -187,6 +192,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=10)
   args = parser.parse_args()
   import logging
+
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("tf2onnx").setLevel(logging.WARNING)

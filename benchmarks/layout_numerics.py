@@ -43,7 +43,8 @@ def worker(spec: dict) -> None:
     jax.distributed.initialize(spec["coordinator"], spec["processes"], spec["process_id"])
   if spec["dtype"] == "float64":
     jax.config.update("jax_enable_x64", True)
-  from bloodcell_jax import models, optim, sharding, steps  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax import models  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax.training import optim, sharding, steps
   from configs import default  # pylint: disable=g-import-not-at-top
 
   dtype = np.dtype(spec["dtype"])

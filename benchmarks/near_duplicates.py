@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from bloodcell_jax.data.cleaning import fingerprints as fp, neighbours  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bloodcell_jax.data.cleaning import fingerprints as fp  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bloodcell_jax.data.cleaning import neighbours
 from bloodcell_jax.data.cleaning.settings import CleaningSettings  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

@@ -9,8 +9,8 @@ if ROOT not in sys.path:
 
 
 def load_config(path):
-  from bloodcell_jax import cli  # pylint: disable=g-import-not-at-top
-  return cli.load_config_file(path)
+  from bloodcell_jax.config import recipes  # pylint: disable=g-import-not-at-top
+  return recipes.load_config_file(path)
 
 
 def random_batch(batch, image_size, num_classes=8, seed=0):
@@ -26,7 +26,9 @@ def jitted_step(config, batch, image_size, grad_accum_steps=1):
   from bloodcell_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.set_up()
   import jax  # pylint: disable=g-import-not-at-top
-  from bloodcell_jax import build, sharding, steps  # pylint: disable=g-import-not-at-top
+
+  from bloodcell_jax.training import model_and_optimizer as build  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax.training import sharding, steps
   mesh = sharding.make_mesh()
   with config.unlocked():
     config.image_size = image_size

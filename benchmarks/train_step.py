@@ -110,6 +110,7 @@ def keras_backbone(config, args):
   """The keras.applications base of the config's model with the study's head (as
   configs/effnet.py)."""
   import keras  # pylint: disable=g-import-not-at-top
+
   from bloodcell_jax import models  # pylint: disable=g-import-not-at-top
   m = config.model
   constructor = getattr(keras.applications, models.get_spec(m.name).keras.application)

@@ -24,7 +24,7 @@ import os
 
 import ml_collections
 
-from bloodcell_jax import config_schema
+from bloodcell_jax.config import recorded
 from configs import cnn_robust
 
 
@@ -34,7 +34,7 @@ def get_config(run: str = ""):
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{path}: missing; after ':' name a training run's workdir")
     with open(path) as f:
-      config = ml_collections.ConfigDict(config_schema.upgrade_recorded(json.load(f)))
+      config = ml_collections.ConfigDict(recorded.upgrade_recorded(json.load(f)))
     config.init.weights = run
   else:
     config = cnn_robust.get_config()

@@ -6,7 +6,7 @@ Override any key on the command line: `--config.optim.learning_rate=3e-4`.
 import ml_collections
 
 from bloodcell_jax import models
-from bloodcell_jax.data.sources import PBC_CLASS_NAMES
+from bloodcell_jax.data.image_set import PBC_CLASS_NAMES
 
 
 def get_config(model: str = "cnn") -> ml_collections.ConfigDict:

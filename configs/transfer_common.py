@@ -12,6 +12,7 @@ Without it the run logs that it trains from scratch. As a recipe of its own:
 
 from configs import default
 
+
 def get_config(model: str = "efficientnetv2-s"):
   config = default.get_config(model=model)
   # A CPU-sized budget: minutes on the embedded data. On an accelerator and

@@ -136,10 +136,13 @@ def freezing_against_keras(config, record, image_size=64):
   """(ours, Keras's) frozen and trainable parameters per Flax module: Counters of module paths,
   Keras's weights mapped through the model's port (its running statistics left out)."""
   import collections  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from bloodcell_jax import freezing, models  # pylint: disable=g-import-not-at-top
+
+  from bloodcell_jax import models
+  from bloodcell_jax.training import freezing  # pylint: disable=g-import-not-at-top
   port = models.get_spec(config.model.name).keras
   model = models.build_model(config, 8)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),

@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
-from bloodcell_jax.data import augment, image_ops, policies, synthetic
+from bloodcell_jax.augment import image_ops, policies
+from bloodcell_jax.augment import ops as augment
+from bloodcell_jax.data import synthetic
 from bloodcell_jax.errors import UserError
 from tests.conftest import PBC96
 
@@ -244,6 +246,7 @@ def test_bad_specs_are_one_line_errors(spec, views, message):
 def test_preview_draws_every_op_and_the_configured_pipeline(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+
   from tests.conftest import ROOT, subprocess_env  # pylint: disable=g-import-not-at-top
   out = tmp_path / "grid.png"
   result = subprocess.run(

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bloodcell_jax import calibration, metrics, models, steps
+from bloodcell_jax import models
+from bloodcell_jax.evaluation import calibration
+from bloodcell_jax.training import metrics, steps
 from configs import default
 
 

@@ -10,15 +10,16 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
+from conftest import PBC96, ROOT, subprocess_env
 from PIL import Image
 from scipy import ndimage
 
-from bloodcell_jax.data import sources, splits, synthetic
+from bloodcell_jax.data import image_set, sources, splits, synthetic
 from bloodcell_jax.data.cleaning import cache, duplicates, neighbours, report, run
-from bloodcell_jax.data.cleaning import fingerprints as fp, settings as settings_lib
+from bloodcell_jax.data.cleaning import fingerprints as fp
+from bloodcell_jax.data.cleaning import settings as settings_lib
 from bloodcell_jax.errors import UserError
 from tests import injection
-from conftest import PBC96, ROOT, subprocess_env
 
 SETTINGS = settings_lib.CleaningSettings()
 
@@ -28,7 +29,7 @@ def _cells(n, seed=0):
   if os.path.isdir(PBC96):
     rng = np.random.default_rng(seed)
     paths, labels = [], []
-    for label, name in enumerate(sources.PBC_CLASS_NAMES):
+    for label, name in enumerate(image_set.PBC_CLASS_NAMES):
       files = sorted(os.listdir(os.path.join(PBC96, name)))
       picked = np.sort(rng.choice(len(files), n // 8 + (label < n % 8), replace=False))
       paths += [os.path.join(PBC96, name, files[i]) for i in picked]
@@ -49,7 +50,7 @@ def _cells(n, seed=0):
 
 def _image_set(images, labels, ids=None, name="test"):
   ids = np.asarray(ids if ids is not None else [str(i) for i in range(len(images))])
-  return sources.ImageSet(images, np.asarray(labels, np.int32), ids, sources.PBC_CLASS_NAMES,
+  return image_set.ImageSet(images, np.asarray(labels, np.int32), ids, image_set.PBC_CLASS_NAMES,
                           name=name)
 
 
@@ -58,7 +59,7 @@ def _write_folder(root, images, labels, names=None, fmt="JPEG"):
   ids = []
   for k, (image, label) in enumerate(zip(images, labels)):
     name = names[k] if names else f"img_{k:04d}.{'jpg' if fmt == 'JPEG' else 'png'}"
-    rel = os.path.join(sources.PBC_CLASS_NAMES[label], name)
+    rel = os.path.join(image_set.PBC_CLASS_NAMES[label], name)
     os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
     Image.fromarray(image).save(os.path.join(root, rel), fmt, **(
         {"quality": 95} if fmt == "JPEG" else {}))
@@ -321,7 +322,7 @@ def test_pbc96_every_byte_identical_group_and_the_conflict_are_found(pbc96_image
 def _data_config(train, cache_dir, **cleaning):
   config = ml_collections.ConfigDict({
       "train": train, "val": "", "test": "", "val_fraction": 0.25,
-      "class_names": sources.PBC_CLASS_NAMES, "synthetic_size": 0, "clean": True,
+      "class_names": image_set.PBC_CLASS_NAMES, "synthetic_size": 0, "clean": True,
       "cleaning": {"cache_dir": str(cache_dir), "keep_file": "", **cleaning}})
   return config
 

@@ -13,8 +13,13 @@ from bloodcell_jax.errors import UserError
 from bloodcell_jax.models import mobilenet_v3
 from bloodcell_jax.weights import keras_port
 from configs import default
-from tests.conftest import (PARITY_TOLERANCE, compare_stages, freezing_against_keras,
-                            relative_error, run_with_intermediates)
+from tests.conftest import (
+  PARITY_TOLERANCE,
+  compare_stages,
+  freezing_against_keras,
+  relative_error,
+  run_with_intermediates,
+)
 
 MODEL = {"convnext_tiny": "convnext-tiny", "convnext_small": "convnext-small",
          "mobilenetv3_small": "mobilenetv3-small", "mobilenetv3_large": "mobilenetv3-large"}

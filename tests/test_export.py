@@ -15,9 +15,14 @@ import onnx
 import pytest
 from PIL import Image
 
-from bloodcell_jax import config_schema, export, exported, files, models, steps
-from bloodcell_jax.data import sources, synthetic
+from bloodcell_jax import atomic, models
+from bloodcell_jax.config import recorded
+from bloodcell_jax.data import image_set, sources, synthetic
+from bloodcell_jax.export import runtimes as exported
+from bloodcell_jax.export import writer as export
 from bloodcell_jax.models import convnext, portable
+from bloodcell_jax.results import predictions
+from bloodcell_jax.training import run_files, steps
 from tests.conftest import PBC96, ROOT, subprocess_env
 
 SIZE = 32
@@ -30,7 +35,7 @@ def sixteen_cells(size: int) -> np.ndarray:
   if not os.path.isdir(PBC96):
     return synthetic.generate(16, size).images
   images = []
-  for name in sources.PBC_CLASS_NAMES:
+  for name in image_set.PBC_CLASS_NAMES:
     folder = os.path.join(PBC96, name)
     for file in sorted(os.listdir(folder))[:2]:
       images.append(sources.read_image_file(os.path.join(folder, file), size)[0])
@@ -72,7 +77,7 @@ def exportable(request):
   variables = with_logit_scale(model, host_variables(model),
                                models.get_spec(request.param).head[-1],
                                sixteen_cells(SIZE).astype(np.float32))
-  metadata = {"class_names": list(sources.PBC_CLASS_NAMES), "image_size": SIZE,
+  metadata = {"class_names": list(image_set.PBC_CLASS_NAMES), "image_size": SIZE,
               "model": request.param, "val_accuracy": 0.5}
   return export.Exportable(export.probability_function(model), variables, SIZE, metadata)
 
@@ -109,7 +114,7 @@ def test_every_format_gives_the_jax_probabilities_at_any_batch_size(exportable, 
   model = exported.load(converted[export_format, weights])
   for batch_size in (1, 7):  # one file, a dynamic batch dimension
     np.testing.assert_allclose(model.predict(images, batch_size), want, rtol=0, atol=tolerance)
-  assert model.metadata["class_names"] == list(sources.PBC_CLASS_NAMES)
+  assert model.metadata["class_names"] == list(image_set.PBC_CLASS_NAMES)
   assert (model.metadata["image_size"], model.metadata["model"], model.metadata["format"]) == (
       SIZE, exportable.metadata["model"], export_format)
   with pytest.raises(Exception, match=r"expected uint8 images \[N, 32, 32, 3\]"):
@@ -149,7 +154,7 @@ def test_convnext_traced_with_standard_ops_is_the_same_function_and_exports_to_l
   assert all(max(ranks) <= 2 for name, ranks in used if name == "dot_general")
 
   exportable = export.Exportable(export.probability_function(model), variables, SIZE,
-                                 {"class_names": list(sources.PBC_CLASS_NAMES),
+                                 {"class_names": list(image_set.PBC_CLASS_NAMES),
                                   "image_size": SIZE, "model": "convnext-tiny"})
   export.export(exportable, "tflite", str(tmp_path / "convnext.tflite"))
   want = np.asarray(jax.jit(exportable.probabilities)(variables, images))
@@ -174,22 +179,22 @@ def test_export_cli_and_predict_model_equal_predict_workdir(trained_run, tmp_pat
                                f"--out={onnx_file}", "--tta=flips", "--calibrated")
   assert code == 0 and "max |difference| to JAX" in stdout
   model = exported.load(onnx_file)
-  results = files.read_json(os.path.join(workdir, "results.json"))
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(config_schema.upgrade_recorded(json.load(f)))
+  results = atomic.read_json(os.path.join(workdir, run_files.RESULTS))
+  with open(os.path.join(workdir, run_files.CONFIG)) as f:
+    config = ml_collections.ConfigDict(recorded.upgrade_recorded(json.load(f)))
   assert model.metadata["val_accuracy"] == results["val_accuracy"]
-  assert model.metadata["config_digest"] == config_schema.config_digest(config)
+  assert model.metadata["config_digest"] == recorded.config_digest(config)
   assert model.metadata["source_run"] == os.path.abspath(workdir)
   assert (model.metadata["tta"], model.metadata["temperature"]) == (
-      "flips", files.read_json(os.path.join(workdir, "calibration.json"))["temperature"])
+      "flips", atomic.read_json(os.path.join(workdir, run_files.CALIBRATION))["temperature"])
 
   by_model, by_run = tmp_path / "model.csv", tmp_path / "run.csv"
   assert run_module("bloodcell_jax.predict", f"--model={onnx_file}", f"--input={folder}",
                     f"--output={by_model}")[0] == 0
   assert run_module("bloodcell_jax.predict", f"--workdir={workdir}", "--tta=flips",
                     "--calibrated", f"--input={folder}", f"--output={by_run}")[0] == 0
-  ids, _, got, names = files.read_probabilities(str(by_model))
-  want_ids, _, want, want_names = files.read_probabilities(str(by_run))
+  ids, _, got, names = predictions.read_probabilities(str(by_model))
+  want_ids, _, want, want_names = predictions.read_probabilities(str(by_run))
   assert (ids, names) == (want_ids, want_names) and len(ids) == 16
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # 6 decimals in the CSVs
 

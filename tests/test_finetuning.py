@@ -8,8 +8,10 @@ import numpy as np
 from flax import traverse_util
 from PIL import Image
 
-from bloodcell_jax import build, sharding, steps
-from bloodcell_jax.data import shifts, synthetic
+from bloodcell_jax.augment import shifts
+from bloodcell_jax.data import synthetic
+from bloodcell_jax.training import model_and_optimizer as build
+from bloodcell_jax.training import run_files, sharding, steps
 from bloodcell_jax.weights import init_from
 from configs import effnet_finetune30, effnet_staged
 from tests.conftest import run_launch
@@ -109,7 +111,7 @@ def test_staged_run_chains_stages_through_best_checkpoints(tmp_path):
   config_file.write_text(STAGED_CONFIG)
   workdir = tmp_path / "run"
   run_launch(workdir, config=str(config_file))
-  results = json.loads((workdir / "results.json").read_text())
+  results = json.loads((workdir / run_files.RESULTS).read_text())
   names = ["s1_head", "s2_top", "s3_all"]
   assert list(results["stages"]) == names
   assert results["val_accuracy"] == results["stages"]["s3_all"]["val_accuracy"]
@@ -159,12 +161,12 @@ def test_few_shot_adaptation_recipe_starts_from_the_run_and_needs_no_validation(
   result = run_launch(workdir, f"--config.data.train={lab}", f"--config.data.test={held_out}",
                       "--config.num_epochs=3", config=f"configs/adapt.py:{source}", tiny=False)
   assert "no validation set" in result.stderr
-  results = json.loads((workdir / "results.json").read_text())
+  results = json.loads((workdir / run_files.RESULTS).read_text())
   assert results["val_accuracy"] is None and results["num_val"] == 0
   assert (results["num_train"], results["num_test"]) == (16, 8)
   assert results["test_accuracy"] is not None and results["steps"] == results["best_step"] == 3
   assert results["weights"]["from"] == source and results["weights"]["head_reinitialised"] == []
-  config = json.loads((workdir / "config.json").read_text())
+  config = json.loads((workdir / run_files.CONFIG).read_text())
   assert config["model"] == json.loads(open(f"{source}/config.json").read())["model"]
   assert config["init"] == {"weights": source, "head": "keep", "frozen_bn_mode": "inference"}
 

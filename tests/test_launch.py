@@ -12,15 +12,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
-from bloodcell_jax import files
-from bloodcell_jax.data.sources import PBC_CLASS_NAMES
 from conftest import ROOT, TRAINED_RUN_OVERRIDES, run_launch, subprocess_env, write_image_folder
+
+from bloodcell_jax.data.image_set import PBC_CLASS_NAMES
+from bloodcell_jax.results import predictions
+from bloodcell_jax.training import run_files
 
 
 def test_run_leaves_every_artefact(trained_run):
   workdir, result = trained_run
-  results = json.load(open(os.path.join(workdir, "results.json")))
+  results = json.load(open(os.path.join(workdir, run_files.RESULTS)))
   for key in ("val_accuracy", "augmented_val_accuracy", "test_accuracy",
               "balanced_val_accuracy", "per_class_val_accuracy", "num_train", "num_val",
               "train_seconds", "dataset"):
@@ -32,23 +33,23 @@ def test_run_leaves_every_artefact(trained_run):
   assert "SYNTHETIC" in result.stderr
   assert os.path.getsize(os.path.join(workdir, "confusion_val.png")) > 1000
   assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
-  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  records = [json.loads(line) for line in open(os.path.join(workdir, run_files.METRICS))]
   assert any("train_loss" in r for r in records) and any("val_accuracy" in r for r in records)
-  config = json.load(open(os.path.join(workdir, "config.json")))
+  config = json.load(open(os.path.join(workdir, run_files.CONFIG)))
   assert config["image_size"] == 32 and config["model"]["filters"] == [8, 16, 16, 32]
-  manifest = json.load(open(os.path.join(workdir, "split_manifest.json")))
+  manifest = json.load(open(os.path.join(workdir, run_files.SPLIT_MANIFEST)))
   assert not set(manifest["train"]["ids"]) & set(manifest["val"]["ids"])
   assert len(manifest["train"]["ids"]) + len(manifest["val"]["ids"]) == 320
-  assert os.listdir(os.path.join(workdir, "checkpoints", "best"))
+  assert os.listdir(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "best"))
   assert "images/s" in result.stderr and "ETA" in result.stderr
   # Every validation image's probabilities, the temperature fitted on them, its picture.
-  ids, labels, probabilities, names = files.read_probabilities(
+  ids, labels, probabilities, names = predictions.read_probabilities(
       os.path.join(workdir, "predictions", "val.csv"))
   assert ids == manifest["val"]["ids"] and labels.tolist() == manifest["val"]["labels"]
   assert names == results["class_names"]
   assert np.mean(probabilities.argmax(1) == labels) == pytest.approx(results["val_accuracy"])
   assert os.path.isfile(os.path.join(workdir, "predictions", "augmented_val.csv"))
-  calibration = json.load(open(os.path.join(workdir, "calibration.json")))
+  calibration = json.load(open(os.path.join(workdir, run_files.CALIBRATION)))
   assert calibration["temperature"] == results["temperature"] > 0
   assert 0 <= results["val_ece"] <= 1 and results["val_nll"] == results["val_loss"]
   assert os.path.getsize(os.path.join(workdir, "reliability_val.png")) > 1000
@@ -57,15 +58,15 @@ def test_run_leaves_every_artefact(trained_run):
 
 def test_tiny_cnn_learns_the_synthetic_classes(trained_run):
   workdir, _ = trained_run
-  results = json.load(open(os.path.join(workdir, "results.json")))
+  results = json.load(open(os.path.join(workdir, run_files.RESULTS)))
   assert results["val_accuracy"] >= 0.5  # chance is 0.125
 
 
 def test_rerun_of_a_finished_run_only_evaluates(trained_run):
   workdir, _ = trained_run
-  before = json.load(open(os.path.join(workdir, "results.json")))
+  before = json.load(open(os.path.join(workdir, run_files.RESULTS)))
   result = run_launch(workdir, *TRAINED_RUN_OVERRIDES, "--config.train.log_every_steps=5")
-  after = json.load(open(os.path.join(workdir, "results.json")))
+  after = json.load(open(os.path.join(workdir, run_files.RESULTS)))
   assert "resumed" in result.stderr and "images/s" not in result.stderr
   assert after["val_accuracy"] == before["val_accuracy"]
   # Resuming under other settings is allowed, and said.
@@ -84,7 +85,7 @@ def test_predict_writes_one_row_per_image(trained_run, tmp_path):
   rows = list(csv.DictReader(open(out)))
   assert [r["id"] for r in rows] == [os.path.join(c, f"{c}_{i}.png") for c in "xy"
                                      for i in range(2)]
-  class_names = json.load(open(os.path.join(workdir, "results.json")))["class_names"]
+  class_names = json.load(open(os.path.join(workdir, run_files.RESULTS)))["class_names"]
   assert list(rows[0]) == ["id", "pred", "pred_name", "confidence"] + [f"p_{c}" for c in
                                                                        class_names]
   for row in rows:
@@ -116,7 +117,7 @@ def test_test_source_and_npz_training_data(tmp_path):
   run_launch(workdir, f"--config.data.train={tmp_path / 'course.npz'}",
              f"--config.data.test={folder}", "--config.num_epochs=1",
              "--config.data.val_fraction=0.25")
-  results = json.load(open(os.path.join(workdir, "results.json")))
+  results = json.load(open(os.path.join(workdir, run_files.RESULTS)))
   assert results["num_test"] == 8 and results["test_accuracy"] is not None
   assert results["dataset"]["num_resized"] == 64
   assert os.path.exists(os.path.join(workdir, "confusion_test.png"))
@@ -150,12 +151,12 @@ def test_diverging_training_stops_with_a_clear_error_and_keeps_the_good_checkpoi
   last = result.stderr.strip().splitlines()[-1]
   assert re.match(r"error: training loss is (nan|inf) at step \d+; the last good checkpoint "
                   r"\(step 18\) is kept in .*checkpoints/latest", last), last
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest"),
+  manager = ocp.CheckpointManager(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "latest"),
                                   item_names=("state", "meta"))
   assert manager.all_steps() == [18]
   state = manager.restore(18, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state))
-  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  assert not os.path.exists(os.path.join(workdir, run_files.RESULTS))
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path):
@@ -164,10 +165,10 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
   run_launch(workdir, "--config.optim.learning_rate=0.0", "--config.num_epochs=5",
              "--config.train.early_stopping_patience=2",
              "--config.train.early_stopping_metric=val_loss")
-  results = json.load(open(os.path.join(workdir, "results.json")))
+  results = json.load(open(os.path.join(workdir, run_files.RESULTS)))
   assert results["stopped_early"] is True
   assert (results["epochs"], results["best_step"]) == (3, 18)
-  assert os.listdir(os.path.join(workdir, "checkpoints", "best")) == ["18"]
+  assert os.listdir(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "best")) == ["18"]
 
 
 def test_strong_pipeline_with_jsd_mixup_and_offline_copies(tmp_path):
@@ -176,7 +177,7 @@ def test_strong_pipeline_with_jsd_mixup_and_offline_copies(tmp_path):
             "|random_brightness(0.2)|mixup(0.2)")
   run_launch(workdir, "--config.num_epochs=1", f"--config.augment.train={strong}",
              "--config.data.offline_copies=1")
-  results = json.load(open(os.path.join(workdir, "results.json")))
+  results = json.load(open(os.path.join(workdir, run_files.RESULTS)))
   offline = results["offline_augmentation"]
   assert offline["copies"] == 1 and offline["augmentation"] == strong.rsplit("|", 1)[0]
   assert results["num_train"] == 2 * offline["num_original"] == 2 * 288
@@ -184,7 +185,7 @@ def test_strong_pipeline_with_jsd_mixup_and_offline_copies(tmp_path):
   jsd_dir = str(tmp_path / "jsd")
   run_launch(jsd_dir, "--config.num_epochs=1", "--config.loss.jsd_weight=12",
              "--config.augment.train=flip|augmix(severity=0.3)")
-  assert np.isfinite(json.load(open(os.path.join(jsd_dir, "results.json")))["val_loss"])
+  assert np.isfinite(json.load(open(os.path.join(jsd_dir, run_files.RESULTS)))["val_loss"])
 
 
 def predicted_probabilities(workdir, folder, out, *flags):
@@ -203,7 +204,7 @@ def test_weight_average_and_gradient_accumulation_end_to_end(trained_run, tmp_pa
                       "--config.train.ema_decay=0.9",
                       "--config.train.early_stopping_metric=ema_val_accuracy")
   assert "ema_val_accuracy" in result.stderr
-  results = json.load(open(os.path.join(workdir, "results.json")))
+  results = json.load(open(os.path.join(workdir, run_files.RESULTS)))
   for split in ("val", "augmented_val"):
     assert 0.0 <= results[f"ema_{split}_accuracy"] <= 1.0
   folder = write_image_folder(str(tmp_path / "imgs"), images_per_class=2, size=32)

@@ -5,8 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from bloodcell_jax import freezing, losses, optim, param_rules
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.training import freezing, losses, optim, param_rules
 from configs import default
 
 

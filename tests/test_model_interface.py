@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from bloodcell_jax import inference, models
+from bloodcell_jax import models
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.evaluation import inference
 from bloodcell_jax.models.layers import batch_norm
 from bloodcell_jax.weights import init_from
 from configs import default
@@ -71,7 +72,7 @@ def flat_variables(workdir):
 
 
 def test_a_model_registered_outside_the_library_trains_freezes_and_restores(tmp_path):
-  from bloodcell_jax import train  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from bloodcell_jax.trainer import run as train  # pylint: disable=g-import-not-at-top  (TensorFlow)
   config = tiny_config()
   results = train.run_stages(config, str(tmp_path))
   assert sorted(results["stages"]) == ["s1_all", "s2_first_4", "s3_regex"]
@@ -102,7 +103,7 @@ def test_a_model_registered_outside_the_library_trains_freezes_and_restores(tmp_
 
 
 def test_rules_that_leave_a_parameter_unmatched_fail_at_start(tmp_path):
-  from bloodcell_jax import train  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from bloodcell_jax.trainer import run as train  # pylint: disable=g-import-not-at-top  (TensorFlow)
   config = tiny_config()
   config.stages = type(config.stages)()
   config.optim.freeze = [("stem_.*", "freeze")]

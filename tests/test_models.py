@@ -6,12 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT
 
-from bloodcell_jax import cli, models
-from bloodcell_jax.data import augment
+from bloodcell_jax import models
+from bloodcell_jax.augment import ops as augment
+from bloodcell_jax.config import recipes
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.models.layers import max_pool_2x2, normalize_input
-from conftest import ROOT
 
 
 def reference_pool(x):
@@ -83,7 +84,7 @@ RECIPES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
 
 @pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
 def test_every_recipe_builds_its_model_and_augmentation(path):
-  config = cli.load_config_file(path)
+  config = recipes.load_config_file(path)
   for where in ("train", "eval_strong"):
     augment.parse(config.augment[where], f"config.augment.{where}")
   model = models.build_model(config, 8)

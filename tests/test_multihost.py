@@ -30,9 +30,10 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT, TINY_OVERRIDES, subprocess_env
 from test_resume import final_state, finished_steps
+
+from bloodcell_jax.training import run_files
 
 EPOCHS = 2
 STEPS_PER_EPOCH = 5  # 72 training images in batches of 16
@@ -147,7 +148,7 @@ def test_only_process_zero_writes_logs_and_summaries(four_devices, two_processes
   workdir, _, resumed, _ = two_processes
   assert f"step {EPOCHS * STEPS_PER_EPOCH}/" in resumed[0]
   assert "step " not in resumed[1] and "results:" not in resumed[1]
-  for name in ("metrics.jsonl", "results.json", "config.json"):
+  for name in (run_files.METRICS, run_files.RESULTS, run_files.CONFIG):
     assert os.path.isfile(os.path.join(workdir, name))
   assert logged_metrics(workdir) == logged_metrics(four_devices)  # one writer, not two
   assert len(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))) == 2
@@ -156,7 +157,7 @@ def test_only_process_zero_writes_logs_and_summaries(four_devices, two_processes
 def logged_metrics(workdir) -> list:
   """(step, names) of every training and validation record in metrics.jsonl, in order (the
   progress records' rates and times depend on when a run was stopped)."""
-  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  records = [json.loads(line) for line in open(os.path.join(workdir, run_files.METRICS))]
   return [(r["step"], sorted(r)) for r in records
           if any(k.startswith(("train_", "val_")) for k in r)]
 
@@ -167,8 +168,8 @@ def test_checkpoint_from_four_devices_continues_on_one_device_and_on_two_process
   for processes, devices in ((2, 2), (1, 1)):
     continued = str(tmp_path / f"continued_{processes}x{devices}")
     shutil.copytree(four_devices, continued)
-    os.remove(os.path.join(continued, "results.json"))
-    for later in glob.glob(os.path.join(continued, "checkpoints", "*", "*")):
+    os.remove(os.path.join(continued, run_files.RESULTS))
+    for later in glob.glob(os.path.join(continued, run_files.CHECKPOINTS_DIR, "*", "*")):
       if os.path.basename(later).isdigit() and int(os.path.basename(later)) > half:  # back to the mid-run checkpoint
         shutil.rmtree(later)
     assert max(finished_steps(continued)) == half

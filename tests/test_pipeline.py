@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from bloodcell_jax.data import augment, image_ops, pipeline, splits
-from bloodcell_jax.data.sources import ImageSet
+from bloodcell_jax.augment import image_ops
+from bloodcell_jax.augment import ops as augment
+from bloodcell_jax.data import pipeline, splits
+from bloodcell_jax.data.image_set import ImageSet
 from bloodcell_jax.errors import UserError
 
 

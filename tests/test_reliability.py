@@ -12,12 +12,13 @@ import sys
 import jax
 import numpy as np
 import pytest
-
-from bloodcell_jax import checkpoint, cli, config_schema
-from bloodcell_jax.errors import UserError
-from bloodcell_jax.weights import init_from
 from conftest import ROOT, TRAINED_RUN_OVERRIDES, run_launch, subprocess_env
 from test_resume import final_state, finished_steps
+
+from bloodcell_jax.config import recipes, schema
+from bloodcell_jax.errors import UserError
+from bloodcell_jax.training import checkpoint, run_files
+from bloodcell_jax.weights import init_from
 
 NEWEST = 216  # the trained run's last step
 
@@ -49,7 +50,7 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_before_it(tr
                                                                                 tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_run[0], workdir)
-  damaged = largest_array_file(os.path.join(workdir, "checkpoints", "latest", str(NEWEST)))
+  damaged = largest_array_file(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "latest", str(NEWEST)))
   truncate_half(damaged)
   damaged_size = os.path.getsize(damaged)
 
@@ -58,9 +59,9 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_before_it(tr
   assert f"checkpoints/latest/{NEWEST} is unreadable (ValueError: OUT_OF_RANGE: " in log
   assert "Traceback" not in log and "Exception ignored" not in log  # the warning alone
   assert f"resumed from {workdir} at step {NEWEST - 3}" in log
-  aside = os.path.join(workdir, "checkpoints", "corrupt", "latest", str(NEWEST))
+  aside = os.path.join(workdir, run_files.CHECKPOINTS_DIR, "corrupt", "latest", str(NEWEST))
   kept = os.path.join(aside, os.path.relpath(
-      damaged, os.path.join(workdir, "checkpoints", "latest", str(NEWEST))))
+      damaged, os.path.join(workdir, run_files.CHECKPOINTS_DIR, "latest", str(NEWEST))))
   assert os.path.getsize(kept) == damaged_size  # set aside as it was, not deleted
   # The steps after the intact checkpoint are trained again, to the same state.
   assert_states_equal(trained_run[0], workdir)
@@ -88,13 +89,13 @@ def test_unreadable_best_checkpoint_falls_back_for_predict_and_init_from(trained
                                                                          tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_run[0], workdir)
-  best = glob.glob(os.path.join(workdir, "checkpoints", "best", "[0-9]*"))[0]
+  best = glob.glob(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "best", "[0-9]*"))[0]
   open(os.path.join(best, "state", "_METADATA"), "w").close()
   before = file_digests(workdir)
 
   variables = init_from.load_variables(workdir, "cnn")
 
-  newest = checkpoint.restore_raw_state(os.path.join(workdir, "checkpoints", "latest"))
+  newest = checkpoint.restore_raw_state(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "latest"))
   jax.tree.map(np.testing.assert_array_equal, variables["params"], newest["params"])
   assert file_digests(workdir) == before  # reading never moves anything
 
@@ -145,23 +146,23 @@ def test_bad_config_values_stop_before_any_data_is_read(tmp_path, override, mess
 
 def test_every_recipe_passes_the_schema_which_has_a_rule_for_each_of_its_keys():
   for path in sorted(glob.glob(os.path.join(ROOT, "configs", "[!_]*.py"))):
-    config_schema.validate(cli.load_config_file(path))  # a key without a rule is an error
+    schema.validate(recipes.load_config_file(path))  # a key without a rule is an error
 
 
 def test_cross_key_rules_and_stages_are_checked():
-  config = cli.load_config_file(os.path.join(ROOT, "configs", "effnet_staged.py"))
+  config = recipes.load_config_file(os.path.join(ROOT, "configs", "effnet_staged.py"))
   with config.unlocked():
     config.stages.s3_full.optim.learning_rate = -1.0
   with pytest.raises(UserError, match=r"^config.optim.learning_rate=-1.0: expected a number >= "
                      r"0.0 \(stage s3_full\)$"):
-    config_schema.validate(config)
-  config = cli.load_config_file(os.path.join(ROOT, "configs", "cnn.py"))
+    schema.validate(config)
+  config = recipes.load_config_file(os.path.join(ROOT, "configs", "cnn.py"))
   config.train.early_stopping_metric = "ema_val_accuracy"
   with pytest.raises(UserError, match="needs a weight average"):
-    config_schema.validate(config)
+    schema.validate(config)
   config.train.early_stopping_metric, config.optim.weight_decay = "val_loss", 0.1
   with pytest.raises(UserError, match="decoupled decay needs optim.name=adamw"):
-    config_schema.validate(config)
+    schema.validate(config)
 
 
 def test_a_batch_larger_than_the_training_set_is_refused(tmp_path):
@@ -211,4 +212,4 @@ def test_a_full_disk_stops_before_the_checkpoint_that_does_not_fit(small_disk):
   kept = int(re.search(r"\(step (\d+)\)", error).group(1))
   assert finished_steps(workdir)[-1] == kept
   assert final_state(workdir)[0] == kept  # complete: it restores, so a rerun resumes there
-  assert not glob.glob(os.path.join(workdir, "checkpoints", "*", "*tmp*"))
+  assert not glob.glob(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "*", "*tmp*"))

@@ -11,9 +11,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import ROOT, TINY_OVERRIDES, run_launch, subprocess_env
+from conftest import TRAINED_RUN_OVERRIDES as OVERRIDES
 
-from conftest import (ROOT, TINY_OVERRIDES, TRAINED_RUN_OVERRIDES as OVERRIDES, run_launch,
-                      subprocess_env)
+from bloodcell_jax.training import run_files
 
 TOTAL_STEPS = 12 * 18  # 288 training images in batches of 16
 
@@ -21,7 +22,7 @@ TOTAL_STEPS = 12 * 18  # 288 training images in batches of 16
 def final_state(workdir):
   """(step, state as numpy arrays) of the newest checkpoint, whatever devices saved it and
   in the dtypes it was saved in (float64 too)."""
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest"),
+  manager = ocp.CheckpointManager(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "latest"),
                                   item_names=("state", "meta"))
   step = manager.latest_step()
   with jax.enable_x64(True):
@@ -33,7 +34,7 @@ def final_state(workdir):
 
 
 def finished_steps(workdir):
-  directory = os.path.join(workdir, "checkpoints", "latest")
+  directory = os.path.join(workdir, run_files.CHECKPOINTS_DIR, "latest")
   if not os.path.isdir(directory):
     return []
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
@@ -68,7 +69,7 @@ def checkpoints_being_written(workdir):
   """Orbax's temporary directories: checkpoints started and not yet complete."""
   found = []
   for kind in ("latest", "best"):
-    directory = os.path.join(workdir, "checkpoints", kind)
+    directory = os.path.join(workdir, run_files.CHECKPOINTS_DIR, kind)
     if os.path.isdir(directory):
       found += [d for d in os.listdir(directory) if "tmp" in d]
   return found
@@ -101,7 +102,7 @@ def interrupted(tmp_path_factory):
   record = {"workdir": workdir, "sigterm_exit_code": process.wait(timeout=60),
             "first_pid": process.pid, "second_run": second,
             "sigterm_saved": max(finished_steps(workdir)),
-            "results_after_sigterm": os.path.exists(os.path.join(workdir, "results.json"))}
+            "results_after_sigterm": os.path.exists(os.path.join(workdir, run_files.RESULTS))}
   record["kills_inside_writes"] = sum(kill_while_saving(workdir, log) for log in logs[1:])
   record["saved_after_kills"] = max(finished_steps(workdir))
   record["after_sigterm_log"] = open(logs[1]).read()

@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_launch, subprocess_env
 
 # Trains a tiny CNN for 3 steps per variant on however many devices XLA_FLAGS gives,
@@ -23,7 +22,8 @@ import json, sys
 import numpy as np
 import jax
 jax.config.update("jax_enable_x64", True)
-from bloodcell_jax import models, optim, sharding, steps
+from bloodcell_jax import models
+from bloodcell_jax.training import optim, sharding, steps
 from configs import default
 
 def run(norm, batch_size, accum=1, ema_decay=0.0):

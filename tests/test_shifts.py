@@ -12,12 +12,15 @@ import numpy as np
 import optax
 import pytest
 import tensorflow as tf
-
-from bloodcell_jax import adaptation, sharding, steps
-from bloodcell_jax.data import augment, shifts, synthetic
-from bloodcell_jax.errors import UserError
-from bloodcell_jax.robustness import shift_uniforms
 from conftest import ROOT, subprocess_env
+
+from bloodcell_jax.augment import ops as augment
+from bloodcell_jax.augment import shifts
+from bloodcell_jax.data import synthetic
+from bloodcell_jax.errors import UserError
+from bloodcell_jax.evaluation import adaptation
+from bloodcell_jax.evaluation.robustness import shift_uniforms
+from bloodcell_jax.training import run_files, sharding, steps
 
 SIZE = 48
 
@@ -143,7 +146,7 @@ def test_robustness_command_on_a_tiny_run(trained_run, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads(out.read_text())
   # Clean, it is the run's own validation accuracy of its best checkpoint.
-  assert results["clean"] == json.load(open(os.path.join(workdir, "results.json")))["val_accuracy"]
+  assert results["clean"] == json.load(open(os.path.join(workdir, run_files.RESULTS)))["val_accuracy"]
   assert list(results["shifts"]) == names
   assert all(list(v) == ["1", "2", "3", "4", "5"] and all(0 <= a <= 1 for a in v.values())
              for v in results["shifts"].values())

@@ -4,12 +4,12 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import write_image_folder
 from PIL import Image
 
-from bloodcell_jax.data import sources, splits, synthetic
+from bloodcell_jax.data import image_set, sources, splits, synthetic
 from bloodcell_jax.errors import UserError
 from configs import default as default_config
-from conftest import write_image_folder
 
 
 def test_image_folder_reads_classes_in_sorted_order_and_ignores_loose_files(tmp_path):
@@ -80,7 +80,7 @@ def test_decompression_bomb_is_an_unreadable_image_named_by_path(tmp_path):
                               struct.pack(">I", zlib.crc32(kind + data)))
   path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
   with pytest.raises(UserError, match=rf"^{path}: unreadable image \(Image size \(900000000 "
-                     "pixels\) exceeds limit"):
+                     r"pixels\) exceeds limit"):
     sources.read_image_file(str(path), 24)
 
 
@@ -123,7 +123,7 @@ def test_course_npz_accepts_column_labels_and_validates(tmp_path):
   data = sources.load_source(path, 96)
   assert data.labels.tolist() == [0, 1, 2, 3, 4]
   assert data.ids.tolist() == ["0", "1", "2", "3", "4"]
-  assert data.class_names == sources.PBC_CLASS_NAMES
+  assert data.class_names == image_set.PBC_CLASS_NAMES
 
   np.savez(path, images=images.astype(np.float32), labels=np.arange(5))
   with pytest.raises(UserError, match=r"course.npz\[images\]: dtype float32, expected uint8"):
@@ -177,7 +177,7 @@ def test_synthetic_default_is_deterministic_balanced_and_marked():
 def test_real_pbc96_folder_matches_its_readme(pbc96):
   data = sources.read_image_folder(pbc96, 96)
   assert len(data) == 13598
-  assert data.class_names == sources.PBC_CLASS_NAMES
+  assert data.class_names == image_set.PBC_CLASS_NAMES
   counts = np.bincount(data.labels).tolist()
   assert counts == [961, 2481, 1230, 2304, 971, 1125, 2651, 1875]
   assert data.num_resized == 0

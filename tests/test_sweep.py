@@ -2,7 +2,6 @@
 table with an ensemble row; predict over several runs; the reports in headless Chromium."""
 
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -11,15 +10,17 @@ import time
 
 import numpy as np
 import pytest
-
-from bloodcell_jax import files
 from browser import needs_chromium, open_page
 from conftest import ROOT, subprocess_env
+
+from bloodcell_jax import atomic
+from bloodcell_jax.results import predictions
+from bloodcell_jax.training import run_files
 
 # Two seeds of one tiny CNN (a group, so the table gains an ensemble row) and a run that
 # fails once its data is loaded.
 SWEEP_FILE = """
-from bloodcell_jax import hyper
+from bloodcell_jax.sweep import hyper
 from configs import default
 
 def get_config():
@@ -66,14 +67,14 @@ def sequential(sweep_file, tmp_path_factory):
 
 
 def read_results(workdir, run):
-  return files.read_json(os.path.join(workdir, run, "results.json"))
+  return atomic.read_json(os.path.join(workdir, run, run_files.RESULTS))
 
 
 def test_sweep_records_each_run_continues_past_a_failure_and_writes_the_table(sequential):
   workdir, result = sequential
   assert "[2] too_big_batch: FAILED" in result.stdout
   assert "config.batch_size=4096: larger than the training set" in result.stdout
-  failure = files.read_json(os.path.join(workdir, "too_big_batch", "failure.json"))
+  failure = atomic.read_json(os.path.join(workdir, "too_big_batch", "failure.json"))
   assert failure["error"].startswith("config.batch_size=4096: larger than the training set")
   for seed, run in enumerate(RUNS[:2]):
     record = read_results(workdir, run)["sweep"]
@@ -90,7 +91,7 @@ def test_sweep_records_each_run_continues_past_a_failure_and_writes_the_table(se
   assert float(table[0]["val_accuracy_tta_mean"]) == pytest.approx(
       np.mean([r["val_accuracy_tta"] for r in runs]), abs=1e-5)
   # The ensemble's accuracy is that of the runs' averaged validation probabilities.
-  read = [files.read_probabilities(os.path.join(workdir, run, "predictions", "val.csv"))
+  read = [predictions.read_probabilities(os.path.join(workdir, run, "predictions", "val.csv"))
           for run in RUNS[:2]]
   assert read[0][0] == read[1][0]  # the same images: the split does not follow the seed
   averaged = (read[0][2] + read[1][2]) / 2
@@ -112,13 +113,13 @@ def test_rerun_skips_finished_runs_retries_failed_ones_and_index_is_the_listed_r
       ["0", "tiny.seed0", "finished"], ["1", "tiny.seed1", "finished"],
       ["2", "too_big_batch", "failed"]]
   assert "error: config.batch_size=4096" in listed[2]
-  finished_at = [os.path.getmtime(os.path.join(workdir, r, "results.json")) for r in RUNS[:2]]
+  finished_at = [os.path.getmtime(os.path.join(workdir, r, run_files.RESULTS)) for r in RUNS[:2]]
 
   again = run_sweep(sweep_file, workdir, check_rc=1)
   assert "[0] tiny.seed0: finished, skipped" in again.stdout
   assert "[1] tiny.seed1: finished, skipped" in again.stdout
   assert "[2] too_big_batch: FAILED" in again.stdout  # retried
-  assert [os.path.getmtime(os.path.join(workdir, r, "results.json"))
+  assert [os.path.getmtime(os.path.join(workdir, r, run_files.RESULTS))
           for r in RUNS[:2]] == finished_at
 
   chosen = run_sweep(sweep_file, workdir, "--index=1", check_rc=0)
@@ -140,7 +141,7 @@ def test_parallel_sweep_killed_midway_resumes_to_the_sequential_results(
       [sys.executable, "-m", "bloodcell_jax.sweep", f"--config={sweep_file}",
        f"--workdir={workdir}", "--parallel=2", every_step], cwd=ROOT, env=subprocess_env(),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-  checkpoints = os.path.join(workdir, "tiny.seed1", "checkpoints", "latest")
+  checkpoints = os.path.join(workdir, "tiny.seed1", run_files.CHECKPOINTS_DIR, "latest")
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None:
     if os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints)):
@@ -148,7 +149,7 @@ def test_parallel_sweep_killed_midway_resumes_to_the_sequential_results(
     time.sleep(0.05)
   os.killpg(process.pid, signal.SIGKILL)  # the sweep and its runs, as a lost machine would
   process.wait()
-  assert not os.path.exists(os.path.join(workdir, "tiny.seed1", "results.json"))
+  assert not os.path.exists(os.path.join(workdir, "tiny.seed1", run_files.RESULTS))
 
   resumed = run_sweep(sweep_file, workdir, "--parallel=2", every_step, check_rc=1)
   assert "on cores" in resumed.stdout
@@ -163,7 +164,7 @@ def test_parallel_sweep_killed_midway_resumes_to_the_sequential_results(
 
 def test_predict_averages_runs_with_tta_and_temperature(sequential, tmp_path):
   workdir, _ = sequential
-  from bloodcell_jax import inference  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
   runs = [os.path.join(workdir, r) for r in RUNS[:2]]
   images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
   npz = str(tmp_path / "images.npz")
@@ -173,7 +174,7 @@ def test_predict_averages_runs_with_tta_and_temperature(sequential, tmp_path):
                   f"--workdir={runs[1]}", f"--input={npz}", f"--output={out}", "--tta=flips",
                   "--calibrated"], cwd=ROOT, check=True, capture_output=True,
                  env=subprocess_env())
-  _, _, ensemble, _ = files.read_probabilities(out)
+  _, _, ensemble, _ = predictions.read_probabilities(out)
   each = []
   for run in runs:
     _, _, model, state = inference.load_run(run)
@@ -217,8 +218,8 @@ def test_run_and_sweep_reports_render_in_headless_chromium(sequential):
 
 
 def test_sweep_helpers_build_grids_names_and_seed_groups():
-  from bloodcell_jax import hyper  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax.sweep import hyper  # pylint: disable=g-import-not-at-top
   grid = hyper.product(hyper.sweep("optim.name", ["adam", "lion"]),
                        hyper.sweep("loss.l2", [1e-3, 1e-4]))
   assert grid[1] == {"optim.name": "adam", "loss.l2": 1e-4} and len(grid) == 4

@@ -7,11 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, subprocess_env
 from PIL import Image
 
-from bloodcell_jax.data import sources, synthetic
+from bloodcell_jax.data import image_set, synthetic
 from bloodcell_jax.errors import UserError
-from conftest import ROOT, subprocess_env
 
 tfds = pytest.importorskip("tensorflow_datasets")
 from bloodcell_jax.data import tfds_pbc  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -24,7 +24,7 @@ def folder_and_keep(tmp_path_factory):
   data = synthetic.generate(48, 96, seed=3)
   ids = []
   for k, (image, label) in enumerate(zip(data.images, data.labels)):
-    rel = os.path.join(sources.PBC_CLASS_NAMES[label], f"cell_{k:02d}.png")
+    rel = os.path.join(image_set.PBC_CLASS_NAMES[label], f"cell_{k:02d}.png")
     os.makedirs(root / "data" / os.path.dirname(rel), exist_ok=True)
     Image.fromarray(image).save(root / "data" / rel)
     ids.append(rel)
@@ -50,7 +50,7 @@ def test_build_and_load_with_the_manifest_applied(folder_and_keep):
     for example in tfds.as_numpy(ds):
       image_id = example["id"].decode()
       np.testing.assert_array_equal(example["image"], pixels[image_id])  # lossless
-      assert sources.PBC_CLASS_NAMES[example["label"]] == image_id.split("/")[0]
+      assert image_set.PBC_CLASS_NAMES[example["label"]] == image_id.split("/")[0]
       seen.append(image_id)
   assert sorted(seen) == kept  # every kept image once, nothing else
 

@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from bloodcell_jax.data import augment
-from bloodcell_jax.data.sources import ImageSet
+from bloodcell_jax.augment import ops as augment
+from bloodcell_jax.data.image_set import ImageSet
 from bloodcell_jax.errors import UserError
 
 _BATCH = 256

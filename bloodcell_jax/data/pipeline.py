@@ -18,8 +18,8 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from bloodcell_jax.data import augment
-from bloodcell_jax.data.sources import ImageSet
+from bloodcell_jax.augment import ops as augment
+from bloodcell_jax.data.image_set import ImageSet
 from bloodcell_jax.errors import UserError
 
 _EVAL_STREAM = 1 << 30  # the 'epoch' used for seeding evaluation-time augmentation

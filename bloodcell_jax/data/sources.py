@@ -7,7 +7,6 @@ synthetic data. Every reader returns an `ImageSet`: uint8 RGB images at the
 configured size, int32 labels and a stable id per image.
 """
 
-import dataclasses
 import logging
 import os
 from typing import Optional, Sequence
@@ -15,40 +14,12 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from bloodcell_jax.data import synthetic
+from bloodcell_jax.data.image_set import PBC_CLASS_NAMES, ImageSet
 from bloodcell_jax.errors import UserError
 
-PBC_CLASS_NAMES = (
-    "basophil", "eosinophil", "erythroblast", "ig",
-    "lymphocyte", "monocyte", "neutrophil", "platelet",
-)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MEDMNIST_SPLITS = ("train", "val", "test")
-
-
-@dataclasses.dataclass
-class ImageSet:
-  """Images held in memory with their labels and provenance."""
-  images: np.ndarray  # uint8 (N, H, W, 3)
-  labels: np.ndarray  # int32 (N,)
-  ids: np.ndarray  # str (N,): relative path, or row index for arrays
-  class_names: tuple
-  name: str
-  synthetic: bool = False
-  num_resized: int = 0
-  num_converted: int = 0  # greyscale / RGBA / palette images made RGB
-
-  def __len__(self):
-    return len(self.labels)
-
-  def subset(self, indices) -> "ImageSet":
-    return dataclasses.replace(
-        self, images=self.images[indices], labels=self.labels[indices],
-        ids=self.ids[indices])
-
-  def describe(self) -> dict:
-    return {"name": self.name, "synthetic": self.synthetic,
-            "num_examples": len(self), "num_resized": self.num_resized,
-            "num_converted": self.num_converted}
 
 
 def load_source(source: str, image_size: int, *, default_split: str = "train",
@@ -61,7 +32,6 @@ def load_source(source: str, image_size: int, *, default_split: str = "train",
   given, fixes the class order of an ImageFolder (that of the training data).
   """
   if not source:
-    from bloodcell_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     return synthetic.generate(synthetic_size, image_size, seed=seed)
   path, split = _split_suffix(source)
   if not os.path.exists(path):

@@ -7,7 +7,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
-from bloodcell_jax.data.sources import ImageSet, load_source
+from bloodcell_jax.data.image_set import ImageSet
+from bloodcell_jax.data.sources import load_source
 from bloodcell_jax.errors import UserError
 
 

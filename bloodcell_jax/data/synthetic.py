@@ -8,7 +8,7 @@ Used when no data source is given, and announced as synthetic wherever it is.
 
 import numpy as np
 
-from bloodcell_jax.data.sources import PBC_CLASS_NAMES, ImageSet
+from bloodcell_jax.data.image_set import PBC_CLASS_NAMES, ImageSet
 
 _BACKGROUND = np.array([236, 214, 214], np.float32)
 _RED_CELL = np.array([226, 160, 165], np.float32)

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from sklearn.model_selection import train_test_split
 
-from bloodcell_jax.data import sources
+from bloodcell_jax.data import image_set, sources
 from bloodcell_jax.errors import UserError
 
 _CITATION = """@article{acevedo2020dataset,
@@ -64,7 +64,7 @@ class PbcCellsConfig(tfds.core.BuilderConfig):
   test_fraction: float = 0.1
   seed: int = 0
   image_size: int = 96
-  class_names: Tuple[str, ...] = sources.PBC_CLASS_NAMES
+  class_names: Tuple[str, ...] = image_set.PBC_CLASS_NAMES
 
 
 class PbcCells(tfds.core.GeneratorBasedBuilder):

@@ -11,8 +11,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import register
 from bloodcell_jax.models.layers import INPUT_NORMS, batch_norm, max_pool_2x2, normalize_input
+from bloodcell_jax.models.registry import register
 
 _ACTIVATIONS = {"relu": nn.relu, "leaky_relu": nn.leaky_relu}
 

@@ -21,8 +21,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from bloodcell_jax.models import KerasPort, heads, portable, register
+from bloodcell_jax.models import heads, portable
 from bloodcell_jax.models.layers import DepthwiseConv, normalize_input
+from bloodcell_jax.models.registry import KerasPort, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

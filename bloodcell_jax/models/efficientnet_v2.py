@@ -21,8 +21,9 @@ from typing import Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bloodcell_jax.models import KerasPort, heads, register
+from bloodcell_jax.models import heads
 from bloodcell_jax.models.layers import DepthwiseConv, batch_norm, normalize_input
+from bloodcell_jax.models.registry import KerasPort, register
 
 # One row per stage: block type, repeats, input filters, output filters,
 # expansion ratio, squeeze-excitation ratio, first stride (all kernels are 3x3).

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 
 from bloodcell_jax.models.depthwise import depthwise_conv2d
 
-
 # Keras's usual BatchNorm momentum (MobileNetV3 sets 0.999).
 BATCH_NORM_MOMENTUM = 0.9
 

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import KerasPort, heads, register
+from bloodcell_jax.models import heads
 from bloodcell_jax.models.layers import DepthwiseConv, batch_norm, normalize_input
+from bloodcell_jax.models.registry import KerasPort, register
 
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.999

@@ -12,8 +12,8 @@ from typing import Dict, Tuple
 import numpy as np
 from flax import traverse_util
 
-from bloodcell_jax import checkpoint
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.training import checkpoint
 from bloodcell_jax.weights import keras_port
 
 

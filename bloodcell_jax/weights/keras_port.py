@@ -20,7 +20,6 @@ CLI: python -m bloodcell_jax.weights.keras_port --model=efficientnetv2-s \\
 
 import functools
 import inspect
-import json
 import os
 import re
 import shutil
@@ -35,7 +34,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from bloodcell_jax import checkpoint, models
+from bloodcell_jax import models
 from bloodcell_jax.errors import UserError
 
 # A mirror of the official files (a URL ending in "/"), used instead of Keras's servers.
@@ -270,39 +269,6 @@ def download_keras_weights(model_name: str, include_top: bool, stall_seconds: fl
   return path
 
 
-def main(argv):
-  del argv
-  model_name = FLAGS.model
-  if FLAGS.download:
-    path = download_keras_weights(model_name, FLAGS.include_top)
-  elif FLAGS.keras_weights:
-    path = FLAGS.keras_weights
-  else:
-    raise UserError("give --keras_weights=FILE (e.g. efficientnetv2-s_notop.h5), or --download "
-                    "with network access")
-  try:
-    model_args = dict(json.loads(FLAGS.model_args))
-  except (ValueError, TypeError) as e:
-    raise UserError(f"--model_args={FLAGS.model_args}: expected a JSON object such as "
-                    f"'{{\"alpha\": 0.75}}' ({e})") from None
-  variables, include_top = port(model_name, read_keras_weights(model_name, path, model_args), path,
-                                model_args)
-  count = sum(np.size(v) for v in jax.tree.leaves(variables["params"]))
-  checkpoint.save_ported(variables, FLAGS.out, {"model": model_name, "include_top": include_top,
-                                     "model_args": model_args, "source": os.path.abspath(path),
-                                     "num_params": int(count)})
-  print(f"ported {path} -> {FLAGS.out}: {model_name}, include_top={include_top}, "
-        f"{count:,} parameters")
-
-
-if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
-  from bloodcell_jax import cli  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("model", "efficientnetv2-s", "Model name, e.g. efficientnetv2-s.")
-  flags.DEFINE_string("keras_weights", "", "Keras .h5 / .weights.h5 file to port.")
-  flags.DEFINE_string("out", None, "Directory for the ported Orbax checkpoint.", required=True)
-  flags.DEFINE_bool("download", False, "Fetch the official ImageNet weights (needs network).")
-  flags.DEFINE_bool("include_top", False, "With --download: the file with the 1000-class top.")
-  flags.DEFINE_string("model_args", "{}", 'Constructor arguments as JSON, e.g. \'{"alpha": 0.75}\'.')
-  FLAGS = flags.FLAGS
-  app.run(lambda argv: cli.run_reporting_errors(main, argv))
+if __name__ == "__main__":  # the command's old name; the program is bloodcell_jax/cli/port_keras.py
+  from bloodcell_jax.cli import port_keras  # pylint: disable=g-import-not-at-top
+  port_keras.run()

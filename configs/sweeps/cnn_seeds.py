@@ -5,7 +5,7 @@ augmentation: the spread between seeds, what TTA adds, and what their ensemble a
       --config.data.train=../shared/data/pbc96
 """
 
-from bloodcell_jax import hyper
+from bloodcell_jax.sweep import hyper
 from configs import cnn
 
 

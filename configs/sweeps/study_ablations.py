@@ -11,7 +11,7 @@ Flatten for global average pooling, LeakyReLU for ReLU, L1 at lambda 0.01, 0.001
 strength (none, the basic one of the baseline, the study's final).
 """
 
-from bloodcell_jax import hyper
+from bloodcell_jax.sweep import hyper
 from configs import cnn, cnn_strong
 
 

@@ -15,7 +15,7 @@ array).
 
 import os
 
-from bloodcell_jax import hyper
+from bloodcell_jax.sweep import hyper
 from configs import default
 
 ROWS = {  # run group: (recipe, ImageNet port)

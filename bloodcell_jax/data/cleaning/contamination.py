@@ -32,7 +32,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from bloodcell_jax.data.cleaning import annotations, fingerprints as fp
+from bloodcell_jax.data.cleaning import annotations
+from bloodcell_jax.data.cleaning import fingerprints as fp
 
 LEVELS = 32  # colour histogram levels per channel
 TILE, STRIDE = annotations.TILE, annotations.STRIDE

@@ -4,7 +4,8 @@ import dataclasses
 
 import numpy as np
 
-from bloodcell_jax.data.cleaning import alignment, fingerprints as fp, neighbours
+from bloodcell_jax.data.cleaning import alignment, neighbours
+from bloodcell_jax.data.cleaning import fingerprints as fp
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from bloodcell_jax import files
+from bloodcell_jax import atomic
 from bloodcell_jax.data.cleaning import run as run_lib
 
 REPORT, KEEP = "report.json", "keep.txt"
@@ -58,9 +58,9 @@ def write(result, out_dir: str, source: str = "") -> dict:
   """Writes report.json and keep.txt into out_dir; returns the report."""
   os.makedirs(out_dir, exist_ok=True)
   report = report_dict(result, source)
-  files.write_text(os.path.join(out_dir, REPORT), json.dumps(report, indent=1) + "\n")
+  atomic.write_text(os.path.join(out_dir, REPORT), json.dumps(report, indent=1) + "\n")
   kept = [str(i) for i in result.data.ids[result.keep]]
-  files.write_text(os.path.join(out_dir, KEEP), "".join(f"{i}\n" for i in kept))
+  atomic.write_text(os.path.join(out_dir, KEEP), "".join(f"{i}\n" for i in kept))
   return report
 
 

@@ -15,8 +15,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from bloodcell_jax.data.cleaning import contamination, duplicates, fingerprints as fp
-from bloodcell_jax.data.sources import ImageSet
+from bloodcell_jax.data.cleaning import contamination, duplicates
+from bloodcell_jax.data.cleaning import fingerprints as fp
+from bloodcell_jax.data.image_set import ImageSet
 
 KINDS = ("exact_duplicate", "near_duplicate", "label_conflict", "contaminated", "leakage")
 # Why an image is left out of keep.txt; the first that applies is recorded.

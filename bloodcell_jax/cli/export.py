@@ -1,0 +1,63 @@
+"""`bloodcell-export`: a trained run to TensorFlow SavedModel, ONNX or LiteRT, checked against JAX.
+
+  bloodcell-export --workdir=DIR --format=saved_model|onnx|tflite --out=PATH [--ema]
+      [--tta=flips|d4] [--calibrated] [--tflite_weights=float32|float16|int8]
+
+Formats, routes and metadata: bloodcell_jax/export/writer.py.
+"""
+
+import logging as python_logging
+import os
+
+from absl import app, flags, logging
+
+from bloodcell_jax.cli import common
+from bloodcell_jax.errors import UserError
+
+FORMATS = ("saved_model", "onnx", "tflite")
+TFLITE_WEIGHTS = ("float32", "float16", "int8")
+TTA_VIEWS = ("", "flips", "d4")
+
+flags.DEFINE_string("workdir", None, "The training run to export.")
+flags.DEFINE_enum("format", None, FORMATS, "What to write.")
+flags.DEFINE_string("out", None, "Where: a directory for saved_model, else a file (.onnx or "
+                    ".tflite).")
+flags.DEFINE_bool("ema", False, "Export the moving average of the weights.")
+flags.DEFINE_enum("tta", "", list(TTA_VIEWS), "Bake test-time augmentation into the "
+                  "model: 'flips' (4 views) or 'd4' (8).")
+flags.DEFINE_bool("calibrated", False, "Divide the logits by the temperature fitted on the "
+                  "run's validation set.")
+flags.DEFINE_enum("tflite_weights", "float32", TFLITE_WEIGHTS, "LiteRT weights: float32, "
+                  "float16 (half the size), or int8 (dynamic-range quantisation, a quarter).")
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
+  from bloodcell_jax.export import runtimes, writer  # pylint: disable=g-import-not-at-top
+  for name in ("workdir", "format", "out"):
+    if not args[name].value:
+      raise UserError(f"--{name} is required")
+  out = os.path.abspath(args.out)
+  if not os.path.isdir(os.path.dirname(out)):
+    raise UserError(f"--out={args.out}: no such directory {os.path.dirname(out)}")
+  suffix = {"onnx": ".onnx", "tflite": ".tflite"}.get(args.format)
+  if suffix and not out.endswith(suffix):
+    raise UserError(f"--out={args.out}: a --format={args.format} file must end in {suffix}")
+  logging.set_verbosity(logging.WARNING)  # the SavedModel writer logs each file it writes
+  python_logging.getLogger("tf2onnx").setLevel(python_logging.WARNING)
+  exportable = writer.run_exportable(args.workdir, args.ema, args.tta, args.calibrated)
+  metadata = writer.export(exportable, args.format, out, args.tflite_weights)
+  difference = writer.check_equal_to_jax(exportable, out, writer.TOLERANCE[metadata["tflite_weights"]])
+  print(f"wrote {out} ({runtimes.size_bytes(out) / 2**20:.1f} MiB): {metadata['model']}, "
+        f"{len(metadata['class_names'])} classes, uint8 input [N, {exportable.image_size}, "
+        f"{exportable.image_size}, 3]; max |difference| to JAX {difference:.1e}\n"
+        f"check it on images: bloodcell-predict --model={out} --input=PATH")
+
+
+def run():
+  app.run(lambda argv: common.run_reporting_errors(main, argv))
+
+
+if __name__ == "__main__":
+  run()

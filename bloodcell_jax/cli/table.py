@@ -1,0 +1,30 @@
+"""`bloodcell-table DIR [--out=STEM]`: the results table of a directory of runs.
+
+What the table holds: bloodcell_jax/results/table.py.
+"""
+
+from absl import app, flags
+
+from bloodcell_jax.cli import common
+from bloodcell_jax.errors import UserError
+
+_OUT = flags.DEFINE_string("out", None, "Path stem of the .md and .csv files (default: DIR/table).")
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise UserError("expected one directory of runs: bloodcell-table DIR")
+  from bloodcell_jax.results import table  # pylint: disable=g-import-not-at-top
+  directory = argv[1]
+  rows = table.write(directory, _OUT.value or "")
+  if not rows:
+    raise UserError(f"{directory}: no finished run (no */results.json)")
+  print(table.markdown(rows), end="")
+
+
+def run():
+  app.run(lambda argv: common.run_reporting_errors(main, argv))
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,97 @@
+"""A trained run's model for inference: its best checkpoint loaded, and class probabilities
+of image arrays computed on the device mesh (shared by predict, robustness and the tests)."""
+
+import functools
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from bloodcell_jax import atomic, models
+from bloodcell_jax.config import recorded
+from bloodcell_jax.data import sources
+from bloodcell_jax.errors import UserError
+from bloodcell_jax.training import checkpoint, run_files, sharding, steps
+
+
+def load_run(workdir: str, ema: bool = False):
+  """(config, class names, model, state) of the best checkpoint in `workdir` (its
+  weight average with `ema`)."""
+  config_path = os.path.join(workdir, run_files.CONFIG)
+  manifest_path = os.path.join(workdir, run_files.SPLIT_MANIFEST)
+  for path in (config_path, manifest_path):
+    if not os.path.isfile(path):
+      raise UserError(f"{path}: missing; --workdir must be a training run's directory")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(recorded.upgrade_recorded(json.load(f)))
+  with open(manifest_path) as f:
+    class_names = json.load(f)["class_names"]
+  mesh = sharding.make_mesh()
+  model = models.build_model(config, len(class_names))
+  state, _ = steps.create_train_state(model, lambda p: optax.identity(),
+                                      jax.random.PRNGKey(0), config.image_size, mesh)
+  variables = checkpoint.run_variables(workdir, "--workdir", ema=ema)
+  if variables is None:
+    raise UserError(f"--workdir={workdir}: no readable checkpoint in {workdir}/checkpoints")
+  state = jax.device_put(state.replace(params=variables["params"],
+                                       batch_stats=variables["batch_stats"]),
+                         sharding.replicated(mesh))
+  return config, class_names, model, state
+
+
+def read_unlabelled(path: str, image_size: int):
+  """(ids, uint8 images) for every image under a folder, or every row of an .npz."""
+  if not os.path.exists(path):
+    raise UserError(f"{path}: no such file or directory")
+  if os.path.isdir(path):
+    ids, _ = sources.image_files(path)
+    if not ids:
+      raise UserError(f"{path}: no {'/'.join(sources.IMAGE_EXTENSIONS)} images found")
+    images = np.stack([sources.read_image_file(os.path.join(path, i), image_size)[0]
+                       for i in ids])
+    return ids, images
+  if path.endswith(".npz"):
+    data = sources.read_npz(path, image_size, split="test", labelled=False)
+    return data.ids.tolist(), data.images
+  raise UserError(f"{path}: expected an image folder or an .npz file")
+
+
+def run_temperature(workdir: str, ema: bool = False) -> float:
+  """The temperature fitted on the run's validation set (calibration.json), for the raw
+  weights or their moving average."""
+  path = os.path.join(workdir, run_files.CALIBRATION)
+  key = "ema_temperature" if ema else "temperature"
+  record = atomic.read_json(path, {})
+  if key not in record:
+    raise UserError(f"--workdir={workdir}: no {key} in {path}; --calibrated needs a run that "
+                    "finished with a validation set (rerun its command to re-evaluate it)")
+  return float(record[key])
+
+
+@functools.lru_cache(maxsize=8)
+def _forward(model, mesh, tta: str):
+  """The jitted forward pass of `model`, built once: the robustness benchmark predicts
+  a hundred sets with the same model, and each new jit would compile again."""
+  return steps.jit_predict_step(mesh, model=model, tta=tta)
+
+
+def predict(model, state, images: np.ndarray, batch_size: int, tta: str = "",
+            temperature: float = 1.0) -> np.ndarray:
+  """Class probabilities, computed in padded batches on the device mesh; with `tta`,
+  averaged over its views; each view's logits divided by `temperature`."""
+  mesh = sharding.make_mesh()
+  batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+  forward = _forward(model, mesh, tta)
+  outputs = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size].astype(np.float32)
+    valid = len(chunk)
+    chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:],
+                                            np.float32)])
+    probabilities = forward(state, sharding.global_batch({"image": chunk}, mesh)["image"],
+                            np.float32(temperature))
+    outputs.append(np.asarray(probabilities)[:valid])
+  return np.concatenate(outputs)

@@ -1,0 +1,327 @@
+"""Exports a trained run for inference outside JAX: TensorFlow SavedModel, ONNX or LiteRT.
+
+  python -m bloodcell_jax.export --workdir=DIR --format=saved_model --out=exported/cnn
+  python -m bloodcell_jax.export --workdir=DIR --format=onnx --out=cnn.onnx --tta=d4 --calibrated
+  python -m bloodcell_jax.export --workdir=DIR --format=tflite --tflite_weights=float16 --out=cnn.tflite
+
+Every exported model takes uint8 RGB images (N, S, S, 3), any N and S the run's image size,
+and returns class probabilities (N, classes): the cast to float and the model's own input
+scaling are inside, BatchNorm runs on its running statistics, dropout is off, and --tta and
+--calibrated are baked in. The best checkpoint is exported (--ema: its weight average).
+Class names, image size, the source run, its config digest and validation accuracy travel
+inside the file (`metadata`).
+
+Routes, each the one that converts every registered model on the pinned versions:
+* SavedModel: jax2tf (jax.experimental), which serialises the model as StableHLO inside an
+  XlaCallModule op, for CPU, CUDA and TPU, with the weights as variables. It ships with jax
+  itself, so it cannot drift from the pinned JAX; orbax-export wraps the same converter but
+  pins its own ranges.
+* LiteRT: TensorFlow's converter from a SavedModel traced with standard ops
+  (bloodcell_jax/models/portable.py), less the broadcasts a dynamic batch spells out;
+  float32, float16 or dynamic-range int8 weights.
+* ONNX: tf2onnx from the float32 LiteRT model, opset 18. tf2onnx cannot read XlaCallModule
+  ops, so not the SavedModel; the newest jax2onnx that installs beside these pins fails on
+  ConvNeXt and writes files that ONNX's checker rejects (README, "Export").
+
+After writing, the file is run on generated cells at batch sizes 1 and 7 and compared with
+the JAX model; a larger difference than the format's tolerance is an error.
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+from bloodcell_jax import atomic
+from bloodcell_jax.config import recorded
+from bloodcell_jax.errors import UserError
+from bloodcell_jax.export import runtimes as exported
+from bloodcell_jax.training import run_files, steps
+
+FORMATS = ("saved_model", "onnx", "tflite")
+TFLITE_WEIGHTS = ("float32", "float16", "int8")
+# tf2onnx's newest opset; ONNX Runtime's CPU provider runs it and newer ones.
+ONNX_OPSET = 18
+# A SavedModel runs wherever TensorFlow Serving does.
+SERVING_PLATFORMS = ("cpu", "cuda", "tpu")
+# Largest |exported - JAX| probability accepted by the check after export.
+TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "int8": None}  # int8: reported, not checked
+
+
+@dataclasses.dataclass
+class Exportable:
+  """A pure function of (variables, uint8 images) to class probabilities, with its weights
+  and what the exported file says about itself."""
+  probabilities: Callable[[Any, Any], Any]
+  variables: Any
+  image_size: int
+  metadata: dict
+
+
+def probability_function(model, tta: str = "", temperature: float = 1.0):
+  """(variables, uint8 images) -> class probabilities."""
+  import jax.numpy as jnp
+
+  def probabilities(variables, images):
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}), opt_state=(),
+                             rng=None)
+    return steps.predict_step(state, images.astype(jnp.float32), temperature, model=model,
+                              tta=tta)
+  return probabilities
+
+
+def with_standard_ops(function):
+  from bloodcell_jax.models import portable
+
+  def traced_with_standard_ops(*args):
+    with portable.standard_ops():
+      return function(*args)
+  return traced_with_standard_ops
+
+
+def run_exportable(workdir: str, ema: bool = False, tta: str = "",
+                   calibrated: bool = False) -> Exportable:
+  """The best checkpoint of a training run, ready to export."""
+  import jax
+
+  from bloodcell_jax.evaluation import inference
+  config, class_names, model, state = inference.load_run(workdir, ema)
+  temperature = inference.run_temperature(workdir, ema) if calibrated else 1.0
+  results = atomic.read_json(os.path.join(workdir, run_files.RESULTS), {})
+  accuracy = results.get("ema_val_accuracy" if ema else "val_accuracy")
+  metadata = {
+      "class_names": list(class_names), "image_size": int(config.image_size),
+      "model": config.model.name, "source_run": os.path.abspath(workdir),
+      "config_digest": recorded.config_digest(config),
+      "val_accuracy": accuracy, "weights": "ema" if ema else "best checkpoint",
+      "tta": tta or "none", "temperature": temperature,
+  }
+  variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  return Exportable(probability_function(model, tta, temperature), variables,
+                    int(config.image_size), metadata)
+
+
+def _full_metadata(exportable: Exportable, export_format: str, weights: str) -> dict:
+  return {**exportable.metadata, "format": export_format, "tflite_weights": weights,
+          "input": f"uint8 RGB images [N, {exportable.image_size}, {exportable.image_size}, 3]",
+          "output": "class probabilities [N, classes]",
+          "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_saved_model(exportable: Exportable, out: str, metadata: dict,
+                      for_conversion: bool = False) -> None:
+  """A SavedModel whose `serving_default` maps `images` to `probabilities`; the metadata is
+  the asset `assets/metadata.json` and the function `metadata()`.
+
+  For serving, the model runs on CPU, CUDA and TPU with each platform's own ops (XLA:CPU's
+  grouped convolution would make EfficientNetV2 3 to 5x slower on CPU). `for_conversion` traces
+  it with standard ops for one platform, which LiteRT's converter needs.
+  """
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+
+  size = exportable.image_size
+  module = tf.Module()
+  module.variables_ = tf.nest.map_structure(tf.Variable, exportable.variables)
+  function = exportable.probabilities
+  if for_conversion:
+    function, platforms = with_standard_ops(function), None
+  else:
+    platforms = SERVING_PLATFORMS
+  converted = jax2tf.convert(function, with_gradient=False,
+                             native_serialization_platforms=platforms,
+                             polymorphic_shapes=[None, f"(batch, {size}, {size}, 3)"])
+
+  @tf.function(autograph=False, input_signature=[
+      tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])
+  def serve(images):
+    return {"probabilities": converted(module.variables_, images)}
+
+  with tempfile.TemporaryDirectory() as scratch:
+    asset_path = os.path.join(scratch, exported.METADATA_FILE)
+    atomic.write_json(asset_path, metadata)
+    module.metadata_asset = tf.saved_model.Asset(asset_path)
+    text = json.dumps(metadata)
+    module.metadata = tf.function(lambda: tf.constant(text), input_signature=[])
+    module.serve = serve
+    tf.saved_model.save(module, out, signatures={"serving_default": serve})
+
+
+def tflite_model(saved_model: str, weights: str, metadata: dict) -> bytes:
+  """The LiteRT flatbuffer of a SavedModel, with the metadata as a named buffer."""
+  import tensorflow as tf
+  converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+  if weights in ("float16", "int8"):
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if weights == "float16":
+    converter.target_spec.supported_types = [tf.float16]
+  return exported.with_tflite_metadata(_without_broadcasts(converter.convert()),
+                                       metadata)
+
+
+# LiteRT ops that broadcast their inputs themselves.
+_LITERT_BROADCASTING_OPS = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM")
+
+
+def _broadcasts_into(small, full) -> bool:
+  """Whether a tensor of shape `small` broadcasts into one of shape `full` (-1: the batch)
+  without changing that shape."""
+  if full is None or len(small) > len(full):
+    return False
+  return all(s == 1 or s == f for s, f in zip(reversed(list(small)), reversed(list(full))))
+
+
+def _without_broadcasts(model_bytes: bytes) -> bytes:
+  """The LiteRT model without the BROADCAST_TO ops whose consumers broadcast by themselves: a
+  BatchNorm scale, a bias, ReLU's zero or a squeeze-excitation gate, each widened to the
+  activation it meets.
+
+  With a dynamic batch, StableHLO spells every broadcast out, and LiteRT's converter keeps it
+  as an op that writes the small tensor at the activation's size before each use; XNNPACK
+  then leaves those parts of the graph to the reference kernels (the CNN ran 7x slower).
+  A broadcast goes only where its consumer's other input is a full-size activation (not
+  itself a broadcast), so no output changes shape.
+  """
+  from tensorflow.lite.python import schema_py_generated as schema
+  from tensorflow.lite.tools import flatbuffer_utils
+  model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+  names = {code: name for name, code in vars(schema.BuiltinOperator).items()
+           if not name.startswith("_")}
+
+  def op_name(op):
+    code = model.operatorCodes[op.opcodeIndex]
+    return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+
+  for subgraph in model.subgraphs:
+    tensors = subgraph.tensors
+    shape = lambda i: (tensors[i].shapeSignature if tensors[i].shapeSignature is not None
+                       else tensors[i].shape)
+    broadcasts = {op.outputs[0]: op for op in subgraph.operators
+                  if op_name(op) == "BROADCAST_TO"}
+    consumers = {}
+    for op in subgraph.operators:
+      for i in op.inputs:
+        consumers.setdefault(i, []).append(op)
+
+    def foldable(broadcast, user):
+      others = [i for i in user.inputs if i != broadcast.outputs[0]]
+      return (op_name(user) in _LITERT_BROADCASTING_OPS and len(user.inputs) == 2
+              and len(others) == 1 and others[0] not in broadcasts
+              and _broadcasts_into(shape(broadcast.inputs[0]), shape(others[0])))
+
+    dropped = set()
+    for output, broadcast in broadcasts.items():
+      users = consumers.get(output, [])
+      if output in subgraph.outputs or not users or not all(foldable(broadcast, u)
+                                                             for u in users):
+        continue
+      for user in users:
+        user.inputs = [broadcast.inputs[0] if i == output else i for i in user.inputs]
+      dropped.add(id(broadcast))
+    subgraph.operators = _read_ops_only(
+        [op for op in subgraph.operators if id(op) not in dropped], set(subgraph.outputs))
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _read_ops_only(operators, outputs):
+  """`operators` less those none of whose outputs is read (the shape arithmetic of dropped
+  broadcasts)."""
+  while True:
+    read = set(outputs) | {i for op in operators for i in op.inputs}
+    kept = [op for op in operators if read & set(op.outputs)]
+    if len(kept) == len(operators):
+      return kept
+    operators = kept
+
+
+def onnx_model(tflite_path: str, metadata: dict):
+  """The ONNX model of a float32 LiteRT file: input `images`, output `probabilities`, a
+  dynamic `batch` dimension and the metadata in `metadata_props`."""
+  import onnx
+  from tf2onnx import convert
+  with warnings.catch_warnings():  # tf2onnx reads the file with TensorFlow's own interpreter
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+    model, _ = convert.from_tflite(tflite_path, opset=ONNX_OPSET)
+  _rename_value(model, model.graph.input[0].name, "images")
+  _rename_value(model, model.graph.output[0].name, "probabilities")
+  for value in (model.graph.input[0], model.graph.output[0]):
+    value.type.tensor_type.shape.dim[0].dim_param = "batch"
+  model.producer_name = "bloodcell_jax.export (tf2onnx from LiteRT)"
+  onnx.helper.set_model_props(model, {exported.METADATA_KEY: json.dumps(metadata)})
+  onnx.checker.check_model(model)
+  return model
+
+
+def _rename_value(model, old: str, new: str) -> None:
+  for value in list(model.graph.input) + list(model.graph.output):
+    if value.name == old:
+      value.name = new
+  for node in model.graph.node:
+    node.input[:] = [new if name == old else name for name in node.input]
+    node.output[:] = [new if name == old else name for name in node.output]
+
+
+def export(exportable: Exportable, export_format: str, out: str,
+           tflite_weights: str = "float32") -> dict:
+  """Writes `exportable` to `out` (replacing what is there once the new one is complete);
+  returns its metadata."""
+  if export_format != "tflite" and tflite_weights != "float32":
+    raise UserError(f"--tflite_weights={tflite_weights}: only for --format=tflite")
+  weights = tflite_weights if export_format == "tflite" else "float32"
+  metadata = _full_metadata(exportable, export_format, weights)
+  out = os.path.abspath(out)
+  with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as scratch:
+    saved_model = os.path.join(scratch, "saved_model")
+    write_saved_model(exportable, saved_model, metadata,
+                      for_conversion=export_format != "saved_model")
+    if export_format == "saved_model":
+      written = saved_model
+    else:
+      written = os.path.join(scratch, "model.tflite")
+      with open(written, "wb") as f:
+        f.write(tflite_model(saved_model, weights, metadata))
+      if export_format == "onnx":
+        import onnx
+        model = onnx_model(written, metadata)
+        written = os.path.join(scratch, "model.onnx")
+        onnx.save(model, written)
+    _replace(written, out)
+  return metadata
+
+
+def _replace(new: str, out: str) -> None:
+  if os.path.isdir(out) and not os.path.isdir(new):
+    raise UserError(f"--out={out}: is a directory; expected a file path for this format")
+  if os.path.isdir(out):
+    if not os.path.isfile(os.path.join(out, "saved_model.pb")):
+      raise UserError(f"--out={out}: an existing directory that is not a SavedModel; "
+                      "choose a new path")
+    shutil.rmtree(out)
+  elif os.path.exists(out) and os.path.isdir(new):
+    raise UserError(f"--out={out}: is a file; a SavedModel is a directory")
+  os.replace(new, out)
+
+
+def check_equal_to_jax(exportable: Exportable, path: str, tolerance) -> float:
+  """Largest |exported - JAX| probability on generated cells at batch sizes 1 and 7; an
+  error above `tolerance` (None: reported only)."""
+  import jax
+
+  from bloodcell_jax.data import synthetic
+  images = synthetic.generate(7, exportable.image_size, seed=1).images
+  want = np.asarray(jax.jit(exportable.probabilities)(exportable.variables, images))
+  model = exported.load(path)
+  difference = max(float(np.abs(model.predict(images[:1]) - want[:1]).max()),
+                   float(np.abs(model.predict(images) - want).max()))
+  if tolerance is not None and not difference <= tolerance:
+    raise UserError(f"--out={path}: its probabilities differ from the JAX model's by "
+                    f"{difference:.2e} (more than {tolerance:g}); the file is kept for "
+                    "inspection, do not deploy it")
+  return difference

@@ -1,0 +1,120 @@
+"""The model registry: a config names a model with a string, and the registry says what the rest of
+the library needs to know about it.
+
+A family registers one `ModelSpec` per name: how to build the flax module, which top-level
+modules are its classifier head (re-initialised when starting from other weights), whether its
+BatchNorm layers can run frozen (inference mode while training), and, for models ported from
+`keras.applications`, a `KerasPort` (layer order for first-N freezing, layer names for the
+weight port). Training, freezing and the weight port read only the spec, so a model defined
+anywhere (a test, a user's script) works once it is registered.
+"""
+
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bloodcell_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasPort:
+  """How a model corresponds to a `keras.applications` model, layer by layer.
+
+  layers(include_top, model_args): `model.layers` of the Keras model as (name, has weights),
+    in order, weightless layers included (they count in Keras's `layers[:N]`), for a model
+    built with `model_args` (config.model's constructor arguments).
+  module_path(layer): the Flax module path ("block2b/expand_bn") holding a Keras layer's weights.
+  sublayers(layer): the layers holding the weights of a nested Keras layer (a `Sequential`
+    inside the model), else just the layer.
+  weight_names: regexes of Keras weight names to Flax parameter names, beyond the usual ones
+    (kernel, bias, gamma, beta, moving_mean, moving_variance).
+  application: the keras.applications constructor, for reading Keras 3 `.weights.h5` files.
+  fixed_layers: preprocessing layers that some files store although their weights are fixed by
+    the architecture ({layer: {weight: value}}); the port checks them and maps nothing.
+  top_layer: the Keras classifier layer (a file holding it was saved with the top).
+  weights_url(include_top): where keras.applications downloads the ImageNet file ("" if none).
+  """
+  layers: Callable[[bool, Mapping[str, Any]], Sequence[Tuple[str, bool]]]
+  module_path: Callable[[str], str]
+  application: str
+  fixed_layers: Mapping[str, Mapping[str, Sequence[float]]] = dataclasses.field(
+      default_factory=dict)
+  sublayers: Callable[[str], Tuple[str, ...]] = lambda layer: (layer,)
+  weight_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  top_layer: str = "predictions"
+  weights_url: Callable[[bool], str] = lambda include_top: ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What the library knows of a registered model.
+
+  build(num_classes=..., **constructor arguments) -> flax module, called with float images in
+    [0, 255] (N, H, W, 3) and `train`, returning logits (or features without a head).
+  head: top-level module names of the classifier head.
+  frozen_batch_norm: the module accepts `frozen_bn`, a tuple of BatchNorm module paths
+    ("block2b/expand_bn") that run on their running statistics while training.
+  keras: the Keras correspondence of a ported model, else None.
+  pretrained: whether ImageNet weights exist for it (a run without them says so loudly).
+  defaults: the constructor arguments a config sets (`config.model`), with their defaults.
+  """
+  name: str
+  build: Callable[..., nn.Module]
+  defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  head: Tuple[str, ...] = ()
+  frozen_batch_norm: bool = False
+  keras: Optional[KerasPort] = None
+  pretrained: bool = False
+
+
+_MODELS: Dict[str, ModelSpec] = {}
+
+
+def register(name: str, **spec_fields):
+  """Decorator registering `build` under `name`, with ModelSpec's other fields."""
+  def decorator(build):
+    _MODELS[name] = ModelSpec(name=name, build=build, **spec_fields)
+    return build
+  return decorator
+
+
+def get_spec(name: str, where: str = "config.model.name") -> ModelSpec:
+  if name not in _MODELS:
+    raise UserError(f"{where}='{name}': unknown model (known: {', '.join(sorted(_MODELS))})")
+  return _MODELS[name]
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+  return get_spec(name).build(**kwargs)
+
+
+def build_model(config, num_classes: int, **overrides) -> nn.Module:
+  """The model `config.model` describes: its `name`, and constructor arguments for the rest."""
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  kwargs.update(overrides)
+  for key in ("dtype", "param_dtype"):
+    kwargs[key] = _dtype(key, kwargs.get(key, "float32"))
+  return get_model(config.model.name, num_classes=num_classes, **kwargs)
+
+
+def _dtype(key: str, name) -> jnp.dtype:
+  try:
+    dtype = jnp.dtype(name)
+  except TypeError:
+    raise UserError(f"config.model.{key}='{name}': expected a float dtype such as float32, "
+                    "bfloat16 or float64") from None
+  if jax.dtypes.canonicalize_dtype(dtype) != dtype:  # float64 without x64 would be float32
+    raise UserError(f"config.model.{key}=float64: needs 64-bit JAX (set JAX_ENABLE_X64=1)")
+  return dtype
+
+
+def model_names():
+  return sorted(_MODELS)
+
+
+def keras_ported_names():
+  """The registered models that have a Keras port."""
+  return [name for name in model_names() if _MODELS[name].keras is not None]

@@ -1,0 +1,39 @@
+"""Prediction files (predictions/*.csv of a run, `bloodcell-predict`'s output): one row per image
+with its class probabilities."""
+
+import csv
+import io
+
+import numpy as np
+
+from bloodcell_jax import atomic
+
+
+def write_probabilities(path: str, ids, probabilities: np.ndarray, class_names,
+                        labels=None) -> None:
+  """One row per image: `id`, (`label`,) `pred`, `pred_name`, `confidence`, `p_<class>`..."""
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(["id"] + ["label"] * (labels is not None) + ["pred", "pred_name", "confidence"]
+                  + [f"p_{c}" for c in class_names])
+  for row, (image_id, probs) in enumerate(zip(ids, probabilities)):
+    pred = int(np.argmax(probs))
+    label = [int(labels[row])] if labels is not None else []
+    writer.writerow([image_id] + label + [pred, class_names[pred], f"{probs[pred]:.6f}"]
+                    + [f"{p:.6f}" for p in probs])
+  atomic.write_text(path, out.getvalue())
+
+
+def read_probabilities(path: str):
+  """(ids, labels or None, probabilities, class names) of a `write_probabilities` file."""
+  with open(path, newline="") as f:
+    rows = list(csv.reader(f))
+  header, rows = rows[0], rows[1:]
+  first_p = next(i for i, name in enumerate(header) if name.startswith("p_"))
+  class_names = [name[2:] for name in header[first_p:]]
+  ids = [r[0] for r in rows]
+  labels = (np.array([int(r[header.index("label")]) for r in rows])
+            if "label" in header else None)
+  probabilities = np.array([[float(v) for v in r[first_p:]] for r in rows],
+                           np.float64).reshape(len(rows), len(class_names))
+  return ids, labels, probabilities, class_names

@@ -1,0 +1,97 @@
+"""What a finished run leaves beside results.json: every evaluated image's probabilities,
+the temperature, the pictures, and the HTML report that shows them (process 0 only)."""
+
+import logging
+import os
+
+import numpy as np
+
+from bloodcell_jax import atomic
+from bloodcell_jax.evaluation import calibration
+from bloodcell_jax.results import plots, predictions
+from bloodcell_jax.training import run_files
+
+NUM_WORST_ERRORS = 24
+
+
+def write(workdir: str, run, results: dict, outputs: dict, confusions: dict,
+          best_step: int) -> None:
+  """Writes the run's outputs; `outputs` maps `<prefix><set>[_tta]` to (log probabilities,
+  labels) (see train._evaluate_outputs)."""
+  class_names = list(run.data.class_names)
+  _write_predictions(workdir, run, outputs, class_names)
+  for name, confusion in confusions.items():
+    accuracy = results[f"{name}_accuracy"]
+    plots.plot_confusion(confusion, class_names, os.path.join(workdir, f"confusion_{name}.png"),
+                         f"{name} (step {best_step}), accuracy {accuracy:.2%}")
+  if "val" in outputs:
+    _write_calibration(workdir, results, outputs["val"])
+    _write_worst_errors(workdir, run.data.val, *outputs["val"], class_names)
+  if run.config.eval.report:
+    _write_preview(workdir, run)
+    write_report(workdir)
+
+
+def write_report(workdir: str) -> None:
+  """report.html; a failure to draw it is a warning: the results are already written."""
+  from bloodcell_jax.results import report  # pylint: disable=g-import-not-at-top  (jinja2, sklearn)
+  try:
+    report.write_run_report(workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("could not write %s/report.html: %s", workdir, e)
+
+
+def _write_predictions(workdir: str, run, outputs: dict, class_names) -> None:
+  """predictions/<key>.csv for every evaluated set: id, label, pred, confidence, p_<class>."""
+  os.makedirs(os.path.join(workdir, run_files.PREDICTIONS_DIR), exist_ok=True)
+  image_sets = {"val": run.data.val, "augmented_val": run.data.val, "test": run.data.test}
+  for key, (log_probs, labels) in outputs.items():
+    base = key.removeprefix("ema_").removesuffix("_tta")
+    predictions.write_probabilities(os.path.join(workdir, run_files.PREDICTIONS_DIR, f"{key}.csv"),
+                              image_sets[base].ids, np.exp(log_probs), class_names, labels)
+
+
+def _write_calibration(workdir: str, results: dict, val_outputs) -> None:
+  """calibration.json (the temperatures `predict --calibrated` applies) and the reliability
+  diagram of the validation set before and after temperature scaling."""
+  record = {key: results[key] for key in ("temperature", "ema_temperature") if key in results}
+  atomic.write_json(os.path.join(workdir, run_files.CALIBRATION),
+                   {**record, "fitted_on": "val", "num_examples": len(val_outputs[1]),
+                    "num_bins": calibration.NUM_BINS})
+  log_probs, labels = val_outputs
+  curves = []
+  for label, temperature, ece in (
+      ("uncalibrated", 1.0, results["val_ece"]),
+      (f"T = {results['temperature']:.2f}", results["temperature"], results["val_ece_calibrated"])):
+    probs = np.exp(calibration.scaled_log_probabilities(log_probs, temperature))
+    curves.append((label, *calibration.reliability_bins(probs, labels), ece))
+  plots.plot_reliability(curves, os.path.join(workdir, "reliability_val.png"),
+                         "validation set, 15 confidence bins")
+
+
+def _write_worst_errors(workdir: str, val, log_probs, labels, class_names) -> None:
+  """The validation images the model got wrong with the highest confidence (for the
+  report's thumbnails)."""
+  predicted = log_probs.argmax(axis=1)
+  confidence = np.exp(log_probs.max(axis=1))
+  wrong = np.flatnonzero(predicted != labels)
+  worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:NUM_WORST_ERRORS]
+  np.savez_compressed(os.path.join(workdir, run_files.WORST_ERRORS), images=val.images[worst],
+                      ids=val.ids[worst], labels=labels[worst], predicted=predicted[worst],
+                      confidence=confidence[worst], class_names=np.array(class_names))
+
+
+def _write_preview(workdir: str, run) -> None:
+  """Two epochs of `augment.train` and one of `augment.eval_strong` on one training image
+  per class."""
+  from bloodcell_jax.augment import grid as augment_grid  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  config, train = run.config, run.data.train
+  picks = augment_grid.one_per_class(train, 8)
+  images, labels = train.images[picks], train.labels[picks]
+  rows = [("originals", list(images), [train.class_names[label] for label in labels])]
+  for key, count in (("train", 2), ("eval_strong", 1)):
+    drawn = augment_grid.pipeline_rows(config.augment[key], images, labels, len(train.class_names),
+                                  count, config.seed, f"config.augment.{key}")
+    rows += [(f"{key} #{e + 1}", row, None) for e, row in enumerate(drawn)]
+  augment_grid.draw_grid(rows, os.path.join(workdir, run_files.AUGMENTATION_PREVIEW),
+                    f"train: {config.augment.train}\neval_strong: {config.augment.eval_strong}")
