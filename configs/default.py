@@ -128,7 +128,18 @@ def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
   # horizontal, vertical, both) or "d4" (the 8 rotations and reflections); reported beside
   # the plain metrics as val_accuracy_tta, augmented_val_accuracy_tta, test_accuracy_tta.
   config.eval.tta = ""
-  config.eval.report = True  # write report.html at the end (bloodcell_jax/report.py)
+  config.eval.report = True  # write report.html at the end (bloodcell_jax/results/report.py)
+
+  # What runs on the trained weights (bloodcell_jax/evaluation/evaluators.py lists the types
+  # and their options): each entry's metrics go to results.json, the table and the report.
+  # `every_epochs=N` also runs an entry every N epochs during training (TensorBoard, JSONL),
+  # e.g. config.evals.robustness = dict(type="robustness", every_epochs=2, max_images=500).
+  config.evals = ml_collections.ConfigDict()
+  config.evals.val = dict(type="classification", set="val")
+  # "Augmented validation accuracy": the validation set under augment.eval_strong.
+  config.evals.augmented_val = dict(type="classification", set="val", augment="eval_strong")
+  config.evals.test = dict(type="classification", set="test")
+  config.evals.calibration = dict(type="calibration", set="val")
 
   # Staged fine-tuning: named stages, run in name order, each a set of overrides
   # of this config, each starting from the previous stage's best checkpoint.

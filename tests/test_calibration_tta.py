@@ -9,7 +9,8 @@ import pytest
 
 from bloodcell_jax import models
 from bloodcell_jax.evaluation import calibration
-from bloodcell_jax.training import metrics, steps
+from bloodcell_jax.evaluation import classification
+from bloodcell_jax.training import steps
 from configs import default
 
 
@@ -56,7 +57,7 @@ def test_tta_prediction_is_the_mean_of_the_views_probabilities_in_one_jitted_ste
       state, batch).compute()
   log_probs = np.asarray(jax.jit(functools.partial(steps.outputs_step, model=model, tta="d4"))(
       state, batch)[0])
-  summary = metrics.summarize_outputs(log_probs[:2], batch["label"][:2], "abcde", "val")
+  summary = classification.summarize_outputs(log_probs[:2], batch["label"][:2], "abcde", "val")
   assert float(computed["loss"]) == pytest.approx(summary["val_loss"], rel=1e-5)
   assert float(computed["accuracy"]) == pytest.approx(summary["val_accuracy"])
 

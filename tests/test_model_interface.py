@@ -124,7 +124,7 @@ CHANGED = ("print({k: os.environ.get(k) for k in before.keys() | os.environ.keys
     # A recipe and the pipeline, after the libraries underneath, which set variables of their
     # own on import (TensorFlow's TF2_BEHAVIOR, h5py's HDF5_PLUGIN_PATH).
     ("import tensorflow, h5py, sklearn, matplotlib, jax; before = dict(os.environ); "
-     "import bloodcell_jax.data.pipeline, bloodcell_jax.train; from configs import effnet; "
+     "import bloodcell_jax.data.pipeline, bloodcell_jax.trainer.run; from configs import effnet; "
      "effnet.get_config()", {})])
 def test_importing_the_library_and_loading_a_config_change_no_environment_variable(imports,
                                                                                   allowed):

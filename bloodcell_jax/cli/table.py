@@ -16,10 +16,10 @@ def main(argv):
     raise UserError("expected one directory of runs: bloodcell-table DIR")
   from bloodcell_jax.results import table  # pylint: disable=g-import-not-at-top
   directory = argv[1]
-  rows = table.write(directory, _OUT.value or "")
-  if not rows:
+  results_table = table.write(directory, _OUT.value or "")
+  if not results_table.rows:
     raise UserError(f"{directory}: no finished run (no */results.json)")
-  print(table.markdown(rows), end="")
+  print(table.markdown(results_table), end="")
 
 
 def run():

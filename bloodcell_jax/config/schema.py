@@ -169,7 +169,7 @@ def errors(config) -> list:
   """Every broken rule of `config` (stages aside), one line each."""
   found = []
   for key, value in flat.leaves(config).items():
-    if key.startswith("stages.") or (key.startswith("model.") and key not in RULES):
+    if key.startswith(("stages.", "evals.")) or (key.startswith("model.") and key not in RULES):
       continue
     rule = RULES.get(key)
     expected = rule(value) if rule else "no such key (see configs/default.py)"
@@ -179,10 +179,13 @@ def errors(config) -> list:
     found += _cross_key_errors(config)
   if not found:
     from bloodcell_jax import models  # pylint: disable=g-import-not-at-top  (JAX)
-    try:
-      models.build_model(config, num_classes=2)
-    except UserError as e:
-      found.append(str(e))
+    from bloodcell_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
+    for check in (lambda: models.build_model(config, num_classes=2),
+                  lambda: evaluators.build(config)):
+      try:
+        check()
+      except UserError as e:
+        found.append(str(e))
   return found
 
 

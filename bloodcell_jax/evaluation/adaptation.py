@@ -53,7 +53,8 @@ def adapt_batch_stats(model, state, images: np.ndarray, batch_size: int = 256):
   for start in range(0, len(images), batch_size):
     chunk = np.asarray(images[start:start + batch_size], np.float32)
     stats = _batch_statistics(model, params, batch_stats, chunk)
-    stats = jax.tree.map(lambda s: np.asarray(s, np.float64) * len(chunk), stats)
+    count = len(chunk)
+    stats = jax.tree.map(lambda s, n=count: np.asarray(s, np.float64) * n, stats)
     total = stats if total is None else jax.tree.map(np.add, total, stats)
     weight += len(chunk)
   adapted = jax.tree.map(lambda t, old: (t / weight).astype(old.dtype), total, batch_stats)

@@ -5,8 +5,8 @@ import jax
 import numpy as np
 
 from bloodcell_jax.data import pipeline
+from bloodcell_jax.evaluation.classification import summarize_confusion
 from bloodcell_jax.training import sharding, steps
-from bloodcell_jax.training.metrics import summarize_confusion
 
 
 class EvaluationPasses:

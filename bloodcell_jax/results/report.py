@@ -16,6 +16,7 @@ import io
 import json
 import os
 import time
+from typing import Optional
 
 import jinja2
 import numpy as np
@@ -61,26 +62,25 @@ def _render(template: str, path: str, **context) -> str:
   return path
 
 
-def _cards(results: dict) -> list:
-  """(label, value) of the headline numbers the run has."""
-  shown = [("validation accuracy", "val_accuracy"),
-           ("augmented validation accuracy", "augmented_val_accuracy"),
-           ("test accuracy", "test_accuracy"),
-           ("balanced validation accuracy", "val_balanced_accuracy"),
-           ("validation accuracy, TTA", "val_accuracy_tta"),
-           ("augmented validation accuracy, TTA", "augmented_val_accuracy_tta"),
-           ("EMA validation accuracy", "ema_val_accuracy"),
-           ("validation ECE", "val_ece"),
-           ("validation ECE, temperature-scaled", "val_ece_calibrated")]
-  cards = [(label, _percent(results[key])) for label, key in shown
-           if isinstance(results.get(key), (int, float))]
-  if isinstance(results.get("temperature"), float):
-    cards.append(("temperature", f"{results['temperature']:.3f}"))
-  trainable = (results.get("weights") or {}).get("trainable_parameters")
-  if trainable is not None:
-    cards.append(("trainable parameters", f"{trainable:,}"))
-  cards.append(("training time", _minutes(table.run_value(results, "train_seconds"))))
-  return cards
+def _shown(value, kind: str) -> str:
+  if kind in ("accuracy", "error"):
+    return _percent(value)
+  if kind == "count":
+    return f"{int(value):,}"
+  if kind == "seconds":
+    return _minutes(value)
+  return f"{value:.4g}"
+
+
+def _sections(results: dict) -> list:
+  """(section, [(label, value)]) of every metric the run's evaluators declared, in their
+  order, then the run's own numbers."""
+  sections = {}
+  for metric in [*table.declared_metrics(results), *table.RUN_COLUMNS]:
+    value = table.run_value(results, metric.key)
+    if value is not None:
+      sections.setdefault(metric.section, []).append((metric.title, _shown(value, metric.kind)))
+  return list(sections.items())
 
 
 def _per_class(workdir: str, split: str):
@@ -178,7 +178,7 @@ def write_run_report(workdir: str) -> str:
                f"{results.get('num_train')} training, {results.get('num_val')} validation, "
                f"{results.get('num_test')} test images; {results.get('epochs')} epochs, "
                f"{results.get('steps')} steps, best at step {results.get('best_step')}",
-      cards=_cards(results), sweep=sweep, stages=_stages(workdir, results),
+      sections=_sections(results), sweep=sweep, stages=_stages(workdir, results),
       curves=_png_file(curves_path) if curves_path else "",
       confusions=[(name, image) for name, image in
                   (("validation", _png_file(os.path.join(workdir, "confusion_val.png"))),
@@ -193,8 +193,8 @@ def write_run_report(workdir: str) -> str:
       cleaning=_cleaning(results), config_text=config_text)
 
 
-def _table_context(rows) -> dict:
-  columns = table.shown_columns(rows)
+def _table_context(results_table: table.Table) -> dict:
+  columns, rows = results_table.columns, results_table.rows
   best = {c.key: table.best_rows(rows, c) for c in columns}
   return {
       "titles": [c.title for c in columns],
@@ -204,11 +204,13 @@ def _table_context(rows) -> dict:
                for i, row in enumerate(rows)]}
 
 
-def write_sweep_report(directory: str, rows=None, metric: str = "val_accuracy") -> str:
-  """Writes `directory`/report.html for a sweep (or any directory of runs); `rows`: its
-  table's, when the caller has them (the ensemble rows read every run's predictions)."""
+def write_sweep_report(directory: str, results_table: Optional[table.Table] = None,
+                       metric: str = "val_accuracy") -> str:
+  """Writes `directory`/report.html for a sweep (or any directory of runs); `results_table`:
+  its table, when the caller has it (the ensemble rows read every run's predictions)."""
   runs = table.read_runs(directory)
-  rows = table.group_rows(runs) if rows is None else rows
+  results_table = table.build(runs) if results_table is None else results_table
+  rows = results_table.rows
   record = atomic.read_json(os.path.join(directory, run_files.SWEEP_RECORD), {})
   indices = {r["name"]: r["index"] for r in record.get("runs", [])}
   overrides = {r["name"]: r["overrides"] for r in record.get("runs", [])}
@@ -234,5 +236,5 @@ def write_sweep_report(directory: str, rows=None, metric: str = "val_accuracy") 
       "sweep_report.html.j2", os.path.join(directory, run_files.REPORT),
       title=f"Sweep {os.path.basename(os.path.abspath(directory))}",
       subtitle=f"{record.get('file', '')}: {finished} of {len(run_rows)} runs finished",
-      table=_table_context(rows), chart=_png_file(chart_path) if grouped else "",
+      table=_table_context(results_table), chart=_png_file(chart_path) if grouped else "",
       chart_metric=metric, runs=run_rows)

@@ -14,19 +14,22 @@ from bloodcell_jax.training import run_files
 NUM_WORST_ERRORS = 24
 
 
-def write(workdir: str, run, results: dict, outputs: dict, confusions: dict,
-          best_step: int) -> None:
-  """Writes the run's outputs; `outputs` maps `<prefix><set>[_tta]` to (log probabilities,
-  labels) (see train._evaluate_outputs)."""
+def write(workdir: str, run, results: dict, kept: dict, best_step: int) -> None:
+  """Writes the run's outputs; `kept` maps a prediction file's name (`<prefix><eval>[_tta]`)
+  to (log probabilities, labels, image set), as the evaluators left them."""
   class_names = list(run.data.class_names)
-  _write_predictions(workdir, run, outputs, class_names)
-  for name, confusion in confusions.items():
-    accuracy = results[f"{name}_accuracy"]
-    plots.plot_confusion(confusion, class_names, os.path.join(workdir, f"confusion_{name}.png"),
-                         f"{name} (step {best_step}), accuracy {accuracy:.2%}")
-  if "val" in outputs:
-    _write_calibration(workdir, results, outputs["val"])
-    _write_worst_errors(workdir, run.data.val, *outputs["val"], class_names)
+  _write_predictions(workdir, kept, class_names)
+  for key, confusion in results.items():
+    if key.endswith("_confusion"):
+      name = key.removesuffix("_confusion")
+      accuracy = results[f"{name}_accuracy"]
+      plots.plot_confusion(confusion, class_names,
+                           os.path.join(workdir, f"confusion_{name}.png"),
+                           f"{name} (step {best_step}), accuracy {accuracy:.2%}")
+  if "val" in kept and "temperature" in results:
+    _write_calibration(workdir, results, kept["val"][:2])
+  if "val" in kept:
+    _write_worst_errors(workdir, kept["val"][2], *kept["val"][:2], class_names)
   if run.config.eval.report:
     _write_preview(workdir, run)
     write_report(workdir)
@@ -41,14 +44,12 @@ def write_report(workdir: str) -> None:
     logging.warning("could not write %s/report.html: %s", workdir, e)
 
 
-def _write_predictions(workdir: str, run, outputs: dict, class_names) -> None:
-  """predictions/<key>.csv for every evaluated set: id, label, pred, confidence, p_<class>."""
+def _write_predictions(workdir: str, kept: dict, class_names) -> None:
+  """predictions/<name>.csv for every evaluated set: id, label, pred, confidence, p_<class>."""
   os.makedirs(os.path.join(workdir, run_files.PREDICTIONS_DIR), exist_ok=True)
-  image_sets = {"val": run.data.val, "augmented_val": run.data.val, "test": run.data.test}
-  for key, (log_probs, labels) in outputs.items():
-    base = key.removeprefix("ema_").removesuffix("_tta")
-    predictions.write_probabilities(os.path.join(workdir, run_files.PREDICTIONS_DIR, f"{key}.csv"),
-                              image_sets[base].ids, np.exp(log_probs), class_names, labels)
+  for name, (log_probs, labels, image_set) in kept.items():
+    predictions.write_probabilities(os.path.join(workdir, run_files.PREDICTIONS_DIR, f"{name}.csv"),
+                                    image_set.ids, np.exp(log_probs), class_names, labels)
 
 
 def _write_calibration(workdir: str, results: dict, val_outputs) -> None:

@@ -1,7 +1,9 @@
 """The results table of a directory of runs (a sweep's, or any): one row per run group.
 
-  python -m bloodcell_jax.table DIR [--out=DIR/table]
+  bloodcell-table DIR [--out=DIR/table]
 
+Its columns are the metrics the runs' evaluators declared (results.json "metrics", see
+bloodcell_jax/evaluation/evaluators.py), then the trainable parameters and the training time.
 A group is the runs that differ only in `seed` (a sweep records each run's group in its
 results.json; other runs are a group of one). Each cell is the mean +- standard
 deviation over the group's seeds; the best value of each metric column is bold, as in
@@ -21,36 +23,19 @@ import numpy as np
 
 from bloodcell_jax import atomic
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.evaluation import evaluators
+from bloodcell_jax.evaluation.evaluators import Metric
 from bloodcell_jax.results import predictions
 from bloodcell_jax.training import run_files
 
-
-@dataclasses.dataclass(frozen=True)
-class Column:
-  key: str  # in results.json, or a derived value (see `_value`)
-  title: str
-  kind: str  # "accuracy" (bold: max), "error" (bold: min), "count", "seconds"
-
-
-_METRICS = ("val_accuracy", "augmented_val_accuracy", "test_accuracy", "val_balanced_accuracy")
-_title = lambda key: (key.replace("_", " ") + " ").replace("val ", "val. ").strip()
-COLUMNS = (
-    [Column(k, _title(k), "accuracy") for k in _METRICS]
-    + [Column(f"ema_{k}", f"EMA {_title(k)}", "accuracy") for k in _METRICS[:3]]
-    + [Column(f"{k}_tta", f"{_title(k)} TTA", "accuracy") for k in _METRICS[:3]]
-    + [Column("val_ece", "val. ECE", "error"),
-       Column("val_ece_calibrated", "val. ECE calibrated", "error"),
-       Column("trainable_parameters", "trainable params", "count"),
-       Column("train_seconds", "training time", "seconds")])
-# Columns an ensemble row fills from its members' averaged probabilities.
-ENSEMBLE_PREDICTIONS = {"val_accuracy": "val", "augmented_val_accuracy": "augmented_val",
-                        "test_accuracy": "test", "val_accuracy_tta": "val_tta",
-                        "augmented_val_accuracy_tta": "augmented_val_tta",
-                        "test_accuracy_tta": "test_tta"}
+# The run's own numbers, after the evaluators' columns.
+RUN_COLUMNS = (Metric("trainable_parameters", "trainable params", "count", section="Run"),
+               Metric("train_seconds", "training time", "seconds", section="Run"))
 
 
 @dataclasses.dataclass
-class Run:
+class RunRecord:
+  """A run as the table sees it: its results.json, or the error it failed with."""
   name: str
   workdir: str
   group: str  # its label in the table
@@ -66,7 +51,40 @@ class Row:
   ensemble: bool = False
 
 
-def read_runs(directory: str) -> List[Run]:
+@dataclasses.dataclass
+class Table:
+  columns: List[Metric]  # those with a value in some row, in the runs' declared order
+  rows: List[Row]
+
+
+def declared_metrics(results: dict) -> List[Metric]:
+  """The metrics a run's evaluators declared (results.json "metrics"); for a run written
+  before the declarations were recorded, its numeric accuracies and calibration errors."""
+  if "metrics" in results:
+    return evaluators.from_records(results["metrics"])
+  inferred = []
+  for key, value in results.items():
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if numeric and (key.endswith("_accuracy") or key.endswith("_ece")
+                    or key.endswith("_ece_calibrated")) and key != "balanced_val_accuracy":
+      kind = "accuracy" if key.endswith("accuracy") else "error"
+      inferred.append(Metric(key, key.replace("_", " "), kind,
+                             predictions=key.removesuffix("_accuracy") if kind == "accuracy"
+                             and "balanced" not in key else ""))
+  return inferred
+
+
+def table_columns(runs: List[RunRecord]) -> List[Metric]:
+  """Every column a run declares (first declaration wins), then the run's own columns."""
+  columns = {}
+  for run in runs:
+    for metric in declared_metrics(run.results or {}):
+      if metric.table:
+        columns.setdefault(metric.key, metric)
+  return list(columns.values()) + list(RUN_COLUMNS)
+
+
+def read_runs(directory: str) -> List[RunRecord]:
   """Every run under `directory`: its sub-directories with a results.json or a recorded
   failure, in name order (a sweep's own order when it wrote sweep.json)."""
   if not os.path.isdir(directory):
@@ -80,10 +98,11 @@ def read_runs(directory: str) -> List[Run]:
     failure = atomic.read_json(os.path.join(workdir, run_files.FAILURE), {})
     if results is None and not failure:
       if record:  # a sweep's pending run
-        runs.append(Run(name, workdir, name, None))
+        runs.append(RunRecord(name, workdir, name, None))
       continue
     sweep = (results or {}).get("sweep") or failure.get("sweep") or {}
-    runs.append(Run(name, workdir, sweep.get("group", name), results, failure.get("error", "")))
+    runs.append(RunRecord(name, workdir, sweep.get("group", name), results,
+                          failure.get("error", "")))
   return runs
 
 
@@ -96,9 +115,10 @@ def run_value(results: dict, key: str) -> Optional[float]:
   return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def group_rows(runs: List[Run]) -> List[Row]:
+def build(runs: List[RunRecord]) -> Table:
   """One row per group of finished runs, in first-appearance order, each followed by its
   ensemble row when it has two or more runs."""
+  columns = table_columns(runs)
   groups = {}
   for run in runs:
     if run.results is not None:
@@ -106,27 +126,30 @@ def group_rows(runs: List[Run]) -> List[Row]:
   rows = []
   for label, members in groups.items():
     values = {c.key: [v for v in (run_value(m.results, c.key) for m in members) if v is not None]
-              for c in COLUMNS}
+              for c in columns}
     rows.append(Row(label, [m.name for m in members], values))
     if len(members) > 1:
-      ensemble = ensemble_values(members)
+      ensemble = ensemble_values(members, columns)
       if ensemble:
         rows.append(Row(f"{label} (ensemble of {len(members)})", [m.name for m in members],
                         ensemble, ensemble=True))
-  return rows
+  return Table([c for c in columns if any(r.values.get(c.key) for r in rows)], rows)
 
 
-def predictions_dir(run: Run) -> str:
+def predictions_dir(run: RunRecord) -> str:
   """Where a run's prediction files are: its workdir's, or its last stage's."""
   stages = sorted((run.results or {}).get("stages") or {})
   return os.path.join(run.workdir, *stages[-1:], run_files.PREDICTIONS_DIR)
 
 
-def ensemble_values(members: List[Run]) -> dict:
-  """{column: [accuracy]} of the members' averaged probabilities, for each prediction file
-  they all have on the same images; {} when they share none."""
+def ensemble_values(members: List[RunRecord], columns: List[Metric]) -> dict:
+  """{column: [accuracy]} of the members' averaged probabilities, for each accuracy column
+  whose prediction file they all have on the same images; {} when they share none."""
   values = {}
-  for column, name in ENSEMBLE_PREDICTIONS.items():
+  for column in columns:
+    name = column.predictions
+    if not name or column.kind != "accuracy":
+      continue
     paths = [os.path.join(predictions_dir(m), f"{name}.csv") for m in members]
     if not all(os.path.isfile(p) for p in paths):
       continue
@@ -135,16 +158,12 @@ def ensemble_values(members: List[Run]) -> dict:
     if any(r[0] != ids or not np.array_equal(r[1], labels) or r[3] != read[0][3] for r in read):
       continue  # other images (another split seed or data): not an ensemble of these runs
     mean = np.mean([r[2] for r in read], axis=0)
-    values[column] = [float(np.mean(mean.argmax(axis=1) == labels))]
+    values[column.key] = [float(np.mean(mean.argmax(axis=1) == labels))]
   if values:
     values["trainable_parameters"] = [sum(run_value(m.results, "trainable_parameters") or 0
                                           for m in members)]
     values["train_seconds"] = [sum(run_value(m.results, "train_seconds") or 0.0 for m in members)]
   return values
-
-
-def shown_columns(rows: List[Row]) -> List[Column]:
-  return [c for c in COLUMNS if any(r.values.get(c.key) for r in rows)]
 
 
 def mean_std(values):
@@ -153,7 +172,7 @@ def mean_std(values):
   return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
-def best_rows(rows: List[Row], column: Column) -> set:
+def best_rows(rows: List[Row], column: Metric) -> set:
   """Indices of the rows holding the column's best mean (ties all bold)."""
   if column.kind not in ("accuracy", "error"):
     return set()
@@ -165,7 +184,7 @@ def best_rows(rows: List[Row], column: Column) -> set:
   return {i for i, m in means.items() if m == best}
 
 
-def format_cell(values, column: Column) -> str:
+def format_cell(values, column: Metric) -> str:
   mean, std = mean_std(values)
   if mean is None:
     return ""
@@ -177,8 +196,8 @@ def format_cell(values, column: Column) -> str:
   return f"{minutes:.1f} min" + (f" ± {std / 60:.1f}" if std is not None else "")
 
 
-def markdown(rows: List[Row]) -> str:
-  columns = shown_columns(rows)
+def markdown(table: Table) -> str:
+  columns, rows = table.columns, table.rows
   best = {c.key: best_rows(rows, c) for c in columns}
   lines = ["| run group | seeds | " + " | ".join(
                c.title + (" (%)" if c.kind in ("accuracy", "error") else "") for c in columns)
@@ -192,8 +211,8 @@ def markdown(rows: List[Row]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def csv_text(rows: List[Row]) -> str:
-  columns = shown_columns(rows)
+def csv_text(table: Table) -> str:
+  columns, rows = table.columns, table.rows
   out = io.StringIO()
   writer = csv.writer(out)
   writer.writerow(["run_group", "ensemble", "seeds", "runs"]
@@ -207,10 +226,10 @@ def csv_text(rows: List[Row]) -> str:
   return out.getvalue()
 
 
-def write(directory: str, stem: str = "") -> List[Row]:
-  """Writes `<stem>.md` and `<stem>.csv` (default DIR/table); returns the rows."""
-  rows = group_rows(read_runs(directory))
+def write(directory: str, stem: str = "") -> Table:
+  """Writes `<stem>.md` and `<stem>.csv` (default DIR/table); returns the table."""
+  table = build(read_runs(directory))
   stem = stem or os.path.join(directory, "table")
-  atomic.write_text(stem + ".md", markdown(rows))
-  atomic.write_text(stem + ".csv", csv_text(rows))
-  return rows
+  atomic.write_text(stem + ".md", markdown(table))
+  atomic.write_text(stem + ".csv", csv_text(table))
+  return table

@@ -280,11 +280,12 @@ class _Runner:
 
 
 def write_summaries(workdir: str) -> None:
+  """The sweep's results table (table.md, table.csv) and its HTML report."""
   from bloodcell_jax.results import report  # pylint: disable=g-import-not-at-top  (matplotlib, jinja2)
-  rows = table.write(workdir)
-  report.write_sweep_report(workdir, rows)
-  print(f"wrote {os.path.join(workdir, 'table.md')} ({len(rows)} rows) and "
-        f"{os.path.join(workdir, 'report.html')}")
+  results_table = table.write(workdir)
+  report.write_sweep_report(workdir, results_table)
+  print(f"wrote {os.path.join(workdir, 'table.md')} ({len(results_table.rows)} rows) and "
+        f"{os.path.join(workdir, run_files.REPORT)}")
 
 
 @dataclasses.dataclass(frozen=True)

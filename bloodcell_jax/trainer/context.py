@@ -31,7 +31,8 @@ class RunContext:
   train_source: pipeline.InMemorySource
   val_source: Optional[pipeline.InMemorySource]  # None: no validation set (val_fraction=0)
   train_fn: object
-  evaluate: EvaluationPasses
+  passes: EvaluationPasses
+  evaluators: list  # of config.evals (bloodcell_jax/evaluation/evaluators.py)
   checkpoints: Checkpoints
   writer: object
   steps_per_epoch: int

@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 
 from bloodcell_jax.data import pipeline
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.evaluation import evaluators as evaluators_lib
 from bloodcell_jax.trainer.context import LoopState, RunContext
 from bloodcell_jax.training import sharding
 from bloodcell_jax.training.checkpoint import Checkpoints
@@ -103,6 +104,7 @@ def train(run: RunContext, state, loop: LoopState):
       stopping = stop_request.reached(step)
       if end_of_epoch:
         loop.epoch = -(-step // run.steps_per_epoch)
+        _evaluate_during_training(run, state, loop)
         if _end_epoch(run, state, loop):
           break
       elif (ckpt_every and step % ckpt_every == 0) or stopping:
@@ -128,6 +130,22 @@ def _check_finite(summary: dict, step: int, checkpoints: Checkpoints) -> dict:
   return summary
 
 
+def _evaluate_during_training(run: RunContext, state, loop: LoopState) -> None:
+  """Runs the evaluators due this epoch (`every_epochs`) on the current weights; their
+  metrics go to the run's writers (TensorBoard, metrics.jsonl)."""
+  due = lambda e: e.every_epochs and loop.epoch % e.every_epochs == 0 and e.applies(run.data)
+  if not any(due(e) for e in run.evaluators):
+    return
+  metrics, _ = evaluators_lib.run_all(
+      run.evaluators, lambda prefix: evaluators_lib.Context(run.config, run.data, state,
+                                                            run.passes, prefix, final=False),
+      when=due)
+  scalars = evaluators_lib.scalar_metrics(metrics)
+  run.writer.write_scalars(loop.step, scalars)
+  logging.info("epoch %d step %d: %s", loop.epoch, loop.step,
+               ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+
+
 def _end_epoch(run: RunContext, state, loop: LoopState) -> bool:
   """Validates, updates early stopping, checkpoints; True when training should stop.
   Without a validation set every epoch's checkpoint is the newest best."""
@@ -137,9 +155,9 @@ def _end_epoch(run: RunContext, state, loop: LoopState) -> bool:
     logging.info("epoch %d step %d (no validation set)", loop.epoch, loop.step)
     run.checkpoints.save(state, dataclasses.asdict(loop), best_score=float(loop.step))
     return False
-  summary, _ = run.evaluate(state, run.val_source, "val")
+  summary, _ = run.passes(state, run.val_source, "val")
   if state.ema:
-    summary.update(run.evaluate(state.with_ema_weights(), run.val_source, "ema_val")[0])
+    summary.update(run.passes(state.with_ema_weights(), run.val_source, "ema_val")[0])
   metric = config.train.early_stopping_metric
   if metric not in summary:
     raise UserError(f"config.train.early_stopping_metric='{metric}': expected one of "

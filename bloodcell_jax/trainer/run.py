@@ -18,6 +18,7 @@ from bloodcell_jax.config import flat, stages
 from bloodcell_jax.data import offline, pipeline
 from bloodcell_jax.data import splits as splits_lib
 from bloodcell_jax.errors import UserError, innermost_line, is_disk_full
+from bloodcell_jax.evaluation import evaluators as evaluators_lib
 from bloodcell_jax.evaluation.passes import EvaluationPasses
 from bloodcell_jax.results import run_outputs
 from bloodcell_jax.trainer import final
@@ -156,7 +157,8 @@ def _build_run(config, workdir: str, data, manifest: dict, offline_summary: dict
                                                         total_steps),
           loss_config=_loss_config(config, data.train.labels, num_classes),
           grad_accum_steps=config.grad_accum_steps, ema_decay=config.train.ema_decay),
-      evaluate=EvaluationPasses(model, mesh, config.eval_batch_size, data.class_names),
+      passes=EvaluationPasses(model, mesh, config.eval_batch_size, data.class_names),
+      evaluators=evaluators_lib.build(config),
       checkpoints=Checkpoints(workdir, keep=config.train.keep_checkpoints),
       writer=create_writer(workdir), steps_per_epoch=steps_per_epoch, total_steps=total_steps,
       weights=weights, offline=offline_summary, manifest=manifest, provenance=provenance)
@@ -202,10 +204,12 @@ def _loss_config(config, train_labels, num_classes):
   return steps.LossConfig(num_classes=num_classes, class_weights=weights,
                           label_smoothing=config.loss.label_smoothing,
                           l1=config.loss.l1, l2=config.loss.l2,
-                          regularize=tuple(config.loss.regularize), jsd_weight=config.loss.jsd_weight)
+                          regularize=tuple(config.loss.regularize),
+                          jsd_weight=config.loss.jsd_weight)
 
 
 def _hparams(config) -> dict:
   """The config's leaves as TensorBoard hyper-parameters (lists and tuples as JSON)."""
-  return {key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value, default=str)
+  plain = lambda value: isinstance(value, (int, float, str, bool))
+  return {key: value if plain(value) else json.dumps(value, default=str)
           for key, value in flat.leaves(config).items()}

@@ -1,12 +1,9 @@
-"""clu metric collections for training and evaluation, and what they report."""
+"""clu metric collections of the train and eval steps."""
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 from clu import metrics
-
-from bloodcell_jax.evaluation import calibration
 
 
 @flax.struct.dataclass
@@ -42,35 +39,3 @@ class EvalMetrics(metrics.Collection):
   loss: metrics.Average.from_output("loss")
   accuracy: metrics.Accuracy
   confusion: ConfusionMatrix
-
-
-def summarize_confusion(confusion: np.ndarray, class_names, prefix: str) -> dict:
-  """Accuracy, balanced accuracy and per-class accuracy (recall) from counts."""
-  confusion = np.asarray(confusion, np.float64)
-  support = confusion.sum(axis=1)
-  recall = np.divide(np.diag(confusion), support, out=np.zeros_like(support),
-                     where=support > 0)
-  present = support > 0
-  return {
-      f"{prefix}_accuracy": float(np.trace(confusion) / max(confusion.sum(), 1.0)),
-      f"{prefix}_balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
-      f"per_class_{prefix}_accuracy": {name: float(r) for name, r, p in
-                                       zip(class_names, recall, present) if p},
-  }
-
-
-def confusion_from_outputs(log_probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-  num_classes = log_probabilities.shape[1]
-  confusion = np.zeros((num_classes, num_classes), np.int64)
-  np.add.at(confusion, (labels, log_probabilities.argmax(axis=1)), 1)
-  return confusion
-
-
-def summarize_outputs(log_probabilities: np.ndarray, labels: np.ndarray, class_names,
-                      prefix: str, suffix: str = "") -> dict:
-  """`summarize_confusion` and the loss (mean negative log-likelihood) of every example's
-  log probabilities; every key ends in `suffix`."""
-  summary = summarize_confusion(confusion_from_outputs(log_probabilities, labels), class_names,
-                                prefix)
-  summary[f"{prefix}_loss"] = calibration.negative_log_likelihood(log_probabilities, labels)
-  return {f"{key}{suffix}": value for key, value in summary.items()}

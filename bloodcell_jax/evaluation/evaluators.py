@@ -1,0 +1,325 @@
+"""Evaluators: what runs on a trained state, named in `config.evals`.
+
+Each entry of `config.evals` names an evaluator type and its options:
+
+  config.evals.val = dict(type="classification", set="val")
+  config.evals.robustness = dict(type="robustness", every_epochs=5, max_images=500)
+
+At the end of training every entry runs on the best checkpoint (and on its weight average,
+with keys prefixed `ema_`); an entry with `every_epochs=N` also runs every N epochs on the
+current weights, its metrics written to TensorBoard and metrics.jsonl beside the validation
+metrics. An evaluator declares the metrics it writes (`Metric`): the results table's columns and
+the run report's sections come from those declarations, recorded in results.json.
+
+A new evaluator is a subclass of `Evaluator` registered under a type name, in any module that
+is imported before training (a test, a user's script, or this one):
+
+  @EVALUATORS.register("my_metric")
+  class MyMetric(Evaluator):
+    options = {"set": "val"}
+    def metrics(self): return [Metric(f"{self.name}_score", "my score")]
+    def __call__(self, context): return {f"{self.name}_score": ...}
+"""
+
+import dataclasses
+import json
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from bloodcell_jax.errors import UserError
+from bloodcell_jax.evaluation import calibration, classification
+from bloodcell_jax.registry import Registry
+
+# How a metric reads: higher is better ("accuracy"), lower is better ("error"), or neither.
+KINDS = ("accuracy", "error", "value", "count", "seconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  """A number an evaluator writes into results.json under `key`.
+
+  title: its name in the results table and the report.
+  kind: one of KINDS (accuracies and errors are shown in percent; the best is bold).
+  section: the report section it is shown in.
+  table: whether it is a column of the results table (and a card of the report).
+  predictions: the prediction file (predictions/<name>.csv) whose probabilities give it, so
+    that an ensemble of runs can recompute it from their averaged probabilities ("" if none).
+  """
+  key: str
+  title: str
+  kind: str = "accuracy"
+  section: str = "Classification"
+  table: bool = True
+  predictions: str = ""
+
+  def with_prefix(self, prefix: str, title_prefix: str) -> "Metric":
+    return dataclasses.replace(
+        self, key=prefix + self.key, title=title_prefix + self.title,
+        predictions=prefix + self.predictions if self.predictions else "")
+
+
+@dataclasses.dataclass
+class Context:
+  """What an evaluator sees: the run's config and data, the state to evaluate, and the
+  jitted passes. `outputs` caches every set's outputs, shared by the evaluators of one state."""
+  config: object
+  data: object  # splits: .train, .val, .test ImageSets (val, test may be None)
+  state: object
+  passes: object  # evaluation.passes.EvaluationPasses
+  prefix: str = ""  # "ema_" for the weight average
+  final: bool = True  # False: an evaluation during training
+  outputs: Dict[tuple, tuple] = dataclasses.field(default_factory=dict)
+  # Per-image outputs to keep as prediction files: {file name: (log probs, labels, image set)}.
+  predictions: Dict[str, tuple] = dataclasses.field(default_factory=dict)
+
+  def image_set(self, name: str):
+    return getattr(self.data, name)
+
+  def outputs_of(self, set_name: str, augmentation: str = "", tta: str = ""):
+    """(log probabilities, labels) of every image of a set, computed once per context. The
+    augmentation is drawn from the split seed: runs differing only in `seed` see the same
+    augmented images."""
+    key = (set_name, augmentation, tta)
+    if key not in self.outputs:
+      from bloodcell_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TF)
+      source = pipeline.InMemorySource(getattr(self.data, set_name))
+      self.outputs[key] = self.passes.outputs(
+          self.state, source, f"{self.prefix}{set_name}", augmentation,
+          seed=self.config.data.split_seed, tta=tta)
+    return self.outputs[key]
+
+
+class Evaluator:
+  """One entry of `config.evals`: `options` are the entry's keys besides `type` and
+  `every_epochs`, with their defaults; an entry's unknown key is an error."""
+  options: Dict[str, object] = {}
+
+  def __init__(self, name: str, entry: dict, config):
+    self.name, self.config = name, config
+    self.where = f"config.evals.{name}"
+    unknown = sorted(set(entry) - set(self.options) - {"type", "every_epochs"})
+    if unknown:
+      known = ", ".join(["type", "every_epochs", *self.options])
+      raise UserError(f"{self.where}.{unknown[0]}: not an option of the "
+                      f"{entry['type']} evaluator (its options: {known})")
+    self.every_epochs = entry.get("every_epochs", 0)
+    if not isinstance(self.every_epochs, int) or self.every_epochs < 0:
+      raise UserError(f"{self.where}.every_epochs={self.every_epochs!r}: expected an integer "
+                      ">= 0 (0: only after training)")
+    self.opts = {**self.options, **{k: v for k, v in entry.items() if k in self.options}}
+    if self.opts.get("set", "val") not in ("train", "val", "test"):
+      raise UserError(f"{self.where}.set={self.opts['set']!r}: expected train, val or test")
+
+  def applies(self, data) -> bool:
+    """Whether the run has what this evaluator needs (e.g. a test set)."""
+    del data
+    return True
+
+  def metrics(self) -> List[Metric]:
+    raise NotImplementedError
+
+  def __call__(self, context: Context) -> dict:
+    raise NotImplementedError
+
+
+EVALUATORS = Registry("evaluator", where="config.evals.<name>.type")
+
+
+def _set_title(name: str) -> str:
+  return (name.replace("_", " ") + " ").replace("val ", "val. ").strip()
+
+
+@EVALUATORS.register("classification")
+class Classification(Evaluator):
+  """Accuracy, balanced accuracy, per-class recall and loss on a set (`set`), optionally
+  augmented (`augment`: a key of config.augment, e.g. "eval_strong"), and again with the
+  config's test-time augmentation (config.eval.tta, keys ending in `_tta`) when `tta`. Keeps
+  every image's probabilities (predictions/<name>.csv) and, for an unaugmented set, the
+  confusion matrix."""
+  options = {"set": "val", "augment": "", "tta": True}
+
+  def __init__(self, name: str, entry: dict, config):
+    super().__init__(name, entry, config)
+    self.augmentation = self._augmentation()
+
+  def applies(self, data) -> bool:
+    return getattr(data, self.opts["set"], None) is not None
+
+  def _augmentation(self) -> str:
+    key = self.opts["augment"]
+    if not key:
+      return ""
+    if key not in self.config.augment:
+      raise UserError(f"{self.where}.augment='{key}': expected a key of config.augment "
+                      f"({', '.join(self.config.augment.keys())})")
+    return self.config.augment[key]
+
+  def _suffixes(self) -> list:
+    tta = self.config.eval.tta if self.opts["tta"] else ""
+    return [("", "")] + [("_tta", tta)] * bool(tta)
+
+  def metrics(self) -> List[Metric]:
+    declared = []
+    for suffix, _ in self._suffixes():
+      title, stem = _set_title(self.name) + (" TTA" if suffix else ""), self.name + suffix
+      declared += [
+          Metric(f"{self.name}_accuracy{suffix}", f"{_set_title(self.name)} accuracy"
+                 + (" TTA" if suffix else ""), predictions=stem),
+          Metric(f"{self.name}_balanced_accuracy{suffix}", f"{title} balanced accuracy",
+                 table=not suffix),
+          Metric(f"{self.name}_loss{suffix}", f"{title} loss", kind="value", table=False)]
+    return declared
+
+  def __call__(self, context: Context) -> dict:
+    results = {}
+    image_set = context.image_set(self.opts["set"])
+    augmentation = self.augmentation
+    for suffix, views in self._suffixes():
+      log_probs, labels = context.outputs_of(self.opts["set"], augmentation, views)
+      results.update(classification.summarize_outputs(
+          log_probs, labels, image_set.class_names, f"{context.prefix}{self.name}", suffix))
+      context.predictions[f"{context.prefix}{self.name}{suffix}"] = (log_probs, labels,
+                                                                     image_set)
+      if context.final and not augmentation and not suffix and not context.prefix:
+        results[f"{self.name}_confusion"] = classification.confusion_from_outputs(log_probs,
+                                                                                  labels)
+    return results
+
+
+@EVALUATORS.register("calibration")
+class Calibration(Evaluator):
+  """Temperature scaling fitted on a set's outputs (`set`, the validation set by default), with
+  the expected calibration error and the negative log-likelihood before and after. The fitted
+  temperature is what `predict --calibrated` applies."""
+  options = {"set": "val"}
+
+  def applies(self, data) -> bool:
+    return getattr(data, self.opts["set"], None) is not None
+
+  def metrics(self) -> List[Metric]:
+    s = self.opts["set"]
+    section = "Calibration"
+    return [Metric(f"{s}_ece", f"{_set_title(s)} ECE", kind="error", section=section),
+            Metric(f"{s}_ece_calibrated", f"{_set_title(s)} ECE calibrated", kind="error",
+                   section=section),
+            Metric("temperature", "temperature", kind="value", section=section, table=False),
+            Metric(f"{s}_nll", f"{_set_title(s)} NLL", kind="value", section=section,
+                   table=False),
+            Metric(f"{s}_nll_calibrated", f"{_set_title(s)} NLL calibrated", kind="value",
+                   section=section, table=False)]
+
+  def __call__(self, context: Context) -> dict:
+    s = self.opts["set"]
+    log_probs, labels = context.outputs_of(s)
+    temperature = calibration.fit_temperature(log_probs, labels)
+    return {f"{context.prefix}temperature": temperature,
+            **calibration.summary(log_probs, labels, temperature, f"{context.prefix}{s}")}
+
+
+@EVALUATORS.register("robustness")
+class Robustness(Evaluator):
+  """The robustness benchmark (bloodcell_jax/evaluation/robustness.py) on a set: accuracy
+  clean and under each shift at severities 1 to 5, with fixed placements (`seed`); `shifts`
+  (comma-separated, empty: all) and `max_images` (the first N images of the set, 0: all)
+  bound its cost when it runs every few epochs."""
+  options = {"set": "val", "shifts": "", "max_images": 0, "seed": 0, "batch_size": 256}
+
+  def applies(self, data) -> bool:
+    return getattr(data, self.opts["set"], None) is not None
+
+  def metrics(self) -> List[Metric]:
+    n = self.name
+    return [Metric(f"{n}_mean_corruption_accuracy", "mean corruption accuracy",
+                   section="Robustness"),
+            Metric(f"{n}_clean_accuracy", "clean accuracy (robustness set)",
+                   section="Robustness", table=False),
+            Metric(f"{n}_worst_family_accuracy", "worst shift family accuracy",
+                   section="Robustness"),
+            Metric(f"{n}_relative_drop", "relative drop under shift", kind="error",
+                   section="Robustness", table=False)]
+
+  def __call__(self, context: Context) -> dict:
+    # The benchmark draws its shifts with TensorFlow and imports the shift registry.
+    from bloodcell_jax.augment import shifts  # pylint: disable=g-import-not-at-top
+    from bloodcell_jax.evaluation import inference, robustness  # pylint: disable=g-import-not-at-top
+    image_set = context.image_set(self.opts["set"])
+    count = self.opts["max_images"] or len(image_set)
+    names = [n.strip() for n in str(self.opts["shifts"]).split(",") if n.strip()]
+    known = shifts.SHIFTS.names() if hasattr(shifts.SHIFTS, "names") else list(shifts.SHIFTS)
+    for name in names:
+      if name not in known:
+        raise UserError(f"{self.where}.shifts: unknown shift {name} (known: "
+                        f"{', '.join(known)})")
+    model, state = context.passes.model, context.state
+    predict = lambda images: inference.predict(model, state, images, self.opts["batch_size"])
+    found = robustness.evaluate(predict, image_set.images[:count], image_set.labels[:count],
+                                names or known, self.opts["seed"])
+    p = f"{context.prefix}{self.name}"
+    return {f"{p}_mean_corruption_accuracy": found["mean_corruption_accuracy"],
+            f"{p}_clean_accuracy": found["clean"],
+            f"{p}_worst_family_accuracy": found["per_family"][found["worst_family"]],
+            f"{p}_relative_drop": found["relative_drop"],
+            f"{p}_per_family": found["per_family"]}
+
+
+def entries(config) -> List[tuple]:
+  """(name, entry dict) of `config.evals`, in the order the config wrote them."""
+  evals = config.get("evals") or {}
+  order = list(json.loads(evals.to_json()) if hasattr(evals, "to_json") else evals)
+  return [(name, dict(evals[name])) for name in order]
+
+
+def build(config) -> List[Evaluator]:
+  """The evaluators `config.evals` names; a bad type or option is a one-line UserError."""
+  built = []
+  for name, entry in entries(config):
+    where = f"config.evals.{name}"
+    if "type" not in entry:
+      raise UserError(f"{where}: expected a dict with a 'type' (one of "
+                      f"{', '.join(EVALUATORS.names())})")
+    built.append(EVALUATORS.get(entry["type"], f"{where}.type")(name, entry, config))
+  return built
+
+
+def declared_metrics(evaluators: List[Evaluator], ema: bool) -> List[Metric]:
+  """Every metric the evaluators write, then the same of the weight average (prefix ema_)."""
+  declared = [m for e in evaluators for m in e.metrics()]
+  if ema:
+    declared += [m.with_prefix("ema_", "EMA ") for m in declared]
+  return declared
+
+
+def run_all(evaluators: List[Evaluator], make_context: Callable[[str], Context],
+            prefixes=("",), when: Optional[Callable[[Evaluator], bool]] = None):
+  """Runs each evaluator (that `when` accepts) for each prefix's state; returns (metrics,
+  {file name: (log probs, labels, image set)} to keep as prediction files)."""
+  metrics, kept = {}, {}
+  for prefix in prefixes:
+    context = make_context(prefix)
+    for evaluator in evaluators:
+      if when is None or when(evaluator):
+        metrics.update(evaluator(context))
+    kept.update(context.predictions)
+  return metrics, kept
+
+
+def as_records(metrics: List[Metric]) -> List[dict]:
+  return [dataclasses.asdict(m) for m in metrics]
+
+
+def from_records(records) -> List[Metric]:
+  """Metrics recorded in a results.json; malformed records are skipped."""
+  found = []
+  for record in records or ():
+    try:
+      found.append(Metric(**record))
+    except TypeError:
+      continue
+  return found
+
+
+def scalar_metrics(metrics: dict) -> Dict[str, float]:
+  """The plain numbers of an evaluation, for TensorBoard and metrics.jsonl."""
+  return {k: float(v) for k, v in metrics.items()
+          if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
