@@ -128,7 +128,7 @@ def train_from_scratch(args, step_images_per_s: float):
   from bloodcell_jax.data import splits  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.training import model_and_optimizer as build  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.training import optim, sharding, steps
-  from bloodcell_jax.training.metrics import summarize_confusion  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax.evaluation.classification import summarize_confusion  # pylint: disable=g-import-not-at-top
 
   config = effnet_config()
   with config.unlocked():
