@@ -84,6 +84,55 @@ def test_the_package_has_no_import_cycle():
   assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+# Layers from the bottom up: a package imports only packages of lower layers. The config
+# package spans layers: its schema derives choice lists from the registries above the rest of it.
+LAYERS = (
+    ("errors", "config"),
+    ("registry", "runtime", "atomic", "config.flat"),
+    ("config.recorded", "config.stages", "config.recipes"),
+    ("models", "augment"),
+    ("data",),
+    ("training",),
+    ("weights",),
+    ("evaluation",),
+    ("results",),
+    ("config.schema",),
+    ("trainer",),
+    ("sweep", "export"),
+    ("cli",),
+)
+
+
+def layer_unit(module: str) -> str:
+  """The layered unit a module belongs to: its sub-package (config's modules one by one)."""
+  parts = module.split(".")[1:]
+  if not parts:
+    return ""
+  return ".".join(parts[:2]) if parts[0] == "config" and len(parts) > 1 else parts[0]
+
+
+def test_each_layer_imports_only_layers_below_it():
+  rank = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+  upward = []
+  for module, imported in import_graph(package_modules()).items():
+    # Programs (a package's `python -m` entry) sit above every layer.
+    if module.endswith("__main__") or layer_unit(module) not in rank:
+      continue
+    for target in imported:
+      a, b = layer_unit(module), layer_unit(target)
+      if a != b and b in rank and rank[b] >= rank[a]:
+        upward.append(f"{module} -> {target}")
+  assert not upward, "imports that do not go down the layers: " + "; ".join(sorted(upward))
+
+
+def test_every_package_has_a_layer():
+  units = {layer_unit(m) for m in package_modules()} - {""}
+  # Top-level modules that only keep old `python -m` commands working run as programs.
+  shims = {"predict", "table", "report", "robustness"}
+  layered = {u for units in LAYERS for u in units}
+  assert units - shims - layered == set()
+
+
 def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path):
   # The check itself must be able to fail: a function-level import closing a loop.
   modules = {"pkg.a": tmp_path / "a.py", "pkg.b": tmp_path / "b.py", "pkg.c": tmp_path / "c.py"}
