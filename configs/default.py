@@ -92,7 +92,7 @@ def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
   config.loss.jsd_weight = 0.0
 
   config.optim = ml_collections.ConfigDict()
-  config.optim.name = "adam"  # adam | adamw | sgd | lion
+  config.optim.name = "adam"  # a name of optim.OPTIMIZERS (bloodcell_jax/training/optim.py)
   config.optim.learning_rate = 1e-3
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
@@ -102,7 +102,7 @@ def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
   config.optim.weight_decay_rules = ((r".*kernel", 1.0), (".*", 0.0))  # (regex, multiplier)
   config.optim.lr_multipliers = ()  # (regex, multiplier) rules; empty: 1 for every parameter
   config.optim.grad_clip_norm = 0.0  # 0 = off
-  config.optim.schedule = "constant"  # constant | warmup_cosine | step
+  config.optim.schedule = "constant"  # a name of optim.SCHEDULES (training/optim.py)
   config.optim.warmup_epochs = 1.0
   config.optim.warmup_start_factor = 0.0
   config.optim.end_factor = 0.0
@@ -124,9 +124,10 @@ def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
   config.train.ema_decay = 0.0
 
   config.eval = ml_collections.ConfigDict()
-  # Test-time augmentation of the final evaluation: "" (off), "flips" (4 views: none,
-  # horizontal, vertical, both) or "d4" (the 8 rotations and reflections); reported beside
-  # the plain metrics as val_accuracy_tta, augmented_val_accuracy_tta, test_accuracy_tta.
+  # Test-time augmentation of the final evaluation: "" (off) or a view set of tta.VIEWS
+  # (bloodcell_jax/evaluation/tta.py: "flips", 4 views; "d4", the 8 rotations and
+  # reflections); reported beside the plain metrics as val_accuracy_tta,
+  # augmented_val_accuracy_tta, test_accuracy_tta.
   config.eval.tta = ""
   config.eval.report = True  # write report.html at the end (bloodcell_jax/results/report.py)
 

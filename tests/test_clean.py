@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bloodcell_jax.data import image_set, sources, splits, synthetic
-from bloodcell_jax.data.cleaning import cache, duplicates, neighbours, report, run
+from bloodcell_jax.data.cleaning import cache, duplicates, keep, neighbours, report, run
 from bloodcell_jax.data.cleaning import fingerprints as fp
 from bloodcell_jax.data.cleaning import settings as settings_lib
 from bloodcell_jax.errors import UserError
@@ -174,7 +174,7 @@ def test_cli_writes_report_keep_list_and_sheets_and_never_touches_the_input(
   assert kinds["label_conflict"] == 1
   for finding in written["findings"]:
     assert set(finding) == {"kind", "ids", "score", "details"}
-  kept = report.read_keep(out / "keep.txt")
+  kept = keep.read_ids(out / "keep.txt")
   # Of each group the first id stays; both images of the conflict go.
   dropped = {max(ids[k], extra[key]) for k, key in ((3, "exact_png"), (7, "flip"), (9, "rot90"),
                                                     (11, "jpeg70"), (13, "shift"),
@@ -418,7 +418,7 @@ def test_npz_sources_report_row_indices(tmp_path):
   written = report.write(result, str(tmp_path / "out"))
   assert written["findings"][0]["ids"] == ["2", "30"] or any(
       f["ids"] == ["2", "30"] for f in written["findings"])
-  assert "30" not in report.read_keep(tmp_path / "out" / "keep.txt")
+  assert "30" not in keep.read_ids(tmp_path / "out" / "keep.txt")
 
 
 def test_fingerprint_changes_with_pixels_labels_and_settings():
@@ -467,3 +467,14 @@ def test_line_responses_see_strokes_and_not_edges_and_write_over_inks_what_it_co
   assert inked.sum() > 50
   assert np.abs(written.astype(int) - image[0])[inked].max(axis=-1).min() > 0
   assert np.array_equal(written[cover == 0], image[0][cover == 0])
+
+
+def test_a_missing_or_unreadable_keep_file_is_one_line(dirty_folder, tmp_path):
+  root, _, _ = dirty_folder
+  missing = tmp_path / "missing.txt"
+  config = _data_config(root, tmp_path / "cache", keep_file=str(missing))
+  with pytest.raises(UserError, match=rf"^config.data.cleaning.keep_file={missing}: no such "
+                     "file \\(expected a keep.txt written by python -m bloodcell_jax.data.clean"):
+    splits.load_splits(config, 96, seed=0)
+  with pytest.raises(UserError, match=rf"^keep_file={tmp_path}: unreadable keep file"):
+    keep.read_ids(tmp_path, "keep_file")

@@ -129,7 +129,8 @@ def test_test_source_and_npz_training_data(tmp_path):
      "optim.learning_rate"),
     ("--config.data.train=/no/such/folder", "error: /no/such/folder: no such file or directory"),
     ("--config.model.name=resnet", "error: config.model.name='resnet': unknown model"),
-    ("--config.augment.train=flip|twist", "error: config.augment.train: unknown op 'twist'"),
+    ("--config.augment.train=flip|twist",
+     "error: config.augment.train='twist': unknown augmentation op (known: flip, "),
     ("--config.grad_accum_steps=3", "error: config.batch_size=16: expected a multiple of "
      "config.grad_accum_steps=3"),
 ])

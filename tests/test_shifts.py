@@ -35,7 +35,7 @@ def run(name, images, strength, seed=0):
   return shifts.apply(name, images, strength, shift_uniforms(name, len(images), seed)).numpy()
 
 
-@pytest.mark.parametrize("name", list(shifts.SHIFTS))
+@pytest.mark.parametrize("name", shifts.SHIFTS.names())
 def test_shift_is_identity_at_zero_and_grows_with_strength(cells, name):
   np.testing.assert_allclose(run(name, cells, 0.0), cells.astype(np.float32), atol=1e-3)
   change = [np.abs(run(name, cells, shifts.strength_of(s)) - cells).mean()
@@ -45,7 +45,7 @@ def test_shift_is_identity_at_zero_and_grows_with_strength(cells, name):
   assert change[-1] > 1.5 * change[0], (name, change)
 
 
-@pytest.mark.parametrize("name", list(shifts.SHIFTS))
+@pytest.mark.parametrize("name", shifts.SHIFTS.names())
 def test_shift_is_deterministic_in_range_and_per_image(cells, name):
   out = run(name, cells, 0.6)
   assert out.dtype == np.float32 and out.shape == cells.shape
@@ -97,7 +97,8 @@ def test_jitters_at_zero_are_the_identity(cells):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("shifts(ops='defocus, warp')", r"unknown shifts"),
+    ("shifts(ops='defocus, warp')", r"bad arguments for 'shifts': ops='warp': unknown shift "
+     r"\(known: brighter, "),
     ("shifts(severity=2)", r"severity=2, expected a value in \[0.0, 1.0\]"),
     ("scale_jitter(2.0, 1.0)", "0 < min_scale <= max_scale"),
 ])
@@ -171,4 +172,5 @@ def test_unknown_shift_is_a_one_line_error(trained_run):
                            f"--workdir={trained_run[0]}", "--shifts=defocus,warp"], cwd=ROOT,
                           capture_output=True, text=True, env=subprocess_env())
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith("error: --shifts: unknown warp")
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: --shifts='warp': unknown shift (known: brighter, ")

@@ -7,6 +7,7 @@ import pytest
 from conftest import write_image_folder
 from PIL import Image
 
+from bloodcell_jax import registry
 from bloodcell_jax.data import image_set, sources, splits, synthetic
 from bloodcell_jax.errors import UserError
 from configs import default as default_config
@@ -181,3 +182,18 @@ def test_real_pbc96_folder_matches_its_readme(pbc96):
   counts = np.bincount(data.labels).tolist()
   assert counts == [961, 2481, 1230, 2304, 971, 1125, 2651, 1875]
   assert data.num_resized == 0
+
+
+def test_a_registered_source_kind_is_read_and_named_in_errors(tmp_path, monkeypatch):
+  kinds = registry.Registry("data source")
+  for name, kind in sources.SOURCES.items():
+    kinds.register(name, kind)
+  listed = synthetic.generate(4, 16, seed=0)
+  kinds.register("list", sources.Source(lambda path: path.endswith(".list"),
+                                        lambda path, split, request: listed, "a .list file"))
+  monkeypatch.setattr(sources, "SOURCES", kinds)
+  assert sources.load_source(str(tmp_path / "cells.list"), 16) is listed
+  (tmp_path / "cells.txt").write_text("")
+  with pytest.raises(UserError, match=r"cells.txt: unsupported data source \(expected an "
+                     r"ImageFolder directory, an .npz file or a .list file\)$"):
+    sources.load_source(str(tmp_path / "cells.txt"), 16)

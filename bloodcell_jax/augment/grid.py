@@ -30,7 +30,7 @@ def op_rows(image: np.ndarray, magnitudes):
   uniforms = tf.constant([[0.9, 0.5, 0.5]] * len(magnitudes), tf.float32)
   level = tf.constant(magnitudes, tf.float32)
   return {name: list(policies.apply_level(name, batch, level, uniforms).numpy())
-          for name in policies.LEVELS}
+          for name in policies.LEVELS.names()}
 
 
 def pipeline_rows(spec: str, images: np.ndarray, labels, num_classes: int, rows: int, seed: int,

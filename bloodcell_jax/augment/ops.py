@@ -17,6 +17,9 @@ An empty string is the identity. Ops:
   mixup, cutmix                    batch-level: mix each image with its partner in the batch
                                    (the batch reversed) and return soft labels; last in the list
 
+`OPS` is the registry of these names; `@OPS.register(name)` adds an op factory (its arguments
+as written in the string, returning an `Op`).
+
 Randomness: each image's draws come from one stateless seed (the input pipeline derives
 it from the config seed, the epoch and the example index), so an image's augmentation
 depends on nothing else and the same seed always gives the same output.
@@ -25,12 +28,13 @@ depends on nothing else and the same seed always gives the same output.
 import ast
 import dataclasses
 import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
 from bloodcell_jax.augment import image_ops, policies, shifts
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +51,8 @@ class Op:
   mixes_batch: bool = False
 
 
-_REGISTRY: Dict[str, Callable[..., Op]] = {}
-
-
-def register(name: str):
-  def decorator(factory):
-    _REGISTRY[name] = factory
-    return factory
-  return decorator
+# Op name -> factory(*args, **kwargs) -> Op, the arguments as written in the pipeline string.
+OPS = Registry("augmentation op", where="augmentation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,10 +195,9 @@ def _parse_op(text: str, where: str) -> Op:
       raise ValueError("expected name or name(arg=value, ...)")
   except (SyntaxError, ValueError) as e:
     raise UserError(f"{where}: cannot parse op '{text}' ({e})") from None
-  if name not in _REGISTRY:
-    raise UserError(f"{where}: unknown op '{name}' (known: {', '.join(sorted(_REGISTRY))})")
+  factory = OPS.get(name, where)
   try:
-    return _REGISTRY[name](*args, **kwargs)
+    return factory(*args, **kwargs)
   except (TypeError, ValueError) as e:
     raise UserError(f"{where}: bad arguments for '{name}': {e}") from None
 
@@ -225,7 +222,7 @@ def _flip_axis(images, coins, axis):
   return tf.gather(images, index, axis=axis, batch_dims=1)
 
 
-@register("flip")
+@OPS.register("flip")
 def flip(horizontal: bool = True, vertical: bool = True) -> Op:
   """Random horizontal and/or vertical flips, each with probability 1/2."""
   def apply(images, u, g):
@@ -237,7 +234,7 @@ def flip(horizontal: bool = True, vertical: bool = True) -> Op:
   return Op("flip", apply, num_uniforms=2)
 
 
-@register("affine")
+@OPS.register("affine")
 def affine(rotate: float = 0.0, translate: float = 0.0, zoom: float = 0.0,
            fill_mode: str = "reflect", fill_value: float = 0.0,
            interpolation: str = "bilinear") -> Op:
@@ -260,7 +257,7 @@ def affine(rotate: float = 0.0, translate: float = 0.0, zoom: float = 0.0,
   return Op("affine", apply, num_uniforms=4)
 
 
-@register("random_brightness")
+@OPS.register("random_brightness")
 def random_brightness(factor: float) -> Op:
   """Keras's RandomBrightness: adds an offset uniform in [-factor, factor] x 255."""
   def apply(images, u, g):
@@ -268,7 +265,7 @@ def random_brightness(factor: float) -> Op:
   return Op("random_brightness", apply, num_uniforms=1)
 
 
-@register("random_contrast")
+@OPS.register("random_contrast")
 def random_contrast(factor: float) -> Op:
   """Keras's RandomContrast: deviations from each channel's mean scaled by a factor uniform in
   [1 - factor, 1 + factor]."""
@@ -297,8 +294,8 @@ def _single(name):
   return factory
 
 
-for _name in policies.LEVELS:
-  register(_name)(_single(_name))
+for _name in policies.LEVELS.names():
+  OPS.register(_name, _single(_name))
 
 
 def _sometimes(op: Op, p: float) -> Op:
@@ -323,7 +320,7 @@ def _op_names(ops, default):
   return policies.check_ops(names)
 
 
-@register("randaugment")
+@OPS.register("randaugment")
 def randaugment(num_ops: int = 2, magnitude: float = 0.5, magnitude_std: float = 0.0,
                 random_magnitude: bool = False, ops=None, fill: float = 128.0,
                 fill_mode: str = "constant", p: float = 1.0) -> Op:
@@ -343,7 +340,7 @@ def randaugment(num_ops: int = 2, magnitude: float = 0.5, magnitude_std: float =
                         num_uniforms=policies.randaugment_uniforms(num_ops)), p)
 
 
-@register("augmix")
+@OPS.register("augmix")
 def augmix(severity: float = 0.3, width: int = 3, depth: int = -1, alpha: float = 1.0,
            all_ops: bool = False, ops=None, fill: float = 128.0,
            fill_mode: str = "constant", p: float = 1.0) -> Op:
@@ -366,14 +363,13 @@ def augmix(severity: float = 0.3, width: int = 3, depth: int = -1, alpha: float 
 
 def _shift_names(ops):
   names = [n.strip() for n in ops.split(",")] if isinstance(ops, str) else list(ops or ())
-  names = names or list(shifts.SHIFTS)
-  unknown = [n for n in names if n not in shifts.SHIFTS]
-  if unknown:
-    raise ValueError(f"ops {unknown}: unknown shifts (known: {', '.join(shifts.SHIFTS)})")
-  return names
+  for name in names:
+    if name not in shifts.SHIFTS:
+      raise ValueError(shifts.SHIFTS.unknown(name, "ops"))
+  return names or shifts.SHIFTS.names()
 
 
-@register("shifts")
+@OPS.register("shifts")
 def shifts_op(ops=None, severity: float = 1.0, num_ops: int = 1, p: float = 1.0) -> Op:
   """Distribution shifts of another microscope, camera, stain or slide
   (bloodcell_jax.data.shifts): `num_ops` in a row, each chosen per image from `ops`
@@ -393,7 +389,7 @@ def shifts_op(ops=None, severity: float = 1.0, num_ops: int = 1, p: float = 1.0)
   return _sometimes(Op("shifts", apply, num_uniforms=num_ops * per_op), p)
 
 
-@register("hed_jitter")
+@OPS.register("hed_jitter")
 def hed_jitter(sigma: float = 0.05, bias: float = 0.05, p: float = 1.0) -> Op:
   """Stain augmentation in HED space (Tellez et al. 2019): each image's haematoxylin, eosin
   and DAB amounts times a factor uniform in [1 - sigma, 1 + sigma], plus an optical density
@@ -407,7 +403,7 @@ def hed_jitter(sigma: float = 0.05, bias: float = 0.05, p: float = 1.0) -> Op:
   return _sometimes(Op("hed_jitter", apply, num_uniforms=6), p)
 
 
-@register("scale_jitter")
+@OPS.register("scale_jitter")
 def scale_jitter(min_scale: float = 0.5, max_scale: float = 2.0, p: float = 1.0) -> Op:
   """Another magnification: the image zoomed about its centre by a factor log-uniform in
   [min_scale, max_scale], the field beyond the image filled with its background colour;
@@ -434,7 +430,7 @@ def _mix_labels(labels, share):
   return share * labels + (1.0 - share) * tf.reverse(labels, [0])
 
 
-@register("mixup")
+@OPS.register("mixup")
 def mixup(alpha: float = 0.2, p: float = 1.0) -> Op:
   """MixUp (Zhang et al. 2018): image and label blended with the partner's by lam ~ Beta(alpha,
   alpha), per image, with probability `p`."""
@@ -453,7 +449,7 @@ def _mix_images(images, share):
   return share * images + (1.0 - share) * tf.reverse(images, [0])
 
 
-@register("cutmix")
+@OPS.register("cutmix")
 def cutmix(alpha: float = 1.0, p: float = 1.0) -> Op:
   """CutMix (Yun et al. 2019): a box of area share (1 - lam), lam ~ Beta(alpha, alpha), pasted
   from the partner; labels mixed by the box's actual area after clipping at the edges."""

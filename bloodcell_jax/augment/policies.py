@@ -1,9 +1,9 @@
 """RandAugment (Cubuk et al. 2020) and AugMix (Hendrycks et al. 2020) over batches, per image.
 
 Magnitudes live on one [0, 1] scale (Keras's `factor`; the study's best RandAugment
-magnitude was 0.5, its AugMix severity 0.3). `LEVELS` maps a magnitude to each op's
-parameter, with the ranges of timm's "increasing" policies: magnitude 0 leaves the
-image unchanged for every op that has a magnitude.
+magnitude was 0.5, its AugMix severity 0.3). `LEVELS`, the registry of these ops by name, maps
+a magnitude to each op's parameter, with the ranges of timm's "increasing" policies: magnitude 0
+leaves the image unchanged for every op that has a magnitude.
 
 Randomness comes in as per-image uniform draws (and Gamma draws for AugMix's
 Dirichlet and Beta), so each image gets its own op choices, magnitudes and signs
@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import tensorflow as tf
 
 from bloodcell_jax.augment import image_ops
+from bloodcell_jax.registry import Registry
 
 # Per application of one op: [sign, extra, extra] (cutout's centre uses the extras).
 OP_UNIFORMS = 3
@@ -54,25 +55,27 @@ def _cutout(images, m, u, fill, mode):
                           fill=fill)
 
 
-LEVELS = {
-    "identity": Level(lambda x, m, u, fill, mode: x),
-    "autocontrast": Level(lambda x, m, u, fill, mode: image_ops.autocontrast(x)),
-    "equalize": Level(lambda x, m, u, fill, mode: image_ops.equalize(x)),
-    "invert": Level(lambda x, m, u, fill, mode: image_ops.invert(x)),
-    "rotate": _geometric(image_ops.rotate, lambda x: 30.0),  # degrees
-    "shear_x": _geometric(image_ops.shear_x, lambda x: 0.3),
-    "shear_y": _geometric(image_ops.shear_y, lambda x: 0.3),
-    "translate_x": _geometric(image_ops.translate_x, lambda x: 0.45 * _width(x)),
-    "translate_y": _geometric(image_ops.translate_y, lambda x: 0.45 * _height(x)),
-    "solarize": Level(lambda x, m, u, fill, mode: image_ops.solarize(x, 256.0 * (1.0 - m))),
-    "solarize_add": Level(lambda x, m, u, fill, mode: image_ops.solarize_add(x, 110.0 * m)),
-    "posterize": Level(lambda x, m, u, fill, mode: image_ops.posterize(x, 8.0 - 4.0 * m)),
-    "color": _enhance(image_ops.color),
-    "contrast": _enhance(image_ops.contrast),
-    "brightness": _enhance(image_ops.brightness),
-    "sharpness": _enhance(image_ops.sharpness),
-    "cutout": Level(_cutout),
-}
+LEVELS = Registry("magnitude op")
+LEVELS.register("identity", Level(lambda x, m, u, fill, mode: x))
+LEVELS.register("autocontrast", Level(lambda x, m, u, fill, mode: image_ops.autocontrast(x)))
+LEVELS.register("equalize", Level(lambda x, m, u, fill, mode: image_ops.equalize(x)))
+LEVELS.register("invert", Level(lambda x, m, u, fill, mode: image_ops.invert(x)))
+LEVELS.register("rotate", _geometric(image_ops.rotate, lambda x: 30.0))  # degrees
+LEVELS.register("shear_x", _geometric(image_ops.shear_x, lambda x: 0.3))
+LEVELS.register("shear_y", _geometric(image_ops.shear_y, lambda x: 0.3))
+LEVELS.register("translate_x", _geometric(image_ops.translate_x, lambda x: 0.45 * _width(x)))
+LEVELS.register("translate_y", _geometric(image_ops.translate_y, lambda x: 0.45 * _height(x)))
+LEVELS.register("solarize", Level(
+    lambda x, m, u, fill, mode: image_ops.solarize(x, 256.0 * (1.0 - m))))
+LEVELS.register("solarize_add", Level(
+    lambda x, m, u, fill, mode: image_ops.solarize_add(x, 110.0 * m)))
+LEVELS.register("posterize", Level(
+    lambda x, m, u, fill, mode: image_ops.posterize(x, 8.0 - 4.0 * m)))
+LEVELS.register("color", _enhance(image_ops.color))
+LEVELS.register("contrast", _enhance(image_ops.contrast))
+LEVELS.register("brightness", _enhance(image_ops.brightness))
+LEVELS.register("sharpness", _enhance(image_ops.sharpness))
+LEVELS.register("cutout", Level(_cutout))
 
 # The RandAugment paper's 14 transformations.
 RANDAUGMENT_OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "color",
@@ -84,17 +87,19 @@ AUGMIX_OPS = ("autocontrast", "equalize", "posterize", "rotate", "solarize", "sh
 AUGMIX_ALL_OPS = AUGMIX_OPS + ("color", "contrast", "brightness", "sharpness")
 
 
-def check_ops(names: Sequence[str]) -> tuple:
-  unknown = [n for n in names if n not in LEVELS]
-  if unknown or not names:
-    raise ValueError(f"ops {list(unknown) or '(none)'}: expected names among "
-                     f"{', '.join(LEVELS)}")
+def check_ops(names: Sequence[str], where: str = "ops") -> tuple:
+  """`names` as a tuple; a ValueError (the registry's line) for an unknown one, or for none."""
+  if not names:
+    raise ValueError(f"{where}: none given (known: {', '.join(LEVELS.names())})")
+  for name in names:
+    if name not in LEVELS:
+      raise ValueError(LEVELS.unknown(name, where))
   return tuple(names)
 
 
 def apply_level(name, images, magnitude, uniforms, fill=128.0, fill_mode="constant"):
   """Op `name` at per-image `magnitude` (N,); uniforms[:, 0] < 0.5 flips a signed op's sign."""
-  level = LEVELS[name]
+  level = LEVELS.get(name)
   if level.signed:
     magnitude = tf.where(uniforms[:, 0] < 0.5, -magnitude, magnitude)
   return level.apply(images, magnitude, uniforms, fill, fill_mode)

@@ -16,12 +16,13 @@ random strength per image).
 
 import dataclasses
 import math
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from bloodcell_jax.augment import image_ops
+from bloodcell_jax.registry import Registry
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -39,13 +40,17 @@ class Shift:
   description: str = ""
 
 
-SHIFTS: Dict[str, Shift] = {}
+SHIFTS = Registry("shift")
 
 
-def _shift(family: str, num_uniforms: int = 0):
+def register(name: Optional[str] = None, *, family: str, num_uniforms: int = 0):
+  """Decorator registering `fn(images, strength, uniforms)` as a shift of `family` that takes
+  `num_uniforms` uniforms per image, under `name` (default: the function's name without its
+  leading underscore); the docstring is its description."""
   def decorator(fn):
-    name = fn.__name__.strip("_")
-    SHIFTS[name] = Shift(name, family, fn, num_uniforms, (fn.__doc__ or "").strip())
+    shift_name = name or fn.__name__.lstrip("_")
+    SHIFTS.register(shift_name, Shift(shift_name, family, fn, num_uniforms,
+                                      (fn.__doc__ or "").strip()))
     return fn
   return decorator
 
@@ -53,14 +58,14 @@ def _shift(family: str, num_uniforms: int = 0):
 def families() -> Dict[str, Tuple[str, ...]]:
   """Family name -> its shifts, in table order."""
   out: Dict[str, Tuple[str, ...]] = {}
-  for shift in SHIFTS.values():
+  for _, shift in SHIFTS.items():
     out[shift.family] = out.get(shift.family, ()) + (shift.name,)
   return out
 
 
 def apply(name: str, images, strength, uniforms):
   """Shift `name` at `strength` (a number or (N,)) with per-image `uniforms` (N, >= its count)."""
-  shift = SHIFTS[name]
+  shift = SHIFTS.get(name)
   images = tf.cast(images, tf.float32)
   strength = tf.broadcast_to(tf.cast(strength, tf.float32), tf.shape(images)[:1])
   uniforms = tf.cast(uniforms, tf.float32)[:, :shift.num_uniforms]
@@ -77,7 +82,7 @@ def apply_chosen(names, choice, images, strength, uniforms):
 
 
 def max_uniforms(names=None) -> int:
-  return max(SHIFTS[n].num_uniforms for n in (names or SHIFTS))
+  return max(SHIFTS.get(n).num_uniforms for n in (names or SHIFTS.names()))
 
 
 # Helpers ---------------------------------------------------------------------------------
@@ -180,26 +185,26 @@ def _disks(images, centres_x, centres_y, radii, edge: float = 1.0):
 
 # Illumination ------------------------------------------------------------------------------
 
-@_shift("illumination")
+@register(family="illumination")
 def _brighter(images, s, u):
   """Brighter illumination: intensities times 1 + 0.7 s (saturating at white)."""
   return images * _col(1.0 + 0.7 * s)
 
 
-@_shift("illumination")
+@register(family="illumination")
 def _dimmer(images, s, u):
   """Dimmer illumination: intensities times 1 - 0.6 s."""
   return images * _col(1.0 - 0.6 * s)
 
 
-@_shift("illumination", num_uniforms=1)
+@register(family="illumination", num_uniforms=1)
 def _gamma(images, s, u):
   """Another camera response: 255 (x / 255) ^ g, g = 2.2 ^ (+-s), the sign drawn per image."""
   exponent = tf.pow(2.2, _sign(u[:, 0]) * s)
   return 255.0 * tf.pow(images / 255.0, _col(exponent))
 
 
-@_shift("illumination", num_uniforms=2)
+@register(family="illumination", num_uniforms=2)
 def _vignetting(images, s, u):
   """Uneven illumination: a radial fall-off to 1 - 0.75 s at the far corner, centred off the
   middle by up to a quarter of the image."""
@@ -221,13 +226,13 @@ def _contrast(images, factor):
   return mean + _col(factor) * (images - mean)
 
 
-@_shift("contrast")
+@register(family="contrast")
 def _contrast_up(images, s, u):
   """Higher contrast: deviations from the mean grey level times 1 + 1.2 s."""
   return _contrast(images, 1.0 + 1.2 * s)
 
 
-@_shift("contrast")
+@register(family="contrast")
 def _contrast_down(images, s, u):
   """Lower contrast: deviations from the mean grey level times 1 - 0.7 s."""
   return _contrast(images, 1.0 - 0.7 * s)
@@ -235,7 +240,7 @@ def _contrast_down(images, s, u):
 
 # Colour and stain -----------------------------------------------------------------------------
 
-@_shift("colour")
+@register(family="colour")
 def _saturation(images, s, u):
   """A paler, less saturated stain: blended towards grey, colour times 1 - 0.85 s."""
   return image_ops.blend(_luma(images), images, 1.0 - 0.85 * s)
@@ -246,7 +251,7 @@ _YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523,
                 np.float32)
 
 
-@_shift("colour", num_uniforms=1)
+@register(family="colour", num_uniforms=1)
 def _hue(images, s, u):
   """A hue rotation of +-60 s degrees (direction drawn per image)."""
   angle = _sign(u[:, 0]) * s * (60.0 * math.pi / 180.0)
@@ -276,7 +281,7 @@ def hed_perturb(images, alpha, beta):
   return 256.0 * tf.exp(-density) - 1.0
 
 
-@_shift("colour", num_uniforms=6)
+@register(family="colour", num_uniforms=6)
 def _stain(images, s, u):
   """Another stain batch or protocol: haematoxylin and eosin amounts times 1 +- 0.5 s and
   shifted by +-0.1 s optical density, DAB by a third of that, directions drawn per image."""
@@ -286,7 +291,7 @@ def _stain(images, s, u):
   return hed_perturb(images, alpha, beta)
 
 
-@_shift("colour", num_uniforms=3)
+@register(family="colour", num_uniforms=3)
 def _white_balance(images, s, u):
   """Another camera's white balance: each channel's gain exp(+-0.35 s x (0.5 .. 1)) (about
   1.4 at most), drawn per image and channel."""
@@ -296,7 +301,7 @@ def _white_balance(images, s, u):
 
 # Focus -----------------------------------------------------------------------------------------
 
-@_shift("focus")
+@register(family="focus")
 def _defocus(images, s, u):
   """Out of focus: a disk blur of radius 3.5 s px."""
   radius = _kernel_radius(images, 4.0)
@@ -311,7 +316,7 @@ def _defocus(images, s, u):
 _LINE_SAMPLES = 17
 
 
-@_shift("focus", num_uniforms=1)
+@register(family="focus", num_uniforms=1)
 def _motion_blur(images, s, u):
   """Stage or camera motion: a line blur 8 s px long at an angle drawn per image (the
   line's points spread over the pixel grid bilinearly)."""
@@ -329,13 +334,13 @@ def _motion_blur(images, s, u):
 
 # Sensor noise ----------------------------------------------------------------------------------
 
-@_shift("noise", num_uniforms=2)
+@register(family="noise", num_uniforms=2)
 def _gaussian_noise(images, s, u):
   """Read-out noise: Gaussian with a standard deviation of 24 s grey levels."""
   return images + _col(24.0 * s) * _per_image_normal(images, u)
 
 
-@_shift("noise", num_uniforms=2)
+@register(family="noise", num_uniforms=2)
 def _shot_noise(images, s, u):
   """Photon (shot) noise: variance proportional to the intensity, a standard deviation of
   40 s grey levels at white (Gaussian approximation of Poisson counts)."""
@@ -345,7 +350,7 @@ def _shot_noise(images, s, u):
 
 # Compression and resolution ----------------------------------------------------------------------
 
-@_shift("compression")
+@register(family="compression")
 def _jpeg(images, s, u):
   """JPEG compression at quality 90 - 82 s (8 at the severest); strength 0 leaves the image."""
   quality = tf.cast(tf.round(90.0 - 82.0 * s), tf.int32)
@@ -372,13 +377,13 @@ def _resampled(images, factor, down_method, up_method):
   return tf.where(_col(factor) > 1.0, out, images)
 
 
-@_shift("resolution")
+@register(family="resolution")
 def _pixelate(images, s, u):
   """A coarser sensor: blocks of 1 + 3 s pixels (area down, nearest up)."""
   return _resampled(images, 1.0 + 3.0 * s, "area", "nearest")
 
 
-@_shift("resolution")
+@register(family="resolution")
 def _downscale(images, s, u):
   """Lower optical resolution: down by 1 + 3 s and bilinearly back up."""
   return _resampled(images, 1.0 + 3.0 * s, "bilinear", "bilinear")
@@ -386,7 +391,7 @@ def _downscale(images, s, u):
 
 # Magnification and framing ----------------------------------------------------------------------
 
-@_shift("magnification", num_uniforms=2)
+@register(family="magnification", num_uniforms=2)
 def _zoom_in(images, s, u):
   """Higher magnification: the cell at 1 + s times its size (2x at the severest), centre
   jittered by up to 5% of the image."""
@@ -395,7 +400,7 @@ def _zoom_in(images, s, u):
                              (u[:, 1] - 0.5) * 0.1 * size * s)
 
 
-@_shift("magnification", num_uniforms=2)
+@register(family="magnification", num_uniforms=2)
 def _zoom_out(images, s, u):
   """Lower magnification: the cell at 1 / (1 + s) of its size (0.5x at the severest), the
   field around it filled with the background colour."""
@@ -404,7 +409,7 @@ def _zoom_out(images, s, u):
                              (u[:, 1] - 0.5) * 0.1 * size * s)
 
 
-@_shift("magnification", num_uniforms=1)
+@register(family="magnification", num_uniforms=1)
 def _off_centre(images, s, u):
   """The cell off centre by 30 s % of the image, in a direction drawn per image."""
   size = tf.cast(tf.shape(images)[1], tf.float32)
@@ -419,7 +424,7 @@ def _off_centre(images, s, u):
 _DEPOSITS = 16
 
 
-@_shift("occlusion", num_uniforms=3 * _DEPOSITS)
+@register(family="occlusion", num_uniforms=3 * _DEPOSITS)
 def _stain_deposits(images, s, u):
   """Stain precipitate: up to 16 dark violet specks of radius 1 to 2.5 px (16 s of them)."""
   u = tf.reshape(u, [-1, _DEPOSITS, 3])
@@ -435,7 +440,7 @@ def _stain_deposits(images, s, u):
 _DEBRIS = 5
 
 
-@_shift("occlusion", num_uniforms=5 * _DEBRIS)
+@register(family="occlusion", num_uniforms=5 * _DEBRIS)
 def _debris(images, s, u):
   """Dust and debris: up to 5 dark grey-brown elongated particles, 3 to 8 px long radius,
   their number and size growing with s."""
@@ -461,7 +466,7 @@ def _debris(images, s, u):
 _BUBBLES = 3
 
 
-@_shift("occlusion", num_uniforms=3 * _BUBBLES)
+@register(family="occlusion", num_uniforms=3 * _BUBBLES)
 def _air_bubbles(images, s, u):
   """Air bubbles in the mounting medium: up to 3 circles of radius 6 to 18 px with a dark
   rim and a brighter inside (ceil(3 s) of them, growing with s)."""
@@ -478,7 +483,7 @@ def _air_bubbles(images, s, u):
   return brighter + 0.8 * rim * (tf.constant([45.0, 45.0, 55.0]) - brighter)
 
 
-@_shift("occlusion", num_uniforms=1)
+@register(family="occlusion", num_uniforms=1)
 def _cut_edge(images, s, u):
   """The field stop or the slide's edge: a dark band over 35 s % of the image from one side
   (drawn per image)."""

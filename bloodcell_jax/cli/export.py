@@ -16,15 +16,14 @@ from bloodcell_jax.errors import UserError
 
 FORMATS = ("saved_model", "onnx", "tflite")
 TFLITE_WEIGHTS = ("float32", "float16", "int8")
-TTA_VIEWS = ("", "flips", "d4")
 
 flags.DEFINE_string("workdir", None, "The training run to export.")
 flags.DEFINE_enum("format", None, FORMATS, "What to write.")
 flags.DEFINE_string("out", None, "Where: a directory for saved_model, else a file (.onnx or "
                     ".tflite).")
 flags.DEFINE_bool("ema", False, "Export the moving average of the weights.")
-flags.DEFINE_enum("tta", "", list(TTA_VIEWS), "Bake test-time augmentation into the "
-                  "model: 'flips' (4 views) or 'd4' (8).")
+flags.DEFINE_string("tta", "", "Bake test-time augmentation into the model: a view set of "
+                    "bloodcell_jax/evaluation/tta.py, 'flips' (4 views) or 'd4' (8).")
 flags.DEFINE_bool("calibrated", False, "Divide the logits by the temperature fitted on the "
                   "run's validation set.")
 flags.DEFINE_enum("tflite_weights", "float32", TFLITE_WEIGHTS, "LiteRT weights: float32, "
@@ -34,10 +33,13 @@ flags.DEFINE_enum("tflite_weights", "float32", TFLITE_WEIGHTS, "LiteRT weights: 
 def main(argv):
   del argv
   args = flags.FLAGS
+  from bloodcell_jax.evaluation import tta  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.export import runtimes, writer  # pylint: disable=g-import-not-at-top
   for name in ("workdir", "format", "out"):
     if not args[name].value:
       raise UserError(f"--{name} is required")
+  if args.tta:
+    tta.VIEWS.get(args.tta, "--tta")
   out = os.path.abspath(args.out)
   if not os.path.isdir(os.path.dirname(out)):
     raise UserError(f"--out={args.out}: no such directory {os.path.dirname(out)}")
@@ -48,7 +50,8 @@ def main(argv):
   python_logging.getLogger("tf2onnx").setLevel(python_logging.WARNING)
   exportable = writer.run_exportable(args.workdir, args.ema, args.tta, args.calibrated)
   metadata = writer.export(exportable, args.format, out, args.tflite_weights)
-  difference = writer.check_equal_to_jax(exportable, out, writer.TOLERANCE[metadata["tflite_weights"]])
+  difference = writer.check_equal_to_jax(exportable, out,
+                                         writer.TOLERANCE[metadata["tflite_weights"]])
   print(f"wrote {out} ({runtimes.size_bytes(out) / 2**20:.1f} MiB): {metadata['model']}, "
         f"{len(metadata['class_names'])} classes, uint8 input [N, {exportable.image_size}, "
         f"{exportable.image_size}, 3]; max |difference| to JAX {difference:.1e}\n"

@@ -39,8 +39,9 @@ _OUTPUT = flags.DEFINE_string("output", "predictions.csv", "CSV file to write.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
 _EMA = flags.DEFINE_bool("ema", False, "Use the moving average of the weights (a run with "
                          "config.train.ema_decay > 0) instead of the raw weights.")
-_TTA = flags.DEFINE_enum("tta", "", ["", "flips", "d4"], "Test-time augmentation: average "
-                         "over 'flips' (4 views) or 'd4' (8 rotations and reflections).")
+_TTA = flags.DEFINE_string("tta", "", "Test-time augmentation: average over a view set of "
+                           "bloodcell_jax/evaluation/tta.py, 'flips' (4 views) or 'd4' (8 "
+                           "rotations and reflections).")
 _CALIBRATED = flags.DEFINE_bool("calibrated", False, "Divide the logits by the temperature "
                                 "fitted on each run's validation set (calibration.json).")
 _ADAPT_BN = flags.DEFINE_bool("adapt_bn", False, "Recompute the BatchNorm statistics on the "
@@ -81,6 +82,7 @@ def model_probabilities(path: str, input_path: str):
 
 def main(argv):
   del argv
+  from bloodcell_jax.evaluation import tta  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.results import predictions  # pylint: disable=g-import-not-at-top
   sources = ([("--workdir", w, run_probabilities) for w in _WORKDIR.value or ()]
              + [("--model", m, model_probabilities) for m in _MODEL.value or ()])
@@ -91,6 +93,8 @@ def main(argv):
       if flag.present:
         raise UserError(f"--{flag.name}: for --workdir runs; an exported model has its "
                         "weights, TTA and calibration chosen at export")
+  if _TTA.value:
+    tta.VIEWS.get(_TTA.value, "--tta")
   check_writable_file(_OUTPUT.value, "--output")
   (first_flag, first, first_probabilities_of), *rest = sources
   ids, class_names, total = first_probabilities_of(first, _INPUT.value)

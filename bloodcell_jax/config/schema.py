@@ -1,15 +1,17 @@
 """What every config key may hold, checked in one place before any data is read.
 
 Each key of `configs/default.py` (and of the recipes) has a rule: a range, a set of
-choices or a form; the model's constructor arguments are checked by building the
-model, which owns them. Cross-key rules follow. A value that breaks a rule is a UserError that
-names `config.<key>`, the value and what was expected. Imports no TensorFlow.
+choices (the names of a registry, where the choices are extension points) or a form; the
+model's constructor arguments are checked by building the model, which owns them. Cross-key
+rules follow. A value that breaks a rule is a UserError that names `config.<key>`, the value
+and what was expected. Imports no TensorFlow, and JAX only when a config is checked.
 """
 
 from typing import Callable, Optional
 
 from bloodcell_jax.config import flat, stages
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.registry import Registry
 from bloodcell_jax.training import param_rules
 
 # A rule returns None when the value is fine, else what was expected.
@@ -38,6 +40,27 @@ def number_in(low: float, high: float = float("inf"), *, open_low=False, open_hi
 def one_of(*choices) -> Rule:
   shown = ", ".join(str(c) if c != "" else "''" for c in choices)
   return lambda v: None if v in choices else f"one of {shown}"
+
+
+def registered(registry: Callable[[], Registry], *also) -> Rule:
+  """One of `also` or of the names registered in `registry()`, which is called when a value
+  is checked: the modules that fill the registries import JAX, this one stays light."""
+  return lambda v: one_of(*also, *registry().names())(v)
+
+
+def _optimizers() -> Registry:
+  from bloodcell_jax.training import optim  # pylint: disable=g-import-not-at-top  (JAX)
+  return optim.OPTIMIZERS
+
+
+def _schedules() -> Registry:
+  from bloodcell_jax.training import optim  # pylint: disable=g-import-not-at-top  (JAX)
+  return optim.SCHEDULES
+
+
+def _tta_views() -> Registry:
+  from bloodcell_jax.evaluation import tta  # pylint: disable=g-import-not-at-top  (JAX)
+  return tta.VIEWS
 
 
 def text(value) -> Optional[str]:
@@ -108,6 +131,7 @@ RULES = {
     "data.cleaning.contact_sheets": flag,
     "data.offline_copies": int_at_least(0),
     "data.offline_augment": text,
+    "model.name": text,  # a registered model: checked by building it, as its other keys
     "augment.train": text,
     "augment.eval_strong": text,
     "init.weights": text,
@@ -118,7 +142,7 @@ RULES = {
     "loss.l1": number_in(0.0), "loss.l2": number_in(0.0),
     "loss.regularize": rules(param_rules.multiplier),
     "loss.jsd_weight": number_in(0.0),
-    "optim.name": one_of("adam", "adamw", "sgd", "lion"),
+    "optim.name": registered(_optimizers),
     "optim.learning_rate": number_in(0.0),
     "optim.b1": number_in(0.0, 1.0, open_high=True),
     "optim.b2": number_in(0.0, 1.0, open_high=True),
@@ -128,7 +152,7 @@ RULES = {
     "optim.weight_decay_rules": rules(param_rules.multiplier),
     "optim.lr_multipliers": rules(param_rules.multiplier),
     "optim.grad_clip_norm": number_in(0.0),
-    "optim.schedule": one_of("constant", "warmup_cosine", "step"),
+    "optim.schedule": registered(_schedules),
     "optim.warmup_epochs": number_in(0.0),
     "optim.warmup_start_factor": number_in(0.0, 1.0),
     "optim.end_factor": number_in(0.0, 1.0),
@@ -145,7 +169,7 @@ RULES = {
     "train.checkpoint_every_steps": int_at_least(0),
     "train.keep_checkpoints": int_at_least(1),
     "train.ema_decay": number_in(0.0, 1.0, open_high=True),
-    "eval.tta": one_of("", "flips", "d4"),
+    "eval.tta": registered(_tta_views, ""),  # "": no test-time augmentation
     "eval.report": flag,
 }
 

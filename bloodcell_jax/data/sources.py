@@ -5,11 +5,15 @@ A source is a path string: an ImageFolder directory, a course `.npz`
 `:train`, `:val` or `:test` to pick a split), or empty for the embedded
 synthetic data. Every reader returns an `ImageSet`: uint8 RGB images at the
 configured size, int32 labels and a stable id per image.
+
+`SOURCES` is the registry of these kinds: a `Source` says which paths it reads and how, and
+`load_source` reads a path with the first kind that matches it.
 """
 
+import dataclasses
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -17,35 +21,88 @@ from PIL import Image
 from bloodcell_jax.data import synthetic
 from bloodcell_jax.data.image_set import PBC_CLASS_NAMES, ImageSet
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.registry import Registry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MEDMNIST_SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """What `load_source` was asked for beside the path."""
+  image_size: int
+  default_split: str = "train"
+  class_names: Sequence[str] = PBC_CLASS_NAMES
+  folder_classes: Optional[Sequence[str]] = None
+  synthetic_size: int = 2000
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A kind of data source.
+
+  matches(path): whether `path` (a ':split' suffix removed) is of this kind.
+  read(path, split, request): the ImageSet; `split` is the suffix given, or "".
+  describes: what such a path is, for the errors of a path no kind matches ("" for none).
+  """
+  matches: Callable[[str], bool]
+  read: Callable[[str, str, Request], ImageSet]
+  describes: str = ""
+
+
+# The kinds load_source tries, in registration order: the first that matches reads the path.
+SOURCES = Registry("data source")
+
+
+def _read_synthetic(path: str, split: str, request: Request) -> ImageSet:
+  del path, split
+  return synthetic.generate(request.synthetic_size, request.image_size, seed=request.seed)
+
+
+def _read_folder(path: str, split: str, request: Request) -> ImageSet:
+  if split:
+    raise UserError(f"{path}:{split}: a ':{split}' suffix only applies to MedMNIST .npz files")
+  return read_image_folder(path, request.image_size, request.folder_classes)
+
+
+def _read_npz(path: str, split: str, request: Request) -> ImageSet:
+  return read_npz(path, request.image_size, split=split or request.default_split,
+                  explicit_split=bool(split), class_names=request.class_names)
+
+
+SOURCES.register("synthetic", Source(lambda path: not path, _read_synthetic))
+SOURCES.register("image_folder", Source(os.path.isdir, _read_folder,
+                                        "an ImageFolder directory"))
+SOURCES.register("npz", Source(lambda path: path.endswith(".npz") and os.path.isfile(path),
+                               _read_npz, "an .npz file"))
 
 
 def load_source(source: str, image_size: int, *, default_split: str = "train",
                 class_names: Sequence[str] = PBC_CLASS_NAMES,
                 folder_classes: Optional[Sequence[str]] = None,
                 synthetic_size: int = 2000, seed: int = 0) -> ImageSet:
-  """Reads `source` (see module doc); empty means the synthetic default.
+  """Reads `source` (see module doc) with the first kind of SOURCES that matches it; empty
+  means the synthetic default.
 
   `class_names` names the label indices of .npz sources; `folder_classes`, when
   given, fixes the class order of an ImageFolder (that of the training data).
   """
-  if not source:
-    return synthetic.generate(synthetic_size, image_size, seed=seed)
   path, split = _split_suffix(source)
+  request = Request(image_size, default_split, class_names, folder_classes, synthetic_size,
+                    seed)
+  for _, kind in SOURCES.items():
+    if kind.matches(path):
+      return kind.read(path, split, request)
   if not os.path.exists(path):
-    raise UserError(f"{path}: no such file or directory (expected an ImageFolder "
-                    "directory or an .npz file)")
-  if os.path.isdir(path):
-    if split:
-      raise UserError(f"{source}: a ':{split}' suffix only applies to MedMNIST .npz files")
-    return read_image_folder(path, image_size, folder_classes)
-  if path.endswith(".npz"):
-    return read_npz(path, image_size, split=split or default_split,
-                    explicit_split=bool(split), class_names=class_names)
-  raise UserError(f"{path}: unsupported data source (expected an ImageFolder "
-                  "directory or an .npz file)")
+    raise UserError(f"{path}: no such file or directory (expected {_described()})")
+  raise UserError(f"{path}: unsupported data source (expected {_described()})")
+
+
+def _described() -> str:
+  """What a path may be, from the registered kinds: "a, b or c"."""
+  *others, last = [kind.describes for _, kind in SOURCES.items() if kind.describes]
+  return f"{', '.join(others)} or {last}" if others else last
 
 
 def _split_suffix(source: str):

@@ -34,6 +34,7 @@ import tensorflow_datasets as tfds
 from sklearn.model_selection import train_test_split
 
 from bloodcell_jax.data import image_set, sources
+from bloodcell_jax.data.cleaning import keep
 from bloodcell_jax.errors import UserError
 
 _CITATION = """@article{acevedo2020dataset,
@@ -140,17 +141,7 @@ def _read(path: str, config, default_split: str = "train"):
 def _apply_keep_file(data, keep_file: str):
   if not keep_file:
     return data
-  if not os.path.isfile(keep_file):
-    raise UserError(f"keep_file={keep_file}: no such file (expected a keep.txt written by "
-                    "python -m bloodcell_jax.data.clean)")
-  with open(keep_file) as f:
-    kept_ids = [line.rstrip("\n") for line in f if line.strip()]
-  position = {str(i): k for k, i in enumerate(data.ids)}
-  unknown = [i for i in kept_ids if i not in position]
-  if unknown:
-    raise UserError(f"{keep_file}: id {unknown[0]!r} is not in {data.name} ({len(unknown)} "
-                    "unknown ids; was it written for this source?)")
-  return data.subset(np.sort([position[i] for i in kept_ids]))
+  return data.subset(np.flatnonzero(keep.kept_mask(data, keep_file, "keep_file")))
 
 
 def _split(data, fraction: float, seed: int):

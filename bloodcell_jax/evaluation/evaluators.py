@@ -246,15 +246,12 @@ class Robustness(Evaluator):
     image_set = context.image_set(self.opts["set"])
     count = self.opts["max_images"] or len(image_set)
     names = [n.strip() for n in str(self.opts["shifts"]).split(",") if n.strip()]
-    known = shifts.SHIFTS.names() if hasattr(shifts.SHIFTS, "names") else list(shifts.SHIFTS)
     for name in names:
-      if name not in known:
-        raise UserError(f"{self.where}.shifts: unknown shift {name} (known: "
-                        f"{', '.join(known)})")
+      shifts.SHIFTS.get(name, f"{self.where}.shifts")
     model, state = context.passes.model, context.state
     predict = lambda images: inference.predict(model, state, images, self.opts["batch_size"])
     found = robustness.evaluate(predict, image_set.images[:count], image_set.labels[:count],
-                                names or known, self.opts["seed"])
+                                names or shifts.SHIFTS.names(), self.opts["seed"])
     p = f"{context.prefix}{self.name}"
     return {f"{p}_mean_corruption_accuracy": found["mean_corruption_accuracy"],
             f"{p}_clean_accuracy": found["clean"],

@@ -14,6 +14,7 @@ from bloodcell_jax import atomic, models
 from bloodcell_jax.config import recorded
 from bloodcell_jax.data import sources
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.evaluation import tta as tta_lib
 from bloodcell_jax.training import checkpoint, run_files, sharding, steps
 
 
@@ -75,7 +76,7 @@ def run_temperature(workdir: str, ema: bool = False) -> float:
 def _forward(model, mesh, tta: str):
   """The jitted forward pass of `model`, built once: the robustness benchmark predicts
   a hundred sets with the same model, and each new jit would compile again."""
-  return steps.jit_predict_step(mesh, model=model, tta=tta)
+  return steps.jit_predict_step(mesh, model=model, views=tta_lib.views_of(tta))
 
 
 def predict(model, state, images: np.ndarray, batch_size: int, tta: str = "",

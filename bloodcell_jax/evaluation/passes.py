@@ -5,6 +5,7 @@ import jax
 import numpy as np
 
 from bloodcell_jax.data import pipeline
+from bloodcell_jax.evaluation import tta as tta_lib
 from bloodcell_jax.evaluation.classification import summarize_confusion
 from bloodcell_jax.training import sharding, steps
 
@@ -43,7 +44,8 @@ class EvaluationPasses:
     """(log probabilities, labels) of every example of `source`, in order; with `tta`,
     averaged over its views."""
     if tta not in self._outputs_fns:
-      self._outputs_fns[tta] = steps.jit_outputs_step(self.mesh, model=self.model, tta=tta)
+      self._outputs_fns[tta] = steps.jit_outputs_step(self.mesh, model=self.model,
+                                                      views=tta_lib.views_of(tta))
     log_probs, labels = [], []
     for batch in self._batches(source, prefix, augmentation, seed):
       batch_log_probs, batch_labels, mask = (np.asarray(a) for a in

@@ -35,7 +35,7 @@ from bloodcell_jax.training import run_files
 
 def shift_uniforms(name: str, count: int, seed: int) -> np.ndarray:
   """Per-image uniforms (count, R) of shift `name`: fixed by the seed and the shift's name."""
-  width = max(shifts.SHIFTS[name].num_uniforms, 1)
+  width = max(shifts.SHIFTS.get(name).num_uniforms, 1)
   return np.random.default_rng([seed, zlib.crc32(name.encode())]).random((count, width),
                                                                         np.float32)
 
@@ -105,7 +105,7 @@ def markdown_table(results: dict) -> str:
            " | mean |", "|---|---|" + "---|" * (len(shifts.SEVERITIES) + 1)]
   for name, per_severity in results["shifts"].items():
     cells = " | ".join(f"{100 * v:.1f}" for v in per_severity.values())
-    lines.append(f"| {name} | {shifts.SHIFTS[name].family} | {cells} | "
+    lines.append(f"| {name} | {shifts.SHIFTS.get(name).family} | {cells} | "
                  f"{100 * results['per_shift'][name]:.1f} |")
   lines += ["", "| family | mean accuracy |", "|---|---|"]
   lines += [f"| {f} | {100 * v:.1f} |" for f, v in results["per_family"].items()]
@@ -161,10 +161,9 @@ def _labelled_images(config, class_names, input_path: str):
 def run(workdir: str, input_path: str = "", out: str = "", ema: bool = False,
         adapt_bn: bool = False, names=(), seed: int = 0, batch_size: int = 256,
         grid_image: int = 0) -> dict:
-  names = list(names) or list(shifts.SHIFTS)
-  unknown = [n for n in names if n not in shifts.SHIFTS]
-  if unknown:
-    raise UserError(f"--shifts: unknown {', '.join(unknown)} (known: {', '.join(shifts.SHIFTS)})")
+  names = list(names) or shifts.SHIFTS.names()
+  for name in names:
+    shifts.SHIFTS.get(name, "--shifts")
   config, class_names, model, state = inference.load_run(workdir, ema)
   images, labels, described = _labelled_images(config, class_names, input_path)
   if not 0 <= grid_image < len(images):

@@ -68,12 +68,15 @@ def probability_function(model, tta: str = "", temperature: float = 1.0):
   """(variables, uint8 images) -> class probabilities."""
   import jax.numpy as jnp
 
+  from bloodcell_jax.evaluation import tta as tta_lib
+  views = tta_lib.views_of(tta, "--tta")
+
   def probabilities(variables, images):
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                              batch_stats=variables.get("batch_stats", {}), opt_state=(),
                              rng=None)
     return steps.predict_step(state, images.astype(jnp.float32), temperature, model=model,
-                              tta=tta)
+                              views=views)
   return probabilities
 
 

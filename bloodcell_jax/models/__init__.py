@@ -3,6 +3,7 @@ the library, which register themselves when this package is imported."""
 
 from bloodcell_jax.models import cnn, convnext, efficientnet_v2, mobilenet_v3
 from bloodcell_jax.models.registry import (
+                                           MODELS,
                                            KerasPort,
                                            ModelSpec,
                                            build_model,
@@ -13,5 +14,6 @@ from bloodcell_jax.models.registry import (
                                            register,
 )
 
-__all__ = ["KerasPort", "ModelSpec", "build_model", "get_model", "get_spec", "keras_ported_names",
-           "model_names", "register", "cnn", "convnext", "efficientnet_v2", "mobilenet_v3"]
+__all__ = ["MODELS", "KerasPort", "ModelSpec", "build_model", "get_model", "get_spec",
+           "keras_ported_names", "model_names", "register", "cnn", "convnext", "efficientnet_v2",
+           "mobilenet_v3"]

@@ -1,22 +1,23 @@
 """The model registry: a config names a model with a string, and the registry says what the rest of
 the library needs to know about it.
 
-A family registers one `ModelSpec` per name: how to build the flax module, which top-level
-modules are its classifier head (re-initialised when starting from other weights), whether its
-BatchNorm layers can run frozen (inference mode while training), and, for models ported from
-`keras.applications`, a `KerasPort` (layer order for first-N freezing, layer names for the
-weight port). Training, freezing and the weight port read only the spec, so a model defined
-anywhere (a test, a user's script) works once it is registered.
+A family registers one `ModelSpec` per name in `MODELS` (a `Registry`): how to build the flax
+module, which top-level modules are its classifier head (re-initialised when starting from other
+weights), whether its BatchNorm layers can run frozen (inference mode while training), and, for
+models ported from `keras.applications`, a `KerasPort` (layer order for first-N freezing, layer
+names for the weight port). Training, freezing and the weight port read only the spec, so a model
+defined anywhere (a test, a user's script) works once it is registered.
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,21 +71,19 @@ class ModelSpec:
   pretrained: bool = False
 
 
-_MODELS: Dict[str, ModelSpec] = {}
+MODELS = Registry("model", where="config.model.name")
 
 
 def register(name: str, **spec_fields):
   """Decorator registering `build` under `name`, with ModelSpec's other fields."""
   def decorator(build):
-    _MODELS[name] = ModelSpec(name=name, build=build, **spec_fields)
+    MODELS.register(name, ModelSpec(name=name, build=build, **spec_fields))
     return build
   return decorator
 
 
 def get_spec(name: str, where: str = "config.model.name") -> ModelSpec:
-  if name not in _MODELS:
-    raise UserError(f"{where}='{name}': unknown model (known: {', '.join(sorted(_MODELS))})")
-  return _MODELS[name]
+  return MODELS.get(name, where)
 
 
 def get_model(name: str, **kwargs) -> nn.Module:
@@ -112,9 +111,9 @@ def _dtype(key: str, name) -> jnp.dtype:
 
 
 def model_names():
-  return sorted(_MODELS)
+  return sorted(MODELS.names())
 
 
 def keras_ported_names():
   """The registered models that have a Keras port."""
-  return [name for name in model_names() if _MODELS[name].keras is not None]
+  return [name for name in model_names() if MODELS.get(name).keras is not None]

@@ -1,28 +1,45 @@
-"""Optimizers and learning-rate schedules from the config, with layer-wise freezing."""
+"""Optimizers and learning-rate schedules from the config, with layer-wise freezing.
+
+`OPTIMIZERS` and `SCHEDULES` are the registries `config.optim.name` and `config.optim.schedule`
+choose from; a registered function builds its part of the optax chain from `config.optim`.
+"""
 
 import jax
 import optax
 
-from bloodcell_jax.errors import UserError
+from bloodcell_jax.registry import Registry
 from bloodcell_jax.training import param_rules
+
+# name -> schedule(config.optim, steps_per_epoch, total_steps): the learning rate per step.
+SCHEDULES = Registry("schedule", where="config.optim.schedule")
+
+
+@SCHEDULES.register("constant")
+def constant(config, steps_per_epoch: int, total_steps: int):
+  del steps_per_epoch, total_steps
+  return optax.constant_schedule(config.learning_rate)
+
+
+@SCHEDULES.register("warmup_cosine")
+def warmup_cosine(config, steps_per_epoch: int, total_steps: int):
+  base = config.learning_rate
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=base * config.warmup_start_factor, peak_value=base,
+      warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+      end_value=base * config.end_factor)
+
+
+@SCHEDULES.register("step")
+def step(config, steps_per_epoch: int, total_steps: int):
+  del total_steps
+  boundaries = {int(float(e) * steps_per_epoch): config.step_decay_factor
+                for e in str(config.step_decay_epochs).split(",") if e.strip()}
+  return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
 
 
 def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int):
-  base = config.learning_rate
-  name = config.schedule
-  if name == "constant":
-    return optax.constant_schedule(base)
-  if name == "warmup_cosine":
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-    return optax.warmup_cosine_decay_schedule(
-        init_value=base * config.warmup_start_factor, peak_value=base,
-        warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
-        end_value=base * config.end_factor)
-  if name == "step":
-    boundaries = {int(float(e) * steps_per_epoch): config.step_decay_factor
-                  for e in str(config.step_decay_epochs).split(",") if e.strip()}
-    return optax.piecewise_constant_schedule(base, boundaries)
-  raise UserError(f"config.optim.schedule='{name}': expected constant, warmup_cosine or step")
+  return SCHEDULES.get(config.schedule)(config, steps_per_epoch, total_steps)
 
 
 def _per_parameter(transform, factors):
@@ -41,20 +58,32 @@ def _decay(weight_decay: float, factors):
                         else optax.identity(), factors)
 
 
-def _base_optimizer(config, decay):
-  """The optimizer's own scaling, with decoupled decay where it has one (before the rate)."""
-  name = config.name
-  if name == "adam":
-    return optax.scale_by_adam(b1=config.b1, b2=config.b2)
-  if name == "adamw":
-    return optax.chain(optax.scale_by_adam(b1=config.b1, b2=config.b2), decay)
-  if name == "sgd":
-    # For plain SGD decoupled decay and an L2 gradient term coincide.
-    return optax.chain(decay, optax.trace(decay=config.momentum, nesterov=config.nesterov)
-                       if config.momentum else optax.identity())
-  if name == "lion":
-    return optax.chain(optax.scale_by_lion(b1=config.b1, b2=config.b2), decay)
-  raise UserError(f"config.optim.name='{name}': expected adam, adamw, sgd or lion")
+# name -> optimizer(config.optim, decay): the optimizer's own scaling, with the decoupled weight
+# decay `decay` (an optax transformation) where it has one, before the learning rate.
+OPTIMIZERS = Registry("optimizer", where="config.optim.name")
+
+
+@OPTIMIZERS.register("adam")
+def adam(config, decay):
+  del decay  # none: the schema refuses optim.weight_decay with adam (loss.l2 is its L2 term)
+  return optax.scale_by_adam(b1=config.b1, b2=config.b2)
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(config, decay):
+  return optax.chain(optax.scale_by_adam(b1=config.b1, b2=config.b2), decay)
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(config, decay):
+  # For plain SGD decoupled decay and an L2 gradient term coincide.
+  return optax.chain(decay, optax.trace(decay=config.momentum, nesterov=config.nesterov)
+                     if config.momentum else optax.identity())
+
+
+@OPTIMIZERS.register("lion")
+def lion(config, decay):
+  return optax.chain(optax.scale_by_lion(b1=config.b1, b2=config.b2), decay)
 
 
 def make_optimizer(config, params, steps_per_epoch: int, total_steps: int, freeze_labels=None):
@@ -79,7 +108,7 @@ def make_optimizer(config, params, steps_per_epoch: int, total_steps: int, freez
   chain = []
   if config.grad_clip_norm:
     chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  chain.append(_base_optimizer(config, _decay(config.weight_decay, decay_factors)))
+  chain.append(OPTIMIZERS.get(config.name)(config, _decay(config.weight_decay, decay_factors)))
   chain.append(optax.scale_by_learning_rate(schedule))
   # Factors of 1 everywhere (the default) add no per-step multiply.
   chain.append(_per_parameter(lambda f: optax.scale(f) if f != 1.0 else optax.identity(),

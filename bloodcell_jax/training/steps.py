@@ -7,7 +7,7 @@ benchmarks and a bare accelerator machine fed from memory.
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -221,54 +221,47 @@ def train_step(state: TrainState, batch: dict, *, model, tx, loss_config: LossCo
   return new_state, metrics
 
 
-# Test-time augmentation: the views each image is also classified in, as (k rot90, flip).
-TTA_VIEWS = {
-    "": ((0, False),),
-    "flips": ((0, False), (0, True), (2, False), (2, True)),  # none, horizontal, both, vertical
-    "d4": tuple((k, flip) for flip in (False, True) for k in range(4)),  # the dihedral group
-}
+def view_logits(model, state: TrainState, images, views: Optional[Callable] = None):
+  """Logits of every view of every image (V, N, classes), BatchNorm in inference mode.
+
+  `views(images)` lists the views of a batch (bloodcell_jax.evaluation.tta), all classified
+  as one batch; None: the images alone (V = 1).
+  """
+  listed = [images] if views is None else views(images)
+  stacked = jnp.concatenate(listed) if len(listed) > 1 else listed[0]
+  logits, _ = _apply(model, state, state.params, stacked, False)
+  return logits.reshape((len(listed), images.shape[0], -1)).astype(jnp.float32)
 
 
-def tta_views(images, tta: str):
-  """`images` (N, H, W, C) in every view of `tta`, stacked as one batch (V * N, H, W, C)."""
-  views = [jnp.rot90(jnp.flip(images, axis=2) if flip else images, k, axes=(1, 2))
-           for k, flip in TTA_VIEWS[tta]]
-  return jnp.concatenate(views) if len(views) > 1 else views[0]
-
-
-def view_logits(model, state: TrainState, images, tta: str = ""):
-  """Logits of every view of every image (V, N, classes), BatchNorm in inference mode."""
-  logits, _ = _apply(model, state, state.params, tta_views(images, tta), False)
-  return logits.reshape((len(TTA_VIEWS[tta]), images.shape[0], -1)).astype(jnp.float32)
-
-
-def log_probabilities(model, state: TrainState, images, tta: str = "", temperature=1.0):
-  """Log of the class probabilities averaged over the views of `tta` (each view's logits
-  divided by `temperature` first): (N, classes)."""
-  logits = view_logits(model, state, images, tta) / temperature
+def log_probabilities(model, state: TrainState, images, views: Optional[Callable] = None,
+                      temperature=1.0):
+  """Log of the class probabilities averaged over the `views` of each image (each view's
+  logits divided by `temperature` first): (N, classes)."""
+  logits = view_logits(model, state, images, views) / temperature
   return jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0) - jnp.log(logits.shape[0])
 
 
-def eval_step(state: TrainState, batch: dict, *, model, tta: str = ""):
-  """Metrics of one padded evaluation batch (padding masked out); with `tta`, of the
-  probabilities averaged over its views."""
-  log_probs = log_probabilities(model, state, batch["image"], tta)
+def eval_step(state: TrainState, batch: dict, *, model, views: Optional[Callable] = None):
+  """Metrics of one padded evaluation batch (padding masked out); with `views`, of the
+  probabilities averaged over them."""
+  log_probs = log_probabilities(model, state, batch["image"], views)
   labels, mask = batch["label"], batch["mask"]
   per_example = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
   return EvalMetrics.single_from_model_output(loss=per_example, logits=log_probs,
                                               labels=labels, mask=mask)
 
 
-def outputs_step(state: TrainState, batch: dict, *, model, tta: str = ""):
+def outputs_step(state: TrainState, batch: dict, *, model, views: Optional[Callable] = None):
   """(log probabilities, labels, mask) of one padded evaluation batch, for what needs every
   example's output (prediction files, calibration, ensembles)."""
-  return log_probabilities(model, state, batch["image"], tta), batch["label"], batch["mask"]
+  return log_probabilities(model, state, batch["image"], views), batch["label"], batch["mask"]
 
 
-def predict_step(state: TrainState, images, temperature, *, model, tta: str = ""):
-  """Class probabilities of a batch of images (inference mode), averaged over the views of
-  `tta`, with each view's logits divided by `temperature` (1: uncalibrated)."""
-  return jnp.exp(log_probabilities(model, state, images, tta, temperature))
+def predict_step(state: TrainState, images, temperature, *, model,
+                 views: Optional[Callable] = None):
+  """Class probabilities of a batch of images (inference mode), averaged over their `views`,
+  with each view's logits divided by `temperature` (1: uncalibrated)."""
+  return jnp.exp(log_probabilities(model, state, images, views, temperature))
 
 
 def jit_train_step(mesh, **kwargs):

@@ -7,6 +7,7 @@
   contamination.py  the data-fitted model of a cell image and its per-tile scores
   run.py            one pass: findings and the keep decision
   report.py         report.json, keep.txt, console summary
+  keep.py           reads a keep.txt (training, the cache, the TFDS builder)
   contact_sheets.py PNGs of every finding for a person to check
   cache.py          cleaning as a cached step of training (config.data.clean)
   settings.py       thresholds (config.data.cleaning)

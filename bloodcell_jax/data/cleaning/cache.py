@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-from bloodcell_jax.data.cleaning import contact_sheets, report, run
+from bloodcell_jax.data.cleaning import contact_sheets, keep, report, run
 from bloodcell_jax.data.cleaning import settings as settings_lib
 from bloodcell_jax.errors import UserError
 
@@ -62,8 +62,7 @@ def clean_for_training(data, held_out: dict, cleaning_config):
     _run_into(out_dir, data, held_out, chosen)
   with open(os.path.join(out_dir, report.REPORT)) as f:
     written = json.load(f)
-  kept = _kept_mask(data, report.read_keep(os.path.join(out_dir, report.KEEP)),
-                    os.path.join(out_dir, report.KEEP))
+  kept = keep.kept_mask(data, os.path.join(out_dir, report.KEEP))
   return data.subset(np.flatnonzero(kept)), summary(written, out_dir, key, reused)
 
 
@@ -104,10 +103,7 @@ def _run_into(out_dir, data, held_out, chosen):
 
 
 def _apply_keep_file(data, keep_file):
-  if not os.path.isfile(keep_file):
-    raise UserError(f"config.data.cleaning.keep_file={keep_file}: no such file (expected a "
-                    "keep.txt written by python -m bloodcell_jax.data.clean)")
-  kept = _kept_mask(data, report.read_keep(keep_file), keep_file)
+  kept = keep.kept_mask(data, keep_file, "config.data.cleaning.keep_file")
   removed = [str(i) for i in data.ids[~kept]]
   return data.subset(np.flatnonzero(kept)), {
       "report_dir": os.path.dirname(os.path.abspath(keep_file)), "fingerprint": "",
@@ -116,17 +112,6 @@ def _apply_keep_file(data, keep_file):
       "removed": {"not_in_keep_file": len(removed)},
       "removed_ids": {"not_in_keep_file": removed}, "findings": {},
       "contaminated_fraction": None}
-
-
-def _kept_mask(data, kept_ids, where):
-  position = {str(i): k for k, i in enumerate(data.ids)}
-  unknown = [i for i in kept_ids if i not in position]
-  if unknown:
-    raise UserError(f"{where}: id {unknown[0]!r} is not in {data.name} ({len(unknown)} unknown "
-                    "ids; was the keep file made for this data?)")
-  mask = np.zeros(len(data), bool)
-  mask[[position[i] for i in kept_ids]] = True
-  return mask
 
 
 def _safe(name: str) -> str:

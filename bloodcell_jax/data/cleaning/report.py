@@ -64,11 +64,6 @@ def write(result, out_dir: str, source: str = "") -> dict:
   return report
 
 
-def read_keep(path: str) -> list:
-  with open(path) as f:
-    return [line.rstrip("\n") for line in f if line.strip()]
-
-
 def console_summary(report: dict, out_dir: str = "") -> str:
   s = report["summary"]
   removed = s["removed"]
@@ -87,7 +82,8 @@ def console_summary(report: dict, out_dir: str = "") -> str:
   lines.append("  removed: " + ", ".join(f"{k} {v}" for k, v in removed.items()))
   conflicts = [f for f in report["findings"] if f["kind"] == "label_conflict"]
   for f in conflicts[:10]:
-    lines.append("  conflict: " + ", ".join(f"{i} ({c})" for i, c in f["details"]["labels"].items()))
+    labels = f["details"]["labels"].items()
+    lines.append("  conflict: " + ", ".join(f"{i} ({c})" for i, c in labels))
   seconds = report["seconds"]
   lines.append(f"  took {sum(seconds.values()):.1f} s (" +
                ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()) + ")")
