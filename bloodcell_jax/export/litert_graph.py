@@ -22,8 +22,8 @@ def without_redundant_broadcasts(model_bytes: bytes) -> bytes:
   as an op that writes the small tensor at the activation's size before each use; XNNPACK
   then leaves those parts of the graph to the reference kernels (the CNN ran 7x slower).
   A broadcast goes only where each of its consumers is one of `BROADCASTING_OPS` whose other
-  input is a full-size activation (not itself a broadcast), so no output changes shape; the
-  shape arithmetic that fed only dropped broadcasts goes too.
+  input is a full-size activation (not itself a broadcast) of the consumer's output shape, so
+  no output changes shape; the shape arithmetic that fed only dropped broadcasts goes too.
 
   Args:
     model_bytes: a LiteRT flatbuffer, as `tf.lite.TFLiteConverter.convert()` returns it.
@@ -82,14 +82,15 @@ def removable_broadcasts(subgraph, names: Sequence[str]) -> list:
 def _broadcasts_itself(user, broadcast, subgraph, names: Sequence[str],
                        broadcasts: Dict[int, object]) -> bool:
   """Whether `user` computes the same tensor from the broadcast's input as from its output:
-  a two-input broadcasting op whose other input is not broadcast and takes the broadcast's
-  input without changing shape."""
+  a two-input broadcasting op whose other input is not broadcast, has the op's output shape
+  and takes the broadcast's input without changing shape."""
   inputs = [int(i) for i in user.inputs]
   others = [i for i in inputs if i != int(broadcast.outputs[0])]
   if names[user.opcodeIndex] not in BROADCASTING_OPS or len(inputs) != 2 or len(others) != 1:
     return False
   other = others[0]
   return (other not in broadcasts
+          and list(_shape(subgraph, other)) == list(_shape(subgraph, user.outputs[0]))
           and _broadcasts_into(_shape(subgraph, broadcast.inputs[0]), _shape(subgraph, other)))
 
 

@@ -31,10 +31,17 @@ def _with_broadcasts_to_keep(x):
   return tf.concat([y + gate, tf.broadcast_to(tf.constant(-2.0), shape)], axis=-1)
 
 
+def _onto_a_narrower_input(x):
+  """A broadcast that must stay although its consumer broadcasts: the other input is
+  narrower than the result, (N, 1, 4) against (N, 5, 4)."""
+  return tf.broadcast_to(_SCALE, tf.shape(x)) + tf.reduce_mean(x, axis=1, keepdims=True)
+
+
 # function, (BROADCAST_TO, SHAPE) ops before and after.
 _MODELS = {
     "affine_relu": (_affine_relu, (3, 1), (0, 0)),
     "with_broadcasts_to_keep": (_with_broadcasts_to_keep, (4, 1), (3, 1)),
+    "onto_a_narrower_input": (_onto_a_narrower_input, (1, 1), (1, 1)),
 }
 
 
