@@ -41,8 +41,7 @@ import numpy as np
 from bloodcell_jax import atomic
 from bloodcell_jax.config import recorded
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.export import litert_graph
-from bloodcell_jax.export import runtimes as exported
+from bloodcell_jax.export import litert_graph, runtimes
 from bloodcell_jax.training import run_files, steps
 
 FORMATS = ("saved_model", "onnx", "tflite")
@@ -146,7 +145,7 @@ def write_saved_model(exportable: Exportable, out: str, metadata: dict,
     return {"probabilities": converted(module.variables_, images)}
 
   with tempfile.TemporaryDirectory() as scratch:
-    asset_path = os.path.join(scratch, exported.METADATA_FILE)
+    asset_path = os.path.join(scratch, runtimes.METADATA_FILE)
     atomic.write_json(asset_path, metadata)
     module.metadata_asset = tf.saved_model.Asset(asset_path)
     text = json.dumps(metadata)
@@ -163,7 +162,7 @@ def tflite_model(saved_model: str, weights: str, metadata: dict) -> bytes:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if weights == "float16":
     converter.target_spec.supported_types = [tf.float16]
-  return exported.with_tflite_metadata(
+  return runtimes.with_tflite_metadata(
       litert_graph.without_redundant_broadcasts(converter.convert()), metadata)
 
 
@@ -180,7 +179,7 @@ def onnx_model(tflite_path: str, metadata: dict):
   for value in (model.graph.input[0], model.graph.output[0]):
     value.type.tensor_type.shape.dim[0].dim_param = "batch"
   model.producer_name = "bloodcell_jax.export (tf2onnx from LiteRT)"
-  onnx.helper.set_model_props(model, {exported.METADATA_KEY: json.dumps(metadata)})
+  onnx.helper.set_model_props(model, {runtimes.METADATA_KEY: json.dumps(metadata)})
   onnx.checker.check_model(model)
   return model
 
@@ -243,7 +242,7 @@ def check_equal_to_jax(exportable: Exportable, path: str, tolerance) -> float:
   from bloodcell_jax.data import synthetic
   images = synthetic.generate(7, exportable.image_size, seed=1).images
   want = np.asarray(jax.jit(exportable.probabilities)(exportable.variables, images))
-  model = exported.load(path)
+  model = runtimes.load(path)
   difference = max(float(np.abs(model.predict(images[:1]) - want[:1]).max()),
                    float(np.abs(model.predict(images) - want).max()))
   if tolerance is not None and not difference <= tolerance:
