@@ -9,8 +9,9 @@ and LiteRT in float32, float16 and int8 weights. It prints one JSON object per l
 {"bench": "export", "model", "runtime", "seconds_to_export", "bytes", "max_abs_difference"
 (to JAX, on 7 generated cells), "onnx_check" (onnx.checker with full shape inference),
 "images_per_s": {"1": ..., "64": ...}}, and with --workdir "val_accuracy" on the run's
-validation images (predictions/val.csv), the accuracy int8 weights cost. Throughput is the median over --repeats calls after
-a warm-up call, on every core the machine has (runtimes at their default thread counts).
+validation images (predictions/val.csv), the accuracy int8 weights cost. Throughput is the
+median over --repeats calls after a warm-up call, on every core the machine has (runtimes at
+their default thread counts).
 """
 
 import argparse
@@ -36,7 +37,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from bloodcell_jax import models
 from bloodcell_jax.data import image_set, sources, synthetic  # pylint: disable=g-import-not-at-top
 from bloodcell_jax.evaluation import inference
-from bloodcell_jax.export import runtimes as exported
+from bloodcell_jax.export import runtimes
 from bloodcell_jax.export import writer as export  # pylint: disable=g-import-not-at-top
 from bloodcell_jax.results import predictions
 from bloodcell_jax.training import run_files, steps
@@ -112,11 +113,11 @@ def onnx_session(path):
   return lambda images: session.run(None, {name: images})[0]
 
 
-def runtimes(exportable, directory):
+def export_routes(exportable, directory):
   """(runtime name, export function writing the file, file path, predict builder)."""
   def with_format(export_format, weights="float32"):
     return lambda path: export.export(exportable, export_format, path, weights)
-  load = lambda path: exported.load(path).predict
+  load = lambda path: runtimes.load(path).predict
   return [
       ("tensorflow_saved_model", with_format("saved_model"), "saved_model", load),
       ("onnxruntime (tf2onnx from LiteRT)", with_format("onnx"), "model.onnx",
@@ -132,7 +133,8 @@ def runtimes(exportable, directory):
 def validation_set(workdir, config):
   """(uint8 images, labels) of the run's validation images, as its predictions/val.csv lists
   them."""
-  ids, labels, _, _ = predictions.read_probabilities(os.path.join(workdir, run_files.PREDICTIONS_DIR, "val.csv"))
+  ids, labels, _, _ = predictions.read_probabilities(
+      os.path.join(workdir, run_files.PREDICTIONS_DIR, "val.csv"))
   images = np.stack([sources.read_image_file(os.path.join(config.data.train, i),
                                              config.image_size)[0] for i in ids])
   return images, labels
@@ -159,7 +161,7 @@ def bench_model(model, exportable, repeats, labelled=None):
     record["val_accuracy"] = accuracy(reference, labelled)
   yield record
   with tempfile.TemporaryDirectory() as directory:
-    for runtime_name, write, file_name, predictor in runtimes(exportable, directory):
+    for runtime_name, write, file_name, predictor in export_routes(exportable, directory):
       path = os.path.join(directory, file_name)
       record = {"bench": "export", "model": name, "image_size": size, "runtime": runtime_name}
       start = time.perf_counter()
@@ -169,7 +171,7 @@ def bench_model(model, exportable, repeats, labelled=None):
         yield {**record, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
         continue
       record["seconds_to_export"] = round(time.perf_counter() - start, 1)
-      record["bytes"] = exported.size_bytes(path)
+      record["bytes"] = runtimes.size_bytes(path)
       if path.endswith(".onnx"):
         record["onnx_check"] = onnx_check(path)
       try:

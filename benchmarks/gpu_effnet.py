@@ -126,9 +126,8 @@ def train_from_scratch(args, step_images_per_s: float):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from bloodcell_jax.data import splits  # pylint: disable=g-import-not-at-top
-  from bloodcell_jax.training import model_and_optimizer as build  # pylint: disable=g-import-not-at-top
-  from bloodcell_jax.training import optim, sharding, steps
   from bloodcell_jax.evaluation.classification import summarize_confusion  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax.training import model_and_optimizer, optim, sharding, steps  # pylint: disable=g-import-not-at-top
 
   config = effnet_config()
   with config.unlocked():
@@ -160,8 +159,8 @@ def train_from_scratch(args, step_images_per_s: float):
 
   def run(epochs):
     total_steps = epochs * steps_per_epoch
-    model, tx_factory, _ = build.model_and_optimizer(config, num_classes, steps_per_epoch,
-                                                     total_steps)
+    model, tx_factory, _ = model_and_optimizer.build(
+        config, num_classes, steps_per_epoch, total_steps)
     state, tx = steps.create_train_state(model, tx_factory, jax.random.PRNGKey(0),
                                          args.image_size, mesh)
     train_fn = steps.jit_train_step(

@@ -27,12 +27,11 @@ def jitted_step(config, batch, image_size, grad_accum_steps=1):
   runtime.set_up()
   import jax  # pylint: disable=g-import-not-at-top
 
-  from bloodcell_jax.training import model_and_optimizer as build  # pylint: disable=g-import-not-at-top
-  from bloodcell_jax.training import sharding, steps
+  from bloodcell_jax.training import model_and_optimizer, sharding, steps  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()
   with config.unlocked():
     config.image_size = image_size
-  model, tx_factory, _ = build.model_and_optimizer(config, 8, 100, 1000)
+  model, tx_factory, _ = model_and_optimizer.build(config, 8, 100, 1000)
   state, tx = steps.create_train_state(model, tx_factory, jax.random.PRNGKey(0), image_size,
                                        mesh)
   train_fn = steps.jit_train_step(

@@ -18,7 +18,7 @@ from PIL import Image
 from bloodcell_jax import atomic, models
 from bloodcell_jax.config import recorded
 from bloodcell_jax.data import image_set, sources, synthetic
-from bloodcell_jax.export import runtimes as exported
+from bloodcell_jax.export import runtimes
 from bloodcell_jax.export import writer as export
 from bloodcell_jax.models import convnext, portable
 from bloodcell_jax.results import predictions
@@ -111,7 +111,7 @@ def test_every_format_gives_the_jax_probabilities_at_any_batch_size(exportable, 
   want = np.asarray(jax.jit(exportable.probabilities)(exportable.variables, images))
   # Confident, unsaturated outputs: a wrong export could not pass by chance.
   assert want.max() > 0.6 and np.median(want.max(axis=1)) < 0.999
-  model = exported.load(converted[export_format, weights])
+  model = runtimes.load(converted[export_format, weights])
   for batch_size in (1, 7):  # one file, a dynamic batch dimension
     np.testing.assert_allclose(model.predict(images, batch_size), want, rtol=0, atol=tolerance)
   assert model.metadata["class_names"] == list(image_set.PBC_CLASS_NAMES)
@@ -158,7 +158,7 @@ def test_convnext_traced_with_standard_ops_is_the_same_function_and_exports_to_l
                                   "image_size": SIZE, "model": "convnext-tiny"})
   export.export(exportable, "tflite", str(tmp_path / "convnext.tflite"))
   want = np.asarray(jax.jit(exportable.probabilities)(variables, images))
-  got = exported.load(str(tmp_path / "convnext.tflite")).predict(images, 7)
+  got = runtimes.load(str(tmp_path / "convnext.tflite")).predict(images, 7)
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
@@ -178,7 +178,7 @@ def test_export_cli_and_predict_model_equal_predict_workdir(trained_run, tmp_pat
   code, stdout, _ = run_module("bloodcell_jax.export", f"--workdir={workdir}", "--format=onnx",
                                f"--out={onnx_file}", "--tta=flips", "--calibrated")
   assert code == 0 and "max |difference| to JAX" in stdout
-  model = exported.load(onnx_file)
+  model = runtimes.load(onnx_file)
   results = atomic.read_json(os.path.join(workdir, run_files.RESULTS))
   with open(os.path.join(workdir, run_files.CONFIG)) as f:
     config = ml_collections.ConfigDict(recorded.upgrade_recorded(json.load(f)))

@@ -10,8 +10,7 @@ from PIL import Image
 
 from bloodcell_jax.augment import shifts
 from bloodcell_jax.data import synthetic
-from bloodcell_jax.training import model_and_optimizer as build
-from bloodcell_jax.training import run_files, sharding, steps
+from bloodcell_jax.training import model_and_optimizer, run_files, sharding, steps
 from bloodcell_jax.weights import init_from
 from configs import effnet_finetune30, effnet_staged
 from tests.conftest import run_launch
@@ -52,7 +51,7 @@ def host_initial_state(model, tx):
 def one_train_step(config):
   """(state before, state after, freeze labels) for one step on a random batch."""
   mesh = sharding.make_mesh()
-  model, tx_factory, labels = build.model_and_optimizer(config, 8, 10, 10)
+  model, tx_factory, labels = model_and_optimizer.build(config, 8, 10, 10)
   tx = tx_factory(steps.param_shapes(model, SIZE))
   before = host_initial_state(model, tx)
   state = jax.device_put(before, sharding.replicated(mesh))

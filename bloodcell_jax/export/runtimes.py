@@ -1,7 +1,7 @@
-"""Exported models (bloodcell_jax/export.py) run by their own runtimes: TensorFlow for a
+"""Exported models (bloodcell_jax/export/writer.py) run by their own runtimes: TensorFlow for a
 SavedModel, ONNX Runtime for .onnx, LiteRT for .tflite. Imports no JAX.
 
-  model = exported.load("cnn.onnx")
+  model = runtimes.load("cnn.onnx")
   model.metadata["class_names"], model.predict(uint8_images)  # (N, classes) probabilities
 """
 

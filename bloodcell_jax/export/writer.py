@@ -1,8 +1,8 @@
 """Exports a trained run for inference outside JAX: TensorFlow SavedModel, ONNX or LiteRT.
 
-  python -m bloodcell_jax.export --workdir=DIR --format=saved_model --out=exported/cnn
-  python -m bloodcell_jax.export --workdir=DIR --format=onnx --out=cnn.onnx --tta=d4 --calibrated
-  python -m bloodcell_jax.export --workdir=DIR --format=tflite --tflite_weights=float16 --out=cnn.tflite
+  bloodcell-export --workdir=DIR --format=saved_model --out=exported/cnn
+  bloodcell-export --workdir=DIR --format=onnx --out=cnn.onnx --tta=d4 --calibrated
+  bloodcell-export --workdir=DIR --format=tflite --tflite_weights=float16 --out=cnn.tflite
 
 Every exported model takes uint8 RGB images (N, S, S, 3), any N and S the run's image size,
 and returns class probabilities (N, classes): the cast to float and the model's own input
@@ -17,8 +17,8 @@ Routes, each the one that converts every registered model on the pinned versions
   itself, so it cannot drift from the pinned JAX; orbax-export wraps the same converter but
   pins its own ranges.
 * LiteRT: TensorFlow's converter from a SavedModel traced with standard ops
-  (bloodcell_jax/models/portable.py), less the broadcasts a dynamic batch spells out;
-  float32, float16 or dynamic-range int8 weights.
+  (bloodcell_jax/models/portable.py), less the broadcasts a dynamic batch spells out
+  (litert_graph.py); float32, float16 or dynamic-range int8 weights.
 * ONNX: tf2onnx from the float32 LiteRT model, opset 18. tf2onnx cannot read XlaCallModule
   ops, so not the SavedModel; the newest jax2onnx that installs beside these pins fails on
   ConvNeXt and writes files that ONNX's checker rejects (README, "Export").
@@ -41,7 +41,7 @@ import numpy as np
 from bloodcell_jax import atomic
 from bloodcell_jax.config import recorded
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.export import runtimes as exported
+from bloodcell_jax.export import litert_graph, runtimes
 from bloodcell_jax.training import run_files, steps
 
 FORMATS = ("saved_model", "onnx", "tflite")
@@ -148,7 +148,7 @@ def write_saved_model(exportable: Exportable, out: str, metadata: dict,
     return {"probabilities": converted(module.variables_, images)}
 
   with tempfile.TemporaryDirectory() as scratch:
-    asset_path = os.path.join(scratch, exported.METADATA_FILE)
+    asset_path = os.path.join(scratch, runtimes.METADATA_FILE)
     atomic.write_json(asset_path, metadata)
     module.metadata_asset = tf.saved_model.Asset(asset_path)
     text = json.dumps(metadata)
@@ -165,83 +165,8 @@ def tflite_model(saved_model: str, weights: str, metadata: dict) -> bytes:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if weights == "float16":
     converter.target_spec.supported_types = [tf.float16]
-  return exported.with_tflite_metadata(_without_broadcasts(converter.convert()),
-                                       metadata)
-
-
-# LiteRT ops that broadcast their inputs themselves.
-_LITERT_BROADCASTING_OPS = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM")
-
-
-def _broadcasts_into(small, full) -> bool:
-  """Whether a tensor of shape `small` broadcasts into one of shape `full` (-1: the batch)
-  without changing that shape."""
-  if full is None or len(small) > len(full):
-    return False
-  return all(s == 1 or s == f for s, f in zip(reversed(list(small)), reversed(list(full))))
-
-
-def _without_broadcasts(model_bytes: bytes) -> bytes:
-  """The LiteRT model without the BROADCAST_TO ops whose consumers broadcast by themselves: a
-  BatchNorm scale, a bias, ReLU's zero or a squeeze-excitation gate, each widened to the
-  activation it meets.
-
-  With a dynamic batch, StableHLO spells every broadcast out, and LiteRT's converter keeps it
-  as an op that writes the small tensor at the activation's size before each use; XNNPACK
-  then leaves those parts of the graph to the reference kernels (the CNN ran 7x slower).
-  A broadcast goes only where its consumer's other input is a full-size activation (not
-  itself a broadcast), so no output changes shape.
-  """
-  from tensorflow.lite.python import schema_py_generated as schema
-  from tensorflow.lite.tools import flatbuffer_utils
-  model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
-  names = {code: name for name, code in vars(schema.BuiltinOperator).items()
-           if not name.startswith("_")}
-
-  def op_name(op):
-    code = model.operatorCodes[op.opcodeIndex]
-    return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
-
-  for subgraph in model.subgraphs:
-    tensors = subgraph.tensors
-    shape = lambda i: (tensors[i].shapeSignature if tensors[i].shapeSignature is not None
-                       else tensors[i].shape)
-    broadcasts = {op.outputs[0]: op for op in subgraph.operators
-                  if op_name(op) == "BROADCAST_TO"}
-    consumers = {}
-    for op in subgraph.operators:
-      for i in op.inputs:
-        consumers.setdefault(i, []).append(op)
-
-    def foldable(broadcast, user):
-      others = [i for i in user.inputs if i != broadcast.outputs[0]]
-      return (op_name(user) in _LITERT_BROADCASTING_OPS and len(user.inputs) == 2
-              and len(others) == 1 and others[0] not in broadcasts
-              and _broadcasts_into(shape(broadcast.inputs[0]), shape(others[0])))
-
-    dropped = set()
-    for output, broadcast in broadcasts.items():
-      users = consumers.get(output, [])
-      if output in subgraph.outputs or not users or not all(foldable(broadcast, u)
-                                                             for u in users):
-        continue
-      for user in users:
-        user.inputs = [broadcast.inputs[0] if i == output else i for i in user.inputs]
-      dropped.add(id(broadcast))
-    subgraph.operators = _read_ops_only(
-        [op for op in subgraph.operators if id(op) not in dropped], set(subgraph.outputs))
-  return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def _read_ops_only(operators, outputs):
-  """`operators` less those none of whose outputs is read (the shape arithmetic of dropped
-  broadcasts)."""
-  while True:
-    read = set(outputs) | {i for op in operators for i in op.inputs}
-    kept = [op for op in operators if read & set(op.outputs)]
-    if len(kept) == len(operators):
-      return kept
-    operators = kept
+  return runtimes.with_tflite_metadata(
+      litert_graph.without_redundant_broadcasts(converter.convert()), metadata)
 
 
 def onnx_model(tflite_path: str, metadata: dict):
@@ -257,7 +182,7 @@ def onnx_model(tflite_path: str, metadata: dict):
   for value in (model.graph.input[0], model.graph.output[0]):
     value.type.tensor_type.shape.dim[0].dim_param = "batch"
   model.producer_name = "bloodcell_jax.export (tf2onnx from LiteRT)"
-  onnx.helper.set_model_props(model, {exported.METADATA_KEY: json.dumps(metadata)})
+  onnx.helper.set_model_props(model, {runtimes.METADATA_KEY: json.dumps(metadata)})
   onnx.checker.check_model(model)
   return model
 
@@ -320,7 +245,7 @@ def check_equal_to_jax(exportable: Exportable, path: str, tolerance) -> float:
   from bloodcell_jax.data import synthetic
   images = synthetic.generate(7, exportable.image_size, seed=1).images
   want = np.asarray(jax.jit(exportable.probabilities)(exportable.variables, images))
-  model = exported.load(path)
+  model = runtimes.load(path)
   difference = max(float(np.abs(model.predict(images[:1]) - want[:1]).max()),
                    float(np.abs(model.predict(images) - want).max()))
   if tolerance is not None and not difference <= tolerance:

@@ -14,6 +14,7 @@ are `stem_conv`, `stem_layernorm`, `downsampling_layernorm_0`, `downsampling_con
 """
 
 import dataclasses
+import functools
 import re
 from typing import Tuple
 
@@ -137,17 +138,14 @@ class ConvNeXt(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = self.features(x, train)
-    dense = lambda n, name: nn.Dense(n, kernel_init=_glorot, **_dtypes(self), name=name)
-    if self.head == "keras":
-      x = _layer_norm(self, "head_layernorm")(x.mean(axis=(1, 2)))
-      x = dense(self.num_classes, "predictions")(x)
-    elif self.head == "flatten":
-      x = heads.study_head(_layer_norm(self, "head_layernorm")(x), dense,
-                           num_classes=self.num_classes, dense_units=self.dense_units,
-                           dropout=self.dropout, train=train)
-    else:
-      x = _layer_norm(self, "head_layernorm")(heads.pool(x, self.pooling))
-    return x.astype(self.output_dtype)
+    norm = _layer_norm(self, "head_layernorm")  # the base's last layer, in every head
+    return heads.top(self, x, train, kernel_init=_glorot, base_norm=norm,
+                     keras_top=functools.partial(self._keras_top, norm=norm))
+
+  def _keras_top(self, x, dense, train: bool, norm):
+    """keras.applications' include_top: global average pooling, `norm`, Dense."""
+    del train  # no dropout in Keras's top
+    return dense(self.num_classes, "predictions")(norm(heads.pool(x, "avg")))
 
   @property
   def output_dtype(self):
@@ -220,9 +218,7 @@ def _keras_port(name: str) -> KerasPort:
 def _factory(variant: str):
   def build(num_classes: int = 8, include_top=None, head: str = "keras", pooling: str = "avg",
             **kwargs) -> ConvNeXt:
-    if include_top is not None and not include_top:
-      head = "none"
-    heads.check_arguments(head, pooling, kwargs.get("input_norm", "none"))
+    head = heads.checked_head(head, pooling, kwargs.get("input_norm", "none"), include_top)
     return ConvNeXt(variant=variant, num_classes=num_classes, head=head, pooling=pooling,
                     **kwargs)
   return build

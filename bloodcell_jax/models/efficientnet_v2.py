@@ -289,17 +289,13 @@ class EfficientNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = self.features(x, train)
-    dense = lambda n, name: nn.Dense(n, kernel_init=_dense_init, **_dtypes(self), name=name)
-    if self.head == "keras":
-      x = nn.Dropout(self.top_dropout, deterministic=not train)(x.mean(axis=(1, 2)))
-      x = dense(self.num_classes, "predictions")(x)
-    elif self.head == "flatten":
-      x = heads.study_head(x, dense, num_classes=self.num_classes, dense_units=self.dense_units,
-                           dropout=self.dropout, train=train)
-    else:
-      x = heads.pool(x, self.pooling)
-    return x.astype(self.output_dtype)
+    return heads.top(self, self.features(x, train), train, kernel_init=_dense_init,
+                     keras_top=self._keras_top)
+
+  def _keras_top(self, x, dense, train: bool):
+    """keras.applications' include_top: global average pooling, Dropout, Dense."""
+    x = nn.Dropout(self.top_dropout, deterministic=not train)(heads.pool(x, "avg"))
+    return dense(self.num_classes, "predictions")(x)
 
   @property
   def output_dtype(self):
@@ -309,9 +305,7 @@ class EfficientNetV2(nn.Module):
 def _factory(variant: str):
   def build(num_classes: int = 8, include_top: Optional[bool] = None, head: str = "keras",
             pooling: str = "avg", frozen_bn: Sequence[str] = (), **kwargs) -> EfficientNetV2:
-    if include_top is not None and not include_top:
-      head = "none"
-    heads.check_arguments(head, pooling, kwargs.get("input_norm", "none"))
+    head = heads.checked_head(head, pooling, kwargs.get("input_norm", "none"), include_top)
     return EfficientNetV2(variant=variant, num_classes=num_classes, head=head, pooling=pooling,
                           frozen_bn=tuple(frozen_bn), **kwargs)
   return build

@@ -190,21 +190,19 @@ class MobileNetV3(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = self.features(x, train)
-    if self.head == "keras":
-      last_point = VARIANTS[self.variant].last_point
-      width = depth(last_point * self.alpha) if self.alpha > 1.0 else last_point
-      x = _conv(self, width, "conv_2", bias=True)(x.mean(axis=(1, 2), keepdims=True))
-      x = nn.Dropout(self.top_dropout, deterministic=not train)(
-          _activation(self._activation_name)(x))
-      x = _conv(self, self.num_classes, "predictions", bias=True)(x).reshape(x.shape[0], -1)
-    elif self.head == "flatten":
-      dense = lambda n, name: nn.Dense(n, kernel_init=_glorot, **_dtypes(self), name=name)
-      x = heads.study_head(x, dense, num_classes=self.num_classes, dense_units=self.dense_units,
-                           dropout=self.dropout, train=train)
-    else:
-      x = heads.pool(x, self.pooling)
-    return x.astype(self.output_dtype)
+    return heads.top(self, self.features(x, train), train, kernel_init=_glorot,
+                     keras_top=self._keras_top)
+
+  def _keras_top(self, x, dense, train: bool):
+    """keras.applications' include_top: pooling, conv_2, activation, Dropout, and Keras's
+    1x1 `logits` convolution as `predictions` (not a Dense layer)."""
+    del dense
+    last_point = VARIANTS[self.variant].last_point
+    width = depth(last_point * self.alpha) if self.alpha > 1.0 else last_point
+    x = _conv(self, width, "conv_2", bias=True)(x.mean(axis=(1, 2), keepdims=True))
+    x = nn.Dropout(self.top_dropout, deterministic=not train)(
+        _activation(self._activation_name)(x))
+    return _conv(self, self.num_classes, "predictions", bias=True)(x).reshape(x.shape[0], -1)
 
   @property
   def output_dtype(self):
@@ -267,9 +265,7 @@ def _keras_port(name: str) -> KerasPort:
 def _factory(variant: str):
   def build(num_classes: int = 8, include_top=None, head: str = "keras", pooling: str = "avg",
             frozen_bn=(), **kwargs) -> MobileNetV3:
-    if include_top is not None and not include_top:
-      head = "none"
-    heads.check_arguments(head, pooling, kwargs.get("input_norm", "none"))
+    head = heads.checked_head(head, pooling, kwargs.get("input_norm", "none"), include_top)
     if not kwargs.get("alpha", 1.0) > 0:
       raise UserError(f"config.model.alpha={kwargs['alpha']}: expected a width multiplier > 0")
     return MobileNetV3(variant=variant, num_classes=num_classes, head=head, pooling=pooling,

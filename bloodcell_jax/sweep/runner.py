@@ -1,20 +1,17 @@
-"""Runs every run of a sweep file, each in DIR/<run name>/, through launch.py's training entry.
+"""A sweep file's runs, their configs and status, and the runs trained one per process; the
+program is `bloodcell-sweep` (bloodcell_jax/cli/sweep.py).
 
-  python -m bloodcell_jax.sweep --config=configs/sweeps/study_ablations.py --workdir=DIR
-  ... --config.num_epochs=3   an override for every run (it wins over the runs' own)
-  ... --list                  the runs with their overrides and status, nothing run
-  ... --parallel=N            N runs at once, each pinned to its share of the CPU cores
-                              (and of the GPUs, or one TPU chip each)
-  ... --index=K               only run K, as --list numbers them: one task of a SLURM job
-                              array (--index=$SLURM_ARRAY_TASK_ID) or of any other scheduler
-  ... --seeds=N               every run group with seeds 0..N-1 instead of the file's
+  sweep = runner.load_sweep("configs/sweeps/study_ablations.py", {"num_epochs": 3})
+  runner.print_runs(sweep, workdir)           # --list
+  runner.run_index(sweep, k, workdir)         # --index=K: run K in this process
+  failed = runner.run_all(sweep, workdir, 4)  # every other run, 4 child processes at a time
+  runner.write_summaries(workdir)             # DIR/table.md, DIR/table.csv, DIR/report.html
 
-Rerunning the command skips finished runs, resumes interrupted ones from their
-checkpoints and retries failed ones. A failed run does not stop the others: its one-line
-error is recorded (DIR/<run>/failure.json, shown by --list) and the sweep exits 1 at the
-end. Each run's results.json records the sweep's name and the run's overrides. At the
-end the runner writes DIR/table.md, DIR/table.csv (bloodcell_jax/table.py) and
-DIR/report.html (bloodcell_jax/report.py).
+Each run trains in DIR/<run name>/ through trainer.entry.train, and its results.json records
+the sweep's name and the run's overrides. A run is finished when its results.json was written
+by the same config (its digest); run_all skips those and the runs in use elsewhere, and the
+others resume from their checkpoints, if any. A failed run does not stop the others: its
+one-line error is recorded in DIR/<run>/failure.json.
 """
 
 import dataclasses
@@ -43,6 +40,7 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9_.,=+-]+$")
 
 @dataclasses.dataclass(frozen=True)
 class SweepRun:
+  """One run of a sweep: its number (as --list shows it), name and config overrides."""
   index: int
   name: str
   overrides: dict
@@ -115,12 +113,14 @@ def status(run_dir: str, digest: str) -> str:
     return "running"
   if os.path.isfile(os.path.join(run_dir, run_files.FAILURE)):
     return "failed"
-  if glob.glob(os.path.join(run_dir, "**", run_files.CHECKPOINTS_DIR, "latest", "*"), recursive=True):
+  if glob.glob(os.path.join(run_dir, "**", run_files.CHECKPOINTS_DIR, "latest", "*"),
+               recursive=True):
     return "interrupted"
   return "pending"
 
 
 def failure_line(run_dir: str) -> str:
+  """The recorded error of a failed run ("" when none is recorded)."""
   return atomic.read_json(os.path.join(run_dir, run_files.FAILURE), {}).get("error", "")
 
 
@@ -185,6 +185,7 @@ def resource_slots(parallel: int) -> List[dict]:
 
 
 def _visible_gpus() -> List[str]:
+  """The GPUs this process may use: CUDA_VISIBLE_DEVICES, else every /dev/nvidiaN."""
   if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
     return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
   return sorted((os.path.basename(p)[len("nvidia"):] for p in glob.glob("/dev/nvidia[0-9]*")),
@@ -192,6 +193,7 @@ def _visible_gpus() -> List[str]:
 
 
 def parse_cpus(spec: str) -> set:
+  """The CPU cores of a --cpus value: numbers and ranges, e.g. "0-3" or "0,2"."""
   try:
     cores = set()
     for part in spec.split(","):
@@ -206,13 +208,13 @@ class _Runner:
   """Starts each pending run as a child process (`--index=K`) in a free slot; forwards
   SIGTERM to the children, which save and exit to be resumed."""
 
-  def __init__(self, sweep_file, runs, digests, workdir, child_args, slots):
-    self.sweep_file, self.runs, self.digests = sweep_file, runs, digests
-    self.workdir, self.child_args, self.slots = workdir, child_args, slots
+  def __init__(self, digests, workdir, child_args, slots):
+    self.digests, self.workdir, self.child_args, self.slots = digests, workdir, child_args, slots
     self.active = {}  # slot index -> (run, process, start time, log file)
     self.failed, self.stopping = [], False
 
   def run(self, todo: List[SweepRun]) -> None:
+    """Runs `todo` in order, as slots free up, until all have ended (or SIGTERM came)."""
     previous = signal.signal(signal.SIGTERM, self._stop)
     try:
       while todo or self.active:
@@ -231,6 +233,7 @@ class _Runner:
       signal.signal(signal.SIGTERM, previous)
 
   def _stop(self, signum, frame):
+    """SIGTERM: starts nothing more and passes the signal on to the running children."""
     del frame
     self.stopping = True
     print("SIGTERM: asking the running runs to save and stop", flush=True)
@@ -238,6 +241,7 @@ class _Runner:
       process.send_signal(signum)
 
   def _start(self, run: SweepRun, slot: int) -> None:
+    """Starts `run` as a child process in `slot`, its output appended to the run's log."""
     run_dir = os.path.join(self.workdir, run.name)
     if workdir_lib.active_holder(run_dir):  # another sweep process took it meanwhile
       print(f"[{run.index}] {run.name}: running elsewhere, skipped", flush=True)
@@ -257,6 +261,7 @@ class _Runner:
     print(f"[{run.index}] {run.name}: started{where} (log: {log.name})", flush=True)
 
   def _finished(self, run: SweepRun, returncode: int, seconds: float) -> None:
+    """Reports how a child ended; records a failure the child could not record itself."""
     run_dir = os.path.join(self.workdir, run.name)
     state = status(run_dir, self.digests[run.name])
     took = f"{seconds / 60:.1f} min"
@@ -280,7 +285,8 @@ class _Runner:
 
 
 def write_summaries(workdir: str) -> None:
-  """The sweep's results table (table.md, table.csv) and its HTML report."""
+  """DIR/table.md and DIR/table.csv of every run in `workdir` (results.table), and the
+  sweep's DIR/report.html (results.report)."""
   from bloodcell_jax.results import report  # pylint: disable=g-import-not-at-top  (matplotlib, jinja2)
   results_table = table.write(workdir)
   report.write_sweep_report(workdir, results_table)
@@ -298,6 +304,7 @@ class Sweep:
   digests: dict  # run name -> config digest
 
   def status(self, workdir: str, run: SweepRun) -> str:
+    """The run's `status` in `workdir`, against the config it has now."""
     return status(os.path.join(workdir, run.name), self.digests[run.name])
 
 
@@ -356,7 +363,7 @@ def run_all(sweep: Sweep, workdir: str, parallel: int, extra_args=()) -> List[st
       todo.append(run)
   child_args = [f"--config={sweep.file}", f"--workdir={workdir}",
                 *([f"--seeds={sweep.seeds}"] if sweep.seeds else []), *extra_args]
-  runner = _Runner(sweep.file, sweep.runs, sweep.digests, workdir, child_args,
+  runner = _Runner(sweep.digests, workdir, child_args,
                    resource_slots(min(parallel, max(len(todo), 1))))
   runner.run(todo)
   return runner.failed

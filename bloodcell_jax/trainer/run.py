@@ -24,8 +24,7 @@ from bloodcell_jax.results import run_outputs
 from bloodcell_jax.trainer import final
 from bloodcell_jax.trainer import loop as loop_lib
 from bloodcell_jax.trainer.context import LoopState, RunContext
-from bloodcell_jax.training import freezing, optim, run_files, sharding, steps
-from bloodcell_jax.training import model_and_optimizer as build
+from bloodcell_jax.training import freezing, model_and_optimizer, optim, run_files, sharding, steps
 from bloodcell_jax.training import workdir as workdir_lib
 from bloodcell_jax.training.checkpoint import Checkpoints, DiskFull
 from bloodcell_jax.training.writers import create_writer
@@ -137,8 +136,8 @@ def _build_run(config, workdir: str, data, manifest: dict, offline_summary: dict
   mesh = sharding.make_mesh()
   steps_per_epoch = -(-len(data.train) // config.batch_size)
   total_steps = config.num_epochs * steps_per_epoch
-  model, tx_factory, labels = build.model_and_optimizer(config, num_classes, steps_per_epoch,
-                                                        total_steps)
+  model, tx_factory, labels = model_and_optimizer.build(config, num_classes, steps_per_epoch,
+                                                       total_steps)
   state, tx = steps.create_train_state(model, tx_factory, jax.random.PRNGKey(config.seed),
                                        config.image_size, mesh,
                                        ema=config.train.ema_decay > 0)

@@ -8,7 +8,7 @@ from bloodcell_jax import models
 from bloodcell_jax.training import freezing, losses, optim, steps
 
 
-def model_and_optimizer(config, num_classes: int, steps_per_epoch: int, total_steps: int):
+def build(config, num_classes: int, steps_per_epoch: int, total_steps: int):
   """(model, optimizer factory, freeze labels or None).
 
   Frozen parameters get no update and no weight decay; BatchNorm in frozen
