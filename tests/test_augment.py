@@ -12,7 +12,7 @@ from bloodcell_jax.augment import image_ops, policies
 from bloodcell_jax.augment import ops as augment
 from bloodcell_jax.data import synthetic
 from bloodcell_jax.errors import UserError
-from tests.conftest import PBC96
+from helpers import PBC96
 
 MAGNITUDE_OPS = [name for name in policies.LEVELS
                  if name not in ("autocontrast", "equalize", "invert")]
@@ -247,7 +247,8 @@ def test_preview_draws_every_op_and_the_configured_pipeline(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
 
-  from tests.conftest import ROOT, subprocess_env  # pylint: disable=g-import-not-at-top
+  from helpers import ROOT  # pylint: disable=g-import-not-at-top
+  from helpers.runs import subprocess_env  # pylint: disable=g-import-not-at-top
   out = tmp_path / "grid.png"
   result = subprocess.run(
       [sys.executable, "-m", "bloodcell_jax.data.preview", "--config=configs/effnet.py",

@@ -10,72 +10,22 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
-from conftest import PBC96, ROOT, subprocess_env
-from PIL import Image
-from scipy import ndimage
 
 from bloodcell_jax.data import image_set, sources, splits, synthetic
 from bloodcell_jax.data.cleaning import cache, duplicates, neighbours, report, run
 from bloodcell_jax.data.cleaning import fingerprints as fp
 from bloodcell_jax.data.cleaning import settings as settings_lib
 from bloodcell_jax.errors import UserError
-from tests import injection
+from helpers import PBC96, ROOT, cleaning, injection
+from helpers.runs import subprocess_env
 
 SETTINGS = settings_lib.CleaningSettings()
-
-
-def _cells(n, seed=0):
-  """n generated cells, or a seeded sample of the real images (n / 8 per class) if present."""
-  if os.path.isdir(PBC96):
-    rng = np.random.default_rng(seed)
-    paths, labels = [], []
-    for label, name in enumerate(image_set.PBC_CLASS_NAMES):
-      files = sorted(os.listdir(os.path.join(PBC96, name)))
-      picked = np.sort(rng.choice(len(files), n // 8 + (label < n % 8), replace=False))
-      paths += [os.path.join(PBC96, name, files[i]) for i in picked]
-      labels += [label] * len(picked)
-    order = rng.permutation(len(paths))  # classes mixed, as in the generated set
-    images = np.stack([sources.read_image_file(paths[i], 96)[0] for i in order])
-    return images, np.asarray(labels, np.int32)[order], "pbc96 sample"
-  data = synthetic.generate(n, 96, seed=seed)
-  # The generator draws smooth shapes; real smears have fine texture, which is what tells
-  # two similar cells apart. Give each image its own.
-  rng = np.random.default_rng(seed)
-  texture = ndimage.gaussian_filter(rng.normal(0, 1, data.images.shape[:3]).astype(np.float32),
-                                    (0, 1.5, 1.5))
-  texture *= 8.0 / texture.std()
-  images = np.clip(data.images + texture[..., None], 0, 255).astype(np.uint8)
-  return images, data.labels, "generated"
 
 
 def _image_set(images, labels, ids=None, name="test"):
   ids = np.asarray(ids if ids is not None else [str(i) for i in range(len(images))])
   return image_set.ImageSet(images, np.asarray(labels, np.int32), ids, image_set.PBC_CLASS_NAMES,
                           name=name)
-
-
-def _write_folder(root, images, labels, names=None, fmt="JPEG"):
-  """An ImageFolder of the PBC classes; returns the relative ids in write order."""
-  ids = []
-  for k, (image, label) in enumerate(zip(images, labels)):
-    name = names[k] if names else f"img_{k:04d}.{'jpg' if fmt == 'JPEG' else 'png'}"
-    rel = os.path.join(image_set.PBC_CLASS_NAMES[label], name)
-    os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
-    Image.fromarray(image).save(os.path.join(root, rel), fmt, **(
-        {"quality": 95} if fmt == "JPEG" else {}))
-    ids.append(rel)
-  return ids
-
-
-def _snapshot(root):
-  """Bytes digest and mtime of every file under root."""
-  out = {}
-  for d, _, files in os.walk(root):
-    for f in files:
-      path = os.path.join(d, f)
-      with open(path, "rb") as handle:
-        out[path] = (hashlib.md5(handle.read()).hexdigest(), os.stat(path).st_mtime_ns)
-  return out
 
 
 def _groups(result, kind):
@@ -89,27 +39,7 @@ def _groups(result, kind):
 @pytest.fixture(scope="module")
 def dirty_folder(tmp_path_factory):
   """An ImageFolder with an exact copy in another format, a conflict and near copies."""
-  root = str(tmp_path_factory.mktemp("dirty") / "data")
-  images, labels, _ = _cells(60, seed=1)
-  ids = _write_folder(root, images, labels)
-  decoded = [np.asarray(Image.open(os.path.join(root, i)).convert("RGB")) for i in ids]
-  rng = np.random.default_rng(0)
-  extra = {
-      # Same decoded pixels, other bytes (PNG): an exact duplicate.
-      "exact_png": (decoded[3], labels[3], "copy_of_3.png", "PNG"),
-      # The same image filed under another class: a label conflict.
-      "conflict": (decoded[5], (labels[5] + 1) % 8, "also_5.png", "PNG"),
-      "flip": (np.ascontiguousarray(decoded[7][:, ::-1]), labels[7], "flip_7.png", "PNG"),
-      "rot90": (np.ascontiguousarray(np.rot90(decoded[9])), labels[9], "rot_9.png", "PNG"),
-      "jpeg70": (injection.jpeg(decoded[11], 70), labels[11], "q70_11.jpg", "JPEG"),
-      "shift": (injection.shifted(decoded[13], 3, -2), labels[13], "shift_13.png", "PNG"),
-      "nudged": (injection.near_copy(decoded[15], "brightness_contrast", rng), labels[15],
-                 "bright_15.png", "PNG"),
-  }
-  extra_ids = {}
-  for key, (image, label, name, fmt) in extra.items():
-    extra_ids[key] = _write_folder(root, [image], [label], [name], fmt)[0]
-  return root, ids, extra_ids
+  return cleaning.write_dirty_folder(str(tmp_path_factory.mktemp("dirty") / "data"))
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +88,7 @@ def test_a_conflicting_group_is_removed_unless_kept(dirty_folder, dirty_result):
 def test_cli_writes_report_keep_list_and_sheets_and_never_touches_the_input(
     dirty_folder, tmp_path):
   root, ids, extra = dirty_folder
-  before = _snapshot(root)
+  before = cleaning.snapshot(root)
   out = tmp_path / "out"
   result = subprocess.run(
       [sys.executable, "-m", "bloodcell_jax.data.clean", f"--data={root}", f"--out={out}"],
@@ -166,7 +96,7 @@ def test_cli_writes_report_keep_list_and_sheets_and_never_touches_the_input(
   assert result.returncode == 0, result.stderr[-3000:]
   assert "exact duplicates: 2 groups" in result.stdout
   assert "label conflicts:  1 groups" in result.stdout
-  assert _snapshot(root) == before
+  assert cleaning.snapshot(root) == before
   with open(out / "report.json") as f:
     written = json.load(f)
   kinds = collections.Counter(f["kind"] for f in written["findings"])
@@ -218,7 +148,7 @@ def _precision_recall(flagged, truth_kind, kind):
 
 
 def test_injected_contamination_and_near_duplicates_are_found():
-  images, labels, origin = _cells(2000, seed=7)
+  images, labels, origin = cleaning.cells(2000, seed=7)
   rng = np.random.default_rng(3)
 
   per_kind = 30
@@ -371,8 +301,8 @@ def test_a_reviewed_keep_file_is_applied_and_checked(dirty_folder, tmp_path):
 ])
 def test_bad_input_is_one_line_naming_the_path_or_flag(tmp_path, problem, message):
   root = tmp_path / "data"
-  images, labels, _ = _cells(4, seed=2)
-  _write_folder(str(root), images, labels)
+  images, labels, _ = cleaning.cells(4, seed=2)
+  cleaning.write_folder(str(root), images, labels)
   args = [f"--data={root}", f"--out={tmp_path / 'out'}"]
   if problem == "missing":
     args[0] = f"--data={tmp_path / 'nope'}"
@@ -408,7 +338,7 @@ def test_config_keys_match_the_settings_and_are_validated():
 
 
 def test_npz_sources_report_row_indices(tmp_path):
-  images, labels, _ = _cells(30, seed=4)
+  images, labels, _ = cleaning.cells(30, seed=4)
   images = np.concatenate([images, images[2:3]])
   labels = np.concatenate([labels, labels[2:3]])
   path = tmp_path / "course.npz"
@@ -422,7 +352,7 @@ def test_npz_sources_report_row_indices(tmp_path):
 
 
 def test_fingerprint_changes_with_pixels_labels_and_settings():
-  images, labels, _ = _cells(6, seed=5)
+  images, labels, _ = cleaning.cells(6, seed=5)
   data = _image_set(images, labels)
   key = cache.fingerprint(data, {}, SETTINGS)
   assert key == cache.fingerprint(_image_set(images.copy(), labels), {}, SETTINGS)

@@ -13,7 +13,7 @@ from bloodcell_jax.errors import UserError
 from bloodcell_jax.models import mobilenet_v3
 from bloodcell_jax.weights import keras_port
 from configs import default
-from tests.conftest import (
+from helpers.parity import (
   PARITY_TOLERANCE,
   compare_stages,
   freezing_against_keras,

@@ -19,15 +19,15 @@ from bloodcell_jax import models
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.weights import init_from, keras_port
 from configs import effnet_finetune30
-from tests.conftest import (
+from helpers import ROOT
+from helpers.parity import (
   PARITY_TOLERANCE,
-  ROOT,
   compare_stages,
   freezing_against_keras,
   relative_error,
   run_with_intermediates,
-  subprocess_env,
 )
+from helpers.runs import subprocess_env
 
 MODEL = {"b0": "efficientnetv2-b0", "s": "efficientnetv2-s"}
 

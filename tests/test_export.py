@@ -5,8 +5,6 @@ import dataclasses
 import functools
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import ml_collections
@@ -17,29 +15,18 @@ from PIL import Image
 
 from bloodcell_jax import atomic, models
 from bloodcell_jax.config import recorded
-from bloodcell_jax.data import image_set, sources, synthetic
+from bloodcell_jax.data import image_set
 from bloodcell_jax.export import runtimes as exported
 from bloodcell_jax.export import writer as export
 from bloodcell_jax.models import convnext, portable
 from bloodcell_jax.results import predictions
 from bloodcell_jax.training import run_files, steps
-from tests.conftest import PBC96, ROOT, subprocess_env
+from helpers.images import sixteen_cells
+from helpers.runs import run_module
 
 SIZE = 32
 FORMATS = (("saved_model", "float32", 1e-5), ("onnx", "float32", 1e-5),
            ("tflite", "float32", 1e-5), ("tflite", "float16", 1e-3))
-
-
-def sixteen_cells(size: int) -> np.ndarray:
-  """Two real images of each PBC class at `size`; generated cells without the data."""
-  if not os.path.isdir(PBC96):
-    return synthetic.generate(16, size).images
-  images = []
-  for name in image_set.PBC_CLASS_NAMES:
-    folder = os.path.join(PBC96, name)
-    for file in sorted(os.listdir(folder))[:2]:
-      images.append(sources.read_image_file(os.path.join(folder, file), size)[0])
-  return np.stack(images)
 
 
 def host_variables(model, seed=0):
@@ -160,12 +147,6 @@ def test_convnext_traced_with_standard_ops_is_the_same_function_and_exports_to_l
   want = np.asarray(jax.jit(exportable.probabilities)(variables, images))
   got = exported.load(str(tmp_path / "convnext.tflite")).predict(images, 7)
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
-
-
-def run_module(module, *args):
-  result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                          text=True, env=subprocess_env(), timeout=600)
-  return result.returncode, result.stdout, result.stderr.strip().splitlines()[-1:]
 
 
 def test_export_cli_and_predict_model_equal_predict_workdir(trained_run, tmp_path):

@@ -14,7 +14,7 @@ from bloodcell_jax.training import model_and_optimizer as build
 from bloodcell_jax.training import run_files, sharding, steps
 from bloodcell_jax.weights import init_from
 from configs import effnet_finetune30, effnet_staged
-from tests.conftest import run_launch
+from helpers.runs import run_launch
 
 MODEL = "efficientnetv2-b0"
 SIZE = 32

@@ -12,11 +12,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import ROOT, TRAINED_RUN_OVERRIDES, run_launch, subprocess_env, write_image_folder
 
 from bloodcell_jax.data.image_set import PBC_CLASS_NAMES
 from bloodcell_jax.results import predictions
 from bloodcell_jax.training import run_files
+from helpers import ROOT
+from helpers.images import write_image_folder
+from helpers.runs import TRAINED_RUN_OVERRIDES, run_launch, subprocess_env
 
 
 def test_run_leaves_every_artefact(trained_run):

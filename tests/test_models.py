@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
 
 from bloodcell_jax import models
 from bloodcell_jax.augment import ops as augment
 from bloodcell_jax.config import recipes
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.models.layers import max_pool_2x2, normalize_input
+from helpers import ROOT
 
 
 def reference_pool(x):

@@ -30,10 +30,11 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_OVERRIDES, subprocess_env
-from test_resume import final_state, finished_steps
 
 from bloodcell_jax.training import run_files
+from helpers import ROOT
+from helpers.checkpoints import final_state, finished_steps
+from helpers.runs import TINY_OVERRIDES, subprocess_env
 
 EPOCHS = 2
 STEPS_PER_EPOCH = 5  # 72 training images in batches of 16

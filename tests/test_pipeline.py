@@ -4,16 +4,8 @@ import pytest
 from bloodcell_jax.augment import image_ops
 from bloodcell_jax.augment import ops as augment
 from bloodcell_jax.data import pipeline, splits
-from bloodcell_jax.data.image_set import ImageSet
 from bloodcell_jax.errors import UserError
-
-
-def tiny_set(n=10, size=16, num_classes=3):
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-  labels = (np.arange(n) % num_classes).astype(np.int32)
-  return ImageSet(images, labels, np.asarray([str(i) for i in range(n)]),
-                  tuple("abc"[:num_classes]), name="tiny")
+from helpers.images import tiny_set
 
 
 def test_stream_is_a_sequence_of_seeded_permutations():

@@ -12,13 +12,14 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, TRAINED_RUN_OVERRIDES, run_launch, subprocess_env
-from test_resume import final_state, finished_steps
 
 from bloodcell_jax.config import recipes, schema
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.training import checkpoint, run_files
 from bloodcell_jax.weights import init_from
+from helpers import ROOT
+from helpers.checkpoints import final_state, finished_steps
+from helpers.runs import TRAINED_RUN_OVERRIDES, run_launch, subprocess_env
 
 NEWEST = 216  # the trained run's last step
 

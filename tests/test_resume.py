@@ -9,35 +9,15 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import ROOT, TINY_OVERRIDES, run_launch, subprocess_env
-from conftest import TRAINED_RUN_OVERRIDES as OVERRIDES
 
 from bloodcell_jax.training import run_files
+from helpers import ROOT
+from helpers.checkpoints import final_state, finished_steps
+from helpers.runs import TINY_OVERRIDES, run_launch, subprocess_env
+from helpers.runs import TRAINED_RUN_OVERRIDES as OVERRIDES
 
 TOTAL_STEPS = 12 * 18  # 288 training images in batches of 16
-
-
-def final_state(workdir):
-  """(step, state as numpy arrays) of the newest checkpoint, whatever devices saved it and
-  in the dtypes it was saved in (float64 too)."""
-  manager = ocp.CheckpointManager(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "latest"),
-                                  item_names=("state", "meta"))
-  step = manager.latest_step()
-  with jax.enable_x64(True):
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
-        fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))))
-    state = jax.tree.map(np.asarray, restored["state"])
-  manager.close()
-  return step, state
-
-
-def finished_steps(workdir):
-  directory = os.path.join(workdir, run_files.CHECKPOINTS_DIR, "latest")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
 def start_run(workdir, *extra, log=os.devnull):

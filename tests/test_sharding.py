@@ -13,7 +13,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_launch, subprocess_env
+
+from helpers import ROOT
+from helpers.runs import run_launch, subprocess_env
 
 # Trains a tiny CNN for 3 steps per variant on however many devices XLA_FLAGS gives,
 # from the same initial state and batches; prints every variant's final variables.

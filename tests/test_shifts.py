@@ -12,7 +12,6 @@ import numpy as np
 import optax
 import pytest
 import tensorflow as tf
-from conftest import ROOT, subprocess_env
 
 from bloodcell_jax.augment import ops as augment
 from bloodcell_jax.augment import shifts
@@ -21,6 +20,8 @@ from bloodcell_jax.errors import UserError
 from bloodcell_jax.evaluation import adaptation
 from bloodcell_jax.evaluation.robustness import shift_uniforms
 from bloodcell_jax.training import run_files, sharding, steps
+from helpers import ROOT
+from helpers.runs import subprocess_env
 
 SIZE = 48
 

@@ -4,12 +4,12 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import write_image_folder
 from PIL import Image
 
 from bloodcell_jax.data import image_set, sources, splits, synthetic
 from bloodcell_jax.errors import UserError
 from configs import default as default_config
+from helpers.images import write_image_folder
 
 
 def test_image_folder_reads_classes_in_sorted_order_and_ignores_loose_files(tmp_path):

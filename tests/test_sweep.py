@@ -10,12 +10,13 @@ import time
 
 import numpy as np
 import pytest
-from browser import needs_chromium, open_page
-from conftest import ROOT, subprocess_env
 
 from bloodcell_jax import atomic
 from bloodcell_jax.results import predictions
 from bloodcell_jax.training import run_files
+from helpers import ROOT
+from helpers.browser import needs_chromium, open_page
+from helpers.runs import subprocess_env
 
 # Two seeds of one tiny CNN (a group, so the table gains an ensemble row) and a run that
 # fails once its data is loaded.

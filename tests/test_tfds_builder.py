@@ -1,17 +1,16 @@
 """The tensorflow-datasets builder: a cleaned ImageFolder becomes versioned train/val/test splits."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, subprocess_env
-from PIL import Image
 
-from bloodcell_jax.data import image_set, synthetic
+from bloodcell_jax.data import image_set
 from bloodcell_jax.errors import UserError
+from helpers import ROOT, images
+from helpers.runs import subprocess_env
 
 tfds = pytest.importorskip("tensorflow_datasets")
 from bloodcell_jax.data import tfds_pbc  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -20,18 +19,7 @@ from bloodcell_jax.data import tfds_pbc  # pylint: disable=g-import-not-at-top,w
 @pytest.fixture(scope="module")
 def folder_and_keep(tmp_path_factory):
   """A 48-image ImageFolder (PNG, 6 per class) and a keep.txt that drops 8 of them."""
-  root = tmp_path_factory.mktemp("tfds")
-  data = synthetic.generate(48, 96, seed=3)
-  ids = []
-  for k, (image, label) in enumerate(zip(data.images, data.labels)):
-    rel = os.path.join(image_set.PBC_CLASS_NAMES[label], f"cell_{k:02d}.png")
-    os.makedirs(root / "data" / os.path.dirname(rel), exist_ok=True)
-    Image.fromarray(image).save(root / "data" / rel)
-    ids.append(rel)
-  kept = sorted(ids)[::6] + sorted(ids)[1::6] + sorted(ids)[2::6] + sorted(ids)[3::6] + \
-      sorted(ids)[4::6]
-  (root / "keep.txt").write_text("".join(f"{i}\n" for i in sorted(kept)))
-  return root, dict(zip(ids, data.images)), sorted(kept)
+  return images.write_folder_and_keep_file(tmp_path_factory.mktemp("tfds"))
 
 
 def test_build_and_load_with_the_manifest_applied(folder_and_keep):

@@ -1,6 +1,6 @@
 """Writes Keras reference files for the ported models' parity tests (run in its own process).
 
-usage: python tests/keras_reference.py OUT_DIR [--size=N]
+usage: python tests/helpers/keras_reference.py OUT_DIR [--size=N]
 
 Per reference (`REFERENCES`): Keras weight files in the formats the port reads, the model's
 output on one random [0, 255] input batch in inference mode, and each block's output (for the
