@@ -18,13 +18,6 @@ def pytest_sessionfinish(session, exitstatus):
   shutil.rmtree(runs.COMPILATION_CACHE["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-  """(workdir, CompletedProcess) of the tiny recipe trained with TRAINED_RUN_OVERRIDES."""
-  workdir = str(tmp_path_factory.mktemp("trained_run"))
-  return workdir, runs.run_launch(workdir, *runs.TRAINED_RUN_OVERRIDES)
-
-
 @pytest.fixture
 def pbc96():
   if not os.path.isdir(PBC96):

@@ -36,6 +36,8 @@ from helpers import ROOT
 from helpers.checkpoints import final_state, finished_steps
 from helpers.runs import TINY_OVERRIDES, subprocess_env
 
+pytestmark = pytest.mark.e2e
+
 EPOCHS = 2
 STEPS_PER_EPOCH = 5  # 72 training images in batches of 16
 TOLERANCE = 1e-9  # relative L2 difference, float64 (see above)
@@ -170,8 +172,9 @@ def test_checkpoint_from_four_devices_continues_on_one_device_and_on_two_process
     continued = str(tmp_path / f"continued_{processes}x{devices}")
     shutil.copytree(four_devices, continued)
     os.remove(os.path.join(continued, run_files.RESULTS))
+    # Back to the mid-run checkpoint.
     for later in glob.glob(os.path.join(continued, run_files.CHECKPOINTS_DIR, "*", "*")):
-      if os.path.basename(later).isdigit() and int(os.path.basename(later)) > half:  # back to the mid-run checkpoint
+      if os.path.basename(later).isdigit() and int(os.path.basename(later)) > half:
         shutil.rmtree(later)
     assert max(finished_steps(continued)) == half
     logs = train(continued, processes, devices)

@@ -13,13 +13,13 @@ import jax
 import numpy as np
 import pytest
 
-from bloodcell_jax.config import recipes, schema
-from bloodcell_jax.errors import UserError
 from bloodcell_jax.training import checkpoint, run_files
 from bloodcell_jax.weights import init_from
 from helpers import ROOT
 from helpers.checkpoints import final_state, finished_steps
 from helpers.runs import TRAINED_RUN_OVERRIDES, run_launch, subprocess_env
+
+pytestmark = pytest.mark.e2e
 
 NEWEST = 216  # the trained run's last step
 
@@ -51,7 +51,8 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_before_it(tr
                                                                                 tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_run[0], workdir)
-  damaged = largest_array_file(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "latest", str(NEWEST)))
+  damaged = largest_array_file(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "latest",
+                                            str(NEWEST)))
   truncate_half(damaged)
   damaged_size = os.path.getsize(damaged)
 
@@ -66,24 +67,6 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_before_it(tr
   assert os.path.getsize(kept) == damaged_size  # set aside as it was, not deleted
   # The steps after the intact checkpoint are trained again, to the same state.
   assert_states_equal(trained_run[0], workdir)
-
-
-def test_a_step_saved_again_after_the_newest_checkpoint_was_lost_is_kept(tmp_path):
-  # The run that lost latest/<N> resumes from the one before and reaches N again, where
-  # best/ may already hold N (from the first time): that save is skipped, not an error.
-  checkpoints = checkpoint.Checkpoints(str(tmp_path), keep=2)
-  state = {"w": np.arange(4, dtype=np.float32)}
-  for step in (5, 10):
-    checkpoints.save(state, {"step": step}, best_score=float(step))
-  checkpoints.wait()
-  shutil.rmtree(tmp_path / "checkpoints" / "latest" / "10")
-  checkpoints.latest.reload()
-
-  checkpoints.save(state, {"step": 10}, best_score=10.0)
-  checkpoints.wait()
-
-  assert sorted(checkpoints.latest.all_steps()) == [5, 10] and checkpoints.best.all_steps() == [10]
-  checkpoints.close()
 
 
 def test_unreadable_best_checkpoint_falls_back_for_predict_and_init_from(trained_run,
@@ -143,27 +126,6 @@ def test_bad_config_values_stop_before_any_data_is_read(tmp_path, override, mess
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
   assert "Traceback" not in result.stderr and not os.path.exists(workdir)
-
-
-def test_every_recipe_passes_the_schema_which_has_a_rule_for_each_of_its_keys():
-  for path in sorted(glob.glob(os.path.join(ROOT, "configs", "[!_]*.py"))):
-    schema.validate(recipes.load_config_file(path))  # a key without a rule is an error
-
-
-def test_cross_key_rules_and_stages_are_checked():
-  config = recipes.load_config_file(os.path.join(ROOT, "configs", "effnet_staged.py"))
-  with config.unlocked():
-    config.stages.s3_full.optim.learning_rate = -1.0
-  with pytest.raises(UserError, match=r"^config.optim.learning_rate=-1.0: expected a number >= "
-                     r"0.0 \(stage s3_full\)$"):
-    schema.validate(config)
-  config = recipes.load_config_file(os.path.join(ROOT, "configs", "cnn.py"))
-  config.train.early_stopping_metric = "ema_val_accuracy"
-  with pytest.raises(UserError, match="needs a weight average"):
-    schema.validate(config)
-  config.train.early_stopping_metric, config.optim.weight_decay = "val_loss", 0.1
-  with pytest.raises(UserError, match="decoupled decay needs optim.name=adamw"):
-    schema.validate(config)
 
 
 def test_a_batch_larger_than_the_training_set_is_refused(tmp_path):

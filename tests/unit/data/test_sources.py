@@ -174,6 +174,7 @@ def test_synthetic_default_is_deterministic_balanced_and_marked():
   assert np.bincount(a.labels).tolist() == [5] * 8
 
 
+@pytest.mark.real_data
 def test_real_pbc96_folder_matches_its_readme(pbc96):
   data = sources.read_image_folder(pbc96, 96)
   assert len(data) == 13598

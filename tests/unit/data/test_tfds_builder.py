@@ -1,16 +1,12 @@
-"""The tensorflow-datasets builder: a cleaned ImageFolder becomes versioned train/val/test splits."""
-
-import json
-import subprocess
-import sys
+"""The tensorflow-datasets builder: a cleaned ImageFolder becomes versioned train/val/test
+splits."""
 
 import numpy as np
 import pytest
 
 from bloodcell_jax.data import image_set
 from bloodcell_jax.errors import UserError
-from helpers import ROOT, images
-from helpers.runs import subprocess_env
+from helpers import images
 
 tfds = pytest.importorskip("tensorflow_datasets")
 from bloodcell_jax.data import tfds_pbc  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -41,20 +37,6 @@ def test_build_and_load_with_the_manifest_applied(folder_and_keep):
       assert image_set.PBC_CLASS_NAMES[example["label"]] == image_id.split("/")[0]
       seen.append(image_id)
   assert sorted(seen) == kept  # every kept image once, nothing else
-
-
-def test_the_module_cli_prepares_the_same_dataset(folder_and_keep, tmp_path):
-  root, _, kept = folder_and_keep
-  result = subprocess.run(
-      [sys.executable, "-m", "bloodcell_jax.data.build_tfds", f"--source={root / 'data'}",
-       f"--keep_file={root / 'keep.txt'}", "--name=cli", f"--data_dir={tmp_path}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300, env=subprocess_env())
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "prepared pbc_cells/cli/1.0.0" in result.stdout
-  with open(tmp_path / "pbc_cells" / "cli" / "1.0.0" / "dataset_info.json") as f:
-    info = json.load(f)
-  counts = sum(int(s["shardLengths"][0]) for s in info["splits"])
-  assert counts == len(kept)
 
 
 def test_a_keep_file_for_other_data_is_refused(folder_and_keep, tmp_path):

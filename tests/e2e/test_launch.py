@@ -20,6 +20,8 @@ from helpers import ROOT
 from helpers.images import write_image_folder
 from helpers.runs import TRAINED_RUN_OVERRIDES, run_launch, subprocess_env
 
+pytestmark = pytest.mark.e2e
+
 
 def test_run_leaves_every_artefact(trained_run):
   workdir, result = trained_run

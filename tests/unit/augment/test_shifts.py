@@ -1,15 +1,7 @@
 """Distribution shifts: identity at strength 0, stronger with strength, deterministic, dtype
-and range; the augmentation ops built on them; BatchNorm adaptation (AdaBN)."""
+and range; the augmentation ops built on them."""
 
-import json
-import os
-import subprocess
-import sys
-
-import flax.linen as nn
-import jax
 import numpy as np
-import optax
 import pytest
 import tensorflow as tf
 
@@ -17,11 +9,7 @@ from bloodcell_jax.augment import ops as augment
 from bloodcell_jax.augment import shifts
 from bloodcell_jax.data import synthetic
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.evaluation import adaptation
 from bloodcell_jax.evaluation.robustness import shift_uniforms
-from bloodcell_jax.training import run_files, sharding, steps
-from helpers import ROOT
-from helpers.runs import subprocess_env
 
 SIZE = 48
 
@@ -105,71 +93,3 @@ def test_jitters_at_zero_are_the_identity(cells):
 def test_bad_shift_specs_are_one_line_errors(spec, message):
   with pytest.raises(UserError, match=message):
     augment.parse(spec, "config.augment.train")
-
-
-class _ConvBatchNorm(nn.Module):
-  """Conv -> BatchNorm -> Dropout: AdaBN's subject."""
-  dropout: float = 0.5
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.Conv(4, (3, 3), name="conv")(x / 255.0)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="norm")(x)
-    return nn.Dropout(self.dropout, deterministic=not train)(x).mean(axis=(1, 2))
-
-
-def test_adapted_batchnorm_statistics_are_the_target_images(cells):
-  model = _ConvBatchNorm()
-  mesh = sharding.make_mesh()
-  state, _ = steps.create_train_state(model, lambda p: optax.identity(),
-                                      jax.random.PRNGKey(0), SIZE, mesh)
-  target = cells.astype(np.float32) * 0.5 + 40.0  # a dimmer, lower-contrast lab
-  adapted = adaptation.adapt_batch_stats(model, state, target, batch_size=3)
-  conv = nn.Conv(4, (3, 3)).apply({"params": jax.device_get(state.params["conv"])},
-                                  target / 255.0)
-  halves = np.split(np.asarray(conv), 2)  # the two batches of 3: the mean of their statistics
-  mean = np.mean([h.mean(axis=(0, 1, 2)) for h in halves], axis=0)
-  var = np.mean([h.var(axis=(0, 1, 2)) for h in halves], axis=0)
-  stats = jax.device_get(adapted.batch_stats["norm"])
-  np.testing.assert_allclose(stats["mean"], mean, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(stats["var"], var, rtol=1e-4, atol=1e-5)
-  np.testing.assert_array_equal(jax.device_get(adapted.params["conv"]["kernel"]),
-                                jax.device_get(state.params["conv"]["kernel"]))
-
-
-def test_robustness_command_on_a_tiny_run(trained_run, tmp_path):
-  workdir, _ = trained_run
-  out = tmp_path / "robust.json"
-  names = ["dimmer", "defocus", "stain", "jpeg", "zoom_out", "cut_edge"]
-  result = subprocess.run([sys.executable, "-m", "bloodcell_jax.robustness",
-                           f"--workdir={workdir}", f"--out={out}", f"--shifts={','.join(names)}"],
-                          cwd=ROOT, capture_output=True, text=True, env=subprocess_env())
-  assert result.returncode == 0, result.stderr[-3000:]
-  results = json.loads(out.read_text())
-  # Clean, it is the run's own validation accuracy of its best checkpoint.
-  assert results["clean"] == json.load(open(os.path.join(workdir, run_files.RESULTS)))["val_accuracy"]
-  assert list(results["shifts"]) == names
-  assert all(list(v) == ["1", "2", "3", "4", "5"] and all(0 <= a <= 1 for a in v.values())
-             for v in results["shifts"].values())
-  per_shift = {n: np.mean(list(v.values())) for n, v in results["shifts"].items()}
-  assert results["mean_corruption_accuracy"] == pytest.approx(np.mean(list(per_shift.values())))
-  assert results["worst_shift"] == min(per_shift, key=per_shift.get)
-  assert set(results["per_family"]) == {"illumination", "focus", "colour", "compression",
-                                        "magnification", "occlusion"}
-  table = (tmp_path / "robust.md").read_text()
-  assert "| defocus | focus |" in table and "mean corruption accuracy" in result.stdout
-  assert (tmp_path / "robust_grid.png").stat().st_size > 10000
-
-  adapted = tmp_path / "adapted.json"
-  subprocess.run([sys.executable, "-m", "bloodcell_jax.robustness", f"--workdir={workdir}",
-                  f"--out={adapted}", "--shifts=dimmer", "--adapt_bn"], cwd=ROOT, check=True,
-                 capture_output=True, env=subprocess_env())
-  assert json.loads(adapted.read_text())["adapt_bn"] is True
-
-
-def test_unknown_shift_is_a_one_line_error(trained_run):
-  result = subprocess.run([sys.executable, "-m", "bloodcell_jax.robustness",
-                           f"--workdir={trained_run[0]}", "--shifts=defocus,warp"], cwd=ROOT,
-                          capture_output=True, text=True, env=subprocess_env())
-  assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith("error: --shifts: unknown warp")

@@ -17,6 +17,8 @@ from helpers.checkpoints import final_state, finished_steps
 from helpers.runs import TINY_OVERRIDES, run_launch, subprocess_env
 from helpers.runs import TRAINED_RUN_OVERRIDES as OVERRIDES
 
+pytestmark = pytest.mark.e2e
+
 TOTAL_STEPS = 12 * 18  # 288 training images in batches of 16
 
 

@@ -3,7 +3,7 @@ equals the whole batch; the weight average is the average it claims to be.
 
 In float64, so that the comparisons hold on any CPU: in float32 the layouts differ in
 the last bits of their reductions, by amounts that depend on the CPU (see
-tests/test_multihost.py). In float64 they agree to 1e-13 after 3 steps; RTOL leaves
+tests/e2e/test_multihost.py). In float64 they agree to 1e-13 after 3 steps; RTOL leaves
 four orders of magnitude for another CPU, and one example per device with
 unsynchronised BatchNorm statistics moves them by more than 1e-2."""
 
@@ -16,6 +16,8 @@ import pytest
 
 from helpers import ROOT
 from helpers.runs import run_launch, subprocess_env
+
+pytestmark = pytest.mark.e2e
 
 # Trains a tiny CNN for 3 steps per variant on however many devices XLA_FLAGS gives,
 # from the same initial state and batches; prints every variant's final variables.
@@ -62,7 +64,6 @@ variants = json.loads(sys.argv[1])
 print(json.dumps({"devices": jax.device_count(),
                   **{name: run(**kwargs) for name, kwargs in variants.items()}}))
 """
-
 
 def run_on(devices: int, **variants) -> dict:
   env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")

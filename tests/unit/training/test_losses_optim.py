@@ -80,9 +80,9 @@ def test_per_parameter_weight_decay_and_learning_rate_multipliers():
   grads = jax.tree.map(lambda p: p * 0.3, params)
   same = optim.make_optimizer(optim_config(name="adamw", learning_rate=0.1, weight_decay=0.5,
                                            weight_decay_rules=()), params, 1, 10)[0]
-  np.testing.assert_allclose(same.update(grads, same.init(params), params)[0]["c"]["bias"],
-                             reference.update(grads, reference.init(params), params)[0]["c"]["bias"],
-                             rtol=1e-6)
+  got = same.update(grads, same.init(params), params)[0]["c"]["bias"]
+  want = reference.update(grads, reference.init(params), params)[0]["c"]["bias"]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def optim_config(**overrides):

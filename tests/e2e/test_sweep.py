@@ -18,6 +18,8 @@ from helpers import ROOT
 from helpers.browser import needs_chromium, open_page
 from helpers.runs import subprocess_env
 
+pytestmark = pytest.mark.e2e
+
 # Two seeds of one tiny CNN (a group, so the table gains an ensemble row) and a run that
 # fails once its data is loaded.
 SWEEP_FILE = """
@@ -188,6 +190,7 @@ def test_predict_averages_runs_with_tta_and_temperature(sequential, tmp_path):
   np.testing.assert_allclose(ensemble, np.mean(each, axis=0), atol=2e-6)
 
 
+@pytest.mark.browser
 @needs_chromium
 def test_run_and_sweep_reports_render_in_headless_chromium(sequential):
   workdir, _ = sequential
@@ -216,25 +219,3 @@ def test_run_and_sweep_reports_render_in_headless_chromium(sequential):
   assert chart and chart[0]["complete"] and chart[0]["width"] > 300
   assert "tiny.seed0/report.html" in sweep_page["links"]
   assert "failed: config.batch_size=4096" in sweep_page["text"]
-
-
-def test_sweep_helpers_build_grids_names_and_seed_groups():
-  from bloodcell_jax.errors import UserError  # pylint: disable=g-import-not-at-top
-  from bloodcell_jax.sweep import hyper  # pylint: disable=g-import-not-at-top
-  grid = hyper.product(hyper.sweep("optim.name", ["adam", "lion"]),
-                       hyper.sweep("loss.l2", [1e-3, 1e-4]))
-  assert grid[1] == {"optim.name": "adam", "loss.l2": 1e-4} and len(grid) == 4
-  paired = hyper.zipit(hyper.sweep("optim.name", ["adam", "lion"]),
-                       hyper.sweep("optim.learning_rate", [1e-3, 3e-4]))
-  assert paired == [{"optim.name": "adam", "optim.learning_rate": 1e-3},
-                    {"optim.name": "lion", "optim.learning_rate": 3e-4}]
-  with pytest.raises(UserError, match="axes of different lengths"):
-    hyper.zipit(hyper.sweep("a", [1, 2]), hyper.sweep("b", [1]))
-  assert list(hyper.named(paired)) == ["name=adam,learning_rate=0.001",
-                                       "name=lion,learning_rate=0.0003"]
-  seeded = hyper.with_seeds({"base": {}, "lion": {"optim.name": "lion"}}, 2)
-  assert list(seeded) == ["base.seed0", "base.seed1", "lion.seed0", "lion.seed1"]
-  assert seeded["lion.seed1"] == {"optim.name": "lion", "seed": 1}
-  assert hyper.group_of("lion.seed1") == "lion"
-  assert list(hyper.reseeded(seeded, 3)) == [f"{g}.seed{s}" for g in ("base", "lion")
-                                             for s in range(3)]
