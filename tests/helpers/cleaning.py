@@ -4,6 +4,7 @@
 import hashlib
 import os
 
+import ml_collections
 import numpy as np
 from PIL import Image
 from scipy import ndimage
@@ -35,6 +36,22 @@ def cells(n, seed=0):
   texture *= 8.0 / texture.std()
   images = np.clip(data.images + texture[..., None], 0, 255).astype(np.uint8)
   return images, data.labels, "generated"
+
+
+def as_image_set(images, labels, ids=None, name="test"):
+  """An ImageSet of the PBC classes; ids "0", "1", ... unless given."""
+  ids = np.asarray(ids if ids is not None else [str(i) for i in range(len(images))])
+  return image_set.ImageSet(images, np.asarray(labels, np.int32), ids, image_set.PBC_CLASS_NAMES,
+                            name=name)
+
+
+def data_config(train, cache_dir, **cleaning):
+  """config.data for training on `train` with cleaning on (cached under `cache_dir`), a quarter
+  for validation."""
+  return ml_collections.ConfigDict({
+      "train": train, "val": "", "test": "", "val_fraction": 0.25,
+      "class_names": image_set.PBC_CLASS_NAMES, "synthetic_size": 0, "clean": True,
+      "cleaning": {"cache_dir": str(cache_dir), "keep_file": "", **cleaning}})
 
 
 def write_folder(root, images, labels, names=None, fmt="JPEG"):

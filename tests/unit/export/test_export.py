@@ -1,142 +1,26 @@
-"""Exported models (SavedModel, ONNX, LiteRT) give the JAX model's probabilities, carry their
-metadata (tests/e2e/test_export_cli.py runs the program on a trained run)."""
+"""Exported models (SavedModel, ONNX, LiteRT) give the JAX model's probabilities and carry their
+metadata: the CNN here; EfficientNetV2-B0 and a small ConvNeXt in tests/e2e/test_export_formats.py,
+the program on a trained run in tests/e2e/test_export_cli.py."""
 
-import dataclasses
-import functools
-
-import jax
-import numpy as np
-import onnx
 import pytest
 
-from bloodcell_jax import models
-from bloodcell_jax.data import image_set
-from bloodcell_jax.export import runtimes as exported
-from bloodcell_jax.export import writer as export
-from bloodcell_jax.models import convnext, portable
-from bloodcell_jax.training import steps
-from helpers.images import sixteen_cells
-
-SIZE = 32
-FORMATS = (("saved_model", "float32", 1e-5), ("onnx", "float32", 1e-5),
-           ("tflite", "float32", 1e-5), ("tflite", "float16", 1e-3))
+from helpers import exporting
 
 
-def host_variables(model, seed=0):
-  """Variables drawn on the host (initialising B0 in JAX compiles for seconds), with
-  BatchNorm statistics away from (0, 1) so that inference mode matters."""
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name = path[-1].key
-    if name == "var":
-      return rng.uniform(0.5, 2.0, leaf.shape).astype(leaf.dtype)
-    if name in ("mean", "bias"):
-      return (0.1 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-    if name == "scale":
-      return rng.uniform(0.8, 1.2, leaf.shape).astype(leaf.dtype)
-    fan_in = np.prod(leaf.shape[:-1])
-    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
-  params, batch_stats = jax.tree_util.tree_map_with_path(draw, jax.eval_shape(
-      functools.partial(steps.init_variables, model, image_size=SIZE), jax.random.PRNGKey(0)))
-  return {"params": params, "batch_stats": batch_stats}
-
-
-def with_logit_scale(model, variables, head: str, images, scale: float = 3.0):
-  """`variables` with the classifier `head` scaled so that the logits' spread is `scale`:
-  confident but not saturated probabilities, where an export's error would show."""
-  logits = jax.jit(functools.partial(model.apply, train=False))(variables, images)
-  factor = scale / float(np.std(logits))
-  layer = {k: v * factor for k, v in variables["params"][head].items()}
-  return {**variables, "params": {**variables["params"], head: layer}}
-
-
-@pytest.fixture(scope="module", params=["cnn", "efficientnetv2-b0"])
+@pytest.fixture(scope="module", params=["cnn"])
 def exportable(request):
-  model = models.get_model(request.param, num_classes=8)
-  variables = with_logit_scale(model, host_variables(model),
-                               models.get_spec(request.param).head[-1],
-                               sixteen_cells(SIZE).astype(np.float32))
-  metadata = {"class_names": list(image_set.PBC_CLASS_NAMES), "image_size": SIZE,
-              "model": request.param, "val_accuracy": 0.5}
-  return export.Exportable(export.probability_function(model), variables, SIZE, metadata)
+  return exporting.exportable(request.param)
 
 
 @pytest.fixture(scope="module")
 def converted(exportable, tmp_path_factory):
-  """{(format, weights): path} of `exportable`, LiteRT and ONNX converted from one SavedModel
-  traced for conversion (as bloodcell_jax.export does for each)."""
-  directory = tmp_path_factory.mktemp("export")
-  metadata = {**exportable.metadata, "format": "tflite"}
-  saved_model = str(directory / "for_conversion")
-  export.write_saved_model(exportable, saved_model, metadata, for_conversion=True)
-  paths = {}
-  for weights in ("float32", "float16"):
-    paths["tflite", weights] = str(directory / f"{weights}.tflite")
-    with open(paths["tflite", weights], "wb") as f:
-      f.write(export.tflite_model(saved_model, weights, {**metadata, "tflite_weights": weights}))
-  paths["onnx", "float32"] = str(directory / "model.onnx")
-  onnx.save(export.onnx_model(paths["tflite", "float32"], {**metadata, "format": "onnx"}),
-            paths["onnx", "float32"])
-  paths["saved_model", "float32"] = str(directory / "saved_model")
-  export.export(exportable, "saved_model", paths["saved_model", "float32"])
-  return paths
+  """{(format, weights): path} of `exportable` (exporting.convert)."""
+  return exporting.convert(exportable, tmp_path_factory.mktemp("export"))
 
 
-@pytest.mark.parametrize("export_format,weights,tolerance", FORMATS)
+@pytest.mark.parametrize("export_format,weights,tolerance", exporting.FORMATS)
 def test_every_format_gives_the_jax_probabilities_at_any_batch_size(exportable, converted,
                                                                      export_format, weights,
                                                                      tolerance):
-  images = sixteen_cells(SIZE)
-  want = np.asarray(jax.jit(exportable.probabilities)(exportable.variables, images))
-  # Confident, unsaturated outputs: a wrong export could not pass by chance.
-  assert want.max() > 0.6 and np.median(want.max(axis=1)) < 0.999
-  model = exported.load(converted[export_format, weights])
-  for batch_size in (1, 7):  # one file, a dynamic batch dimension
-    np.testing.assert_allclose(model.predict(images, batch_size), want, rtol=0, atol=tolerance)
-  assert model.metadata["class_names"] == list(image_set.PBC_CLASS_NAMES)
-  assert (model.metadata["image_size"], model.metadata["model"], model.metadata["format"]) == (
-      SIZE, exportable.metadata["model"], export_format)
-  with pytest.raises(Exception, match=r"expected uint8 images \[N, 32, 32, 3\]"):
-    model.predict(images.astype(np.float32))
-
-
-def primitives(jaxpr):
-  """(primitive name, operand ranks) of every equation, nested jaxprs included."""
-  for eqn in jaxpr.eqns:
-    yield eqn.primitive.name, tuple(getattr(v.aval, "ndim", 0) for v in eqn.invars)
-    for value in eqn.params.values():
-      for inner in value if isinstance(value, (tuple, list)) else (value,):
-        inner = getattr(inner, "jaxpr", inner)
-        if hasattr(inner, "eqns"):
-          yield from primitives(inner)
-
-
-def test_convnext_traced_with_standard_ops_is_the_same_function_and_exports_to_litert(
-    tmp_path, monkeypatch):
-  """ConvNeXt's Dense layers on feature maps, exact GELU and 7x7 depthwise convolutions, in
-  the forms LiteRT's converter reads, give the probabilities of the model as trained (the CNN
-  and B0 cover the other formats above)."""
-  images = sixteen_cells(SIZE)
-  tiny = dataclasses.replace(convnext.VARIANTS["convnext-tiny"], depths=(1, 1, 2, 1),
-                             widths=(8, 16, 24, 32))
-  monkeypatch.setitem(convnext.VARIANTS, "convnext-test", tiny)
-  model = convnext.ConvNeXt(variant="convnext-test", num_classes=8)
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.PRNGKey(0), images[:1].astype(np.float32))
-  variables = with_logit_scale(model, variables, "predictions", images.astype(np.float32))
-  apply = functools.partial(model.apply, train=False)
-  with portable.standard_ops():
-    used = set(primitives(jax.make_jaxpr(apply)(variables, images.astype(np.float32)).jaxpr))
-  names = {name for name, _ in used}
-  assert "conv_general_dilated" in names
-  assert not names & {"erf", "erfc", "gather", "platform_index"}
-  assert all(max(ranks) <= 2 for name, ranks in used if name == "dot_general")
-
-  exportable = export.Exportable(export.probability_function(model), variables, SIZE,
-                                 {"class_names": list(image_set.PBC_CLASS_NAMES),
-                                  "image_size": SIZE, "model": "convnext-tiny"})
-  export.export(exportable, "tflite", str(tmp_path / "convnext.tflite"))
-  want = np.asarray(jax.jit(exportable.probabilities)(variables, images))
-  got = exported.load(str(tmp_path / "convnext.tflite")).predict(images, 7)
-  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+  exporting.assert_gives_the_jax_probabilities(exportable, converted[export_format, weights],
+                                               export_format, tolerance)
