@@ -5,6 +5,7 @@ import ast
 import subprocess
 import sys
 
+import jax  # noqa: F401  (see below)
 import pytest
 
 from helpers import ROOT
@@ -12,7 +13,9 @@ from helpers.runs import subprocess_env
 
 pytestmark = pytest.mark.e2e
 
-
+# The test process imports JAX (a full run always has): the variables JAX's import sets
+# (TPU_SKIP_MDS_QUERY) are inherited by the processes below, so that only TF_CPP_MIN_LOG_LEVEL,
+# removed from their environment, shows as set again.
 CHANGED = ("print({k: os.environ.get(k) for k in before.keys() | os.environ.keys() "
            "if before.get(k) != os.environ.get(k)})")
 
@@ -24,7 +27,7 @@ CHANGED = ("print({k: os.environ.get(k) for k in before.keys() | os.environ.keys
     # A recipe and the pipeline, after the libraries underneath, which set variables of their
     # own on import (TensorFlow's TF2_BEHAVIOR, h5py's HDF5_PLUGIN_PATH).
     ("import tensorflow, h5py, sklearn, matplotlib, jax; before = dict(os.environ); "
-     "import bloodcell_jax.data.pipeline, bloodcell_jax.train; from configs import effnet; "
+     "import bloodcell_jax.data.pipeline, bloodcell_jax.trainer.run; from configs import effnet; "
      "effnet.get_config()", {})])
 def test_importing_the_library_and_loading_a_config_change_no_environment_variable(imports,
                                                                                   allowed):
