@@ -1,4 +1,6 @@
-"""Train and evaluate: `python launch.py --config=configs/cnn.py --workdir=DIR [--config.key=value]`.
+"""Train and evaluate one recipe.
+
+  python launch.py --config=configs/cnn.py --workdir=DIR [--config.key=value]
 
 The same program as `bloodcell-train` (bloodcell_jax/cli/train.py), runnable from a checkout
 without installing the package.

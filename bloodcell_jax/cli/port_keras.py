@@ -43,8 +43,8 @@ def main(argv):
   except (ValueError, TypeError) as e:
     raise UserError(f"--model_args={_F.model_args}: expected a JSON object such as "
                     f"'{{\"alpha\": 0.75}}' ({e})") from None
-  variables, include_top = keras_port.port(model_name, keras_port.read_keras_weights(model_name, path, model_args), path,
-                                model_args)
+  weights = keras_port.read_keras_weights(model_name, path, model_args)
+  variables, include_top = keras_port.port(model_name, weights, path, model_args)
   count = sum(np.size(v) for v in jax.tree.leaves(variables["params"]))
   checkpoint.save_ported(variables, _F.out, {"model": model_name, "include_top": include_top,
                                      "model_args": model_args, "source": os.path.abspath(path),

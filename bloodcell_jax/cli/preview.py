@@ -38,7 +38,8 @@ def main(argv):
   try:
     magnitudes = [float(m) for m in _MAGNITUDES.value]
   except ValueError:
-    raise UserError(f"--magnitudes={','.join(_MAGNITUDES.value)}: expected numbers in [0, 1]")
+    raise UserError(f"--magnitudes={','.join(_MAGNITUDES.value)}: expected numbers in "
+                    "[0, 1]") from None
   if not all(0.0 <= m <= 1.0 for m in magnitudes):
     raise UserError(f"--magnitudes={','.join(_MAGNITUDES.value)}: expected numbers in [0, 1]")
   data = sources.load_source(config.data.train, config.image_size,

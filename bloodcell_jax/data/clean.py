@@ -1,4 +1,7 @@
-"""`python -m bloodcell_jax.data.clean`, kept working: the program is bloodcell_jax/cli/clean.py."""
+"""Keeps `python -m bloodcell_jax.data.clean` working.
+
+The program is bloodcell_jax/cli/clean.py.
+"""
 
 if __name__ == "__main__":
   from bloodcell_jax.cli import clean  # pylint: disable=g-import-not-at-top

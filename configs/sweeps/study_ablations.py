@@ -1,6 +1,6 @@
 """The study's failed experiments, each a change to the custom CNN of configs/cnn.py.
 
-  python -m bloodcell_jax.sweep --config=configs/sweeps/study_ablations.py --workdir=runs/ablations \\
+  bloodcell-sweep --config=configs/sweeps/study_ablations.py --workdir=runs/ablations \\
       --config.data.train=../shared/data/pbc96 [--seeds=3] [--config.num_epochs=3]
 
 The baseline is configs/cnn.py (Adam, BatchNorm, global average pooling, ReLU, L2 1e-3 on

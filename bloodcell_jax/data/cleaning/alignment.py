@@ -24,8 +24,9 @@ _FINE_SIGMA, _COARSE_SIGMA = 1.0, 4.0
 
 def band_pass(lum: np.ndarray) -> np.ndarray:
   """Detail of (N, H, W) luma between fine noise and the coarse shape."""
-  fine = ndimage.gaussian_filter(lum, (0, _FINE_SIGMA, _FINE_SIGMA), mode="nearest", truncate=3.0)
-  coarse = ndimage.gaussian_filter(lum, (0, _COARSE_SIGMA, _COARSE_SIGMA), mode="nearest", truncate=3.0)
+  blur = lambda sigma: ndimage.gaussian_filter(lum, (0, sigma, sigma), mode="nearest",
+                                               truncate=3.0)
+  fine, coarse = blur(_FINE_SIGMA), blur(_COARSE_SIGMA)
   return fine - coarse
 
 

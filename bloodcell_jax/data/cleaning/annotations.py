@@ -10,10 +10,10 @@ what it covers, opaque or not, half of them re-encoded as JPEG) give the
 positives, the tiles the ink covers. Each of two classifiers is fitted on one
 half of the images and scores the other, and a second round is fitted without
 the images the first finds written over: a written-over image among the
-negatives would otherwise teach the classifier that writing is normal. A gradient-boosted tree model (scikit-learn) sees, per tile, how
-much darker or lighter than their surroundings thin lines are, |Laplacian|, how
-far the colours lie from the data's colour gamut, and the mean colour and
-contrast. An image's score is the mean of its 3 highest tile log-odds, as a
+negatives would otherwise teach the classifier that writing is normal. A gradient-boosted
+tree model (scikit-learn) sees, per tile, how much darker or lighter than their surroundings
+thin lines are, |Laplacian|, how far the colours lie from the data's colour gamut, and the
+mean colour and contrast. An image's score is the mean of its 3 highest tile log-odds, as a
 robust z-score among the data's images, so that the threshold means the same on
 a data set of granular cells as on a smooth one.
 """

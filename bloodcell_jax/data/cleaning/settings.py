@@ -11,7 +11,7 @@ class CleaningSettings:
 
   The defaults flag under 0.1% of a clean set (13,598 PBC images: 7, 0.05%) and
   find at least 95% of each kind of injected contamination and near duplicate
-  (tests/test_clean.py).
+  (tests/e2e/test_clean_passes.py).
   """
   # Near duplicates: candidates share a hash code in one of `near_tables` tables
   # (in any of the 8 flips/turns) and lie within `near_radius` in thumbnail space;

@@ -1,0 +1,56 @@
+"""The export program on a trained run: `predict --model` on its file gives what
+`predict --workdir` gives on the run."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from bloodcell_jax import atomic
+from bloodcell_jax.config import recorded
+from bloodcell_jax.export import runtimes
+from bloodcell_jax.results import predictions
+from bloodcell_jax.training import run_files
+from helpers.images import sixteen_cells
+from helpers.runs import run_module
+
+pytestmark = pytest.mark.e2e
+
+
+def test_export_cli_and_predict_model_equal_predict_workdir(trained_run, tmp_path):
+  workdir, _ = trained_run
+  folder = tmp_path / "cells"
+  folder.mkdir()
+  for i, image in enumerate(sixteen_cells(32)):
+    Image.fromarray(image).save(folder / f"{i:02d}.png")
+  onnx_file = str(tmp_path / "run.onnx")
+  code, stdout, _ = run_module("bloodcell_jax.export", f"--workdir={workdir}", "--format=onnx",
+                               f"--out={onnx_file}", "--tta=flips", "--calibrated")
+  assert code == 0 and "max |difference| to JAX" in stdout
+  model = runtimes.load(onnx_file)
+  results = atomic.read_json(os.path.join(workdir, run_files.RESULTS))
+  with open(os.path.join(workdir, run_files.CONFIG)) as f:
+    config = ml_collections.ConfigDict(recorded.upgrade_recorded(json.load(f)))
+  assert model.metadata["val_accuracy"] == results["val_accuracy"]
+  assert model.metadata["config_digest"] == recorded.config_digest(config)
+  assert model.metadata["source_run"] == os.path.abspath(workdir)
+  assert (model.metadata["tta"], model.metadata["temperature"]) == (
+      "flips", atomic.read_json(os.path.join(workdir, run_files.CALIBRATION))["temperature"])
+
+  by_model, by_run = tmp_path / "model.csv", tmp_path / "run.csv"
+  assert run_module("bloodcell_jax.predict", f"--model={onnx_file}", f"--input={folder}",
+                    f"--output={by_model}")[0] == 0
+  assert run_module("bloodcell_jax.predict", f"--workdir={workdir}", "--tta=flips",
+                    "--calibrated", f"--input={folder}", f"--output={by_run}")[0] == 0
+  ids, _, got, names = predictions.read_probabilities(str(by_model))
+  want_ids, _, want, want_names = predictions.read_probabilities(str(by_run))
+  assert (ids, names) == (want_ids, want_names) and len(ids) == 16
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # 6 decimals in the CSVs
+
+  assert run_module("bloodcell_jax.predict", f"--model={onnx_file}", "--tta=d4",
+                    f"--input={folder}")[2] == [
+      "error: --tta: for --workdir runs; an exported model has its weights, TTA and "
+      "calibration chosen at export"]

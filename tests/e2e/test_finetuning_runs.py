@@ -1,0 +1,93 @@
+"""Staged fine-tuning chained through checkpoints, and the few-shot adaptation recipe, as
+runs of launch.py."""
+
+import json
+
+import numpy as np
+import pytest
+from flax import traverse_util
+from PIL import Image
+
+from bloodcell_jax.augment import shifts
+from bloodcell_jax.data import synthetic
+from bloodcell_jax.training import run_files
+from bloodcell_jax.weights import init_from
+from helpers.runs import run_launch
+
+pytestmark = pytest.mark.e2e
+
+SIZE = 32
+
+STAGED_CONFIG = """
+from configs import cnn
+
+
+def get_config():
+  config = cnn.get_config()
+  config.stages.s1_head = dict(num_epochs=1,
+                               optim=dict(freeze=[("logits/.*", "train"), (".*", "freeze")]))
+  config.stages.s2_top = dict(num_epochs=1, optim=dict(freeze=["conv0/.*=freeze", ".*=train"]))
+  config.stages.s3_all = dict(num_epochs=1, optim=dict(freeze=()))
+  return config
+"""
+
+def test_staged_run_chains_stages_through_best_checkpoints(tmp_path):
+  config_file = tmp_path / "staged.py"
+  config_file.write_text(STAGED_CONFIG)
+  workdir = tmp_path / "run"
+  run_launch(workdir, config=str(config_file))
+  results = json.loads((workdir / run_files.RESULTS).read_text())
+  names = ["s1_head", "s2_top", "s3_all"]
+  assert list(results["stages"]) == names
+  assert results["val_accuracy"] == results["stages"]["s3_all"]["val_accuracy"]
+  params = {n: traverse_util.flatten_dict(
+      init_from.load_variables(str(workdir / n), "cnn")["params"], sep="/") for n in names}
+  weights = {n: results["stages"][n]["weights"] for n in names}
+  assert weights["s1_head"]["from"] is None
+  assert weights["s2_top"]["from"] == str(workdir / "s1_head")
+  assert weights["s2_top"]["head_reinitialised"] == []  # later stages keep the head
+  # Each stage starts from the previous best: what a stage froze is exactly that.
+  np.testing.assert_array_equal(params["s2_top"]["conv0/kernel"],
+                                params["s1_head"]["conv0/kernel"])
+  assert not np.array_equal(params["s2_top"]["conv1/kernel"], params["s1_head"]["conv1/kernel"])
+  assert not np.array_equal(params["s3_all"]["conv0/kernel"], params["s2_top"]["conv0/kernel"])
+
+
+def write_lab_folder(root, per_class: int, seed: int):
+  """A few labelled 'new lab' images: the synthetic cells with another stain, per class."""
+  data = synthetic.generate(per_class * 8 * 3, SIZE, seed=seed)
+  root.mkdir()
+  for c, name in enumerate(data.class_names):
+    (root / name).mkdir()
+    chosen = np.flatnonzero(data.labels == c)[:per_class]
+    for i in chosen:
+      shifted = shifts.apply("stain", data.images[i:i + 1], 0.6,
+                             np.full((1, 6), 0.9, np.float32)).numpy()[0]
+      Image.fromarray(shifted.astype(np.uint8)).save(root / name / f"{i}.png")
+  return root
+
+
+def test_few_shot_adaptation_recipe_starts_from_the_run_and_needs_no_validation(trained_run,
+                                                                                tmp_path):
+  source, _ = trained_run
+  lab = write_lab_folder(tmp_path / "lab", per_class=2, seed=5)
+  held_out = write_lab_folder(tmp_path / "held_out", per_class=1, seed=6)
+  workdir = tmp_path / "adapted"
+  result = run_launch(workdir, f"--config.data.train={lab}", f"--config.data.test={held_out}",
+                      "--config.num_epochs=3", config=f"configs/adapt.py:{source}", tiny=False)
+  assert "no validation set" in result.stderr
+  results = json.loads((workdir / run_files.RESULTS).read_text())
+  assert results["val_accuracy"] is None and results["num_val"] == 0
+  assert (results["num_train"], results["num_test"]) == (16, 8)
+  assert results["test_accuracy"] is not None and results["steps"] == results["best_step"] == 3
+  assert results["weights"]["from"] == source and results["weights"]["head_reinitialised"] == []
+  config = json.loads((workdir / run_files.CONFIG).read_text())
+  assert config["model"] == json.loads(open(f"{source}/config.json").read())["model"]
+  assert config["init"] == {"weights": source, "head": "keep", "frozen_bn_mode": "inference"}
+
+  missing = run_launch(tmp_path / "other", config="configs/adapt.py:/no/such/run", tiny=False,
+                       check=False)
+  assert missing.returncode == 2
+  assert missing.stderr.strip().splitlines()[-1] == (
+      "error: --config=configs/adapt.py:/no/such/run: /no/such/run/config.json: missing; after "
+      "':' name a training run's workdir")

@@ -1,0 +1,31 @@
+"""The config schema: every recipe passes it, and cross-key rules and stages are checked."""
+
+import glob
+import os
+
+import pytest
+
+from bloodcell_jax.config import recipes, schema
+from bloodcell_jax.errors import UserError
+from helpers import ROOT
+
+
+def test_every_recipe_passes_the_schema_which_has_a_rule_for_each_of_its_keys():
+  for path in sorted(glob.glob(os.path.join(ROOT, "configs", "[!_]*.py"))):
+    schema.validate(recipes.load_config_file(path))  # a key without a rule is an error
+
+
+def test_cross_key_rules_and_stages_are_checked():
+  config = recipes.load_config_file(os.path.join(ROOT, "configs", "effnet_staged.py"))
+  with config.unlocked():
+    config.stages.s3_full.optim.learning_rate = -1.0
+  with pytest.raises(UserError, match=r"^config.optim.learning_rate=-1.0: expected a number >= "
+                     r"0.0 \(stage s3_full\)$"):
+    schema.validate(config)
+  config = recipes.load_config_file(os.path.join(ROOT, "configs", "cnn.py"))
+  config.train.early_stopping_metric = "ema_val_accuracy"
+  with pytest.raises(UserError, match="needs a weight average"):
+    schema.validate(config)
+  config.train.early_stopping_metric, config.optim.weight_decay = "val_loss", 0.1
+  with pytest.raises(UserError, match="decoupled decay needs optim.name=adamw"):
+    schema.validate(config)

@@ -1,0 +1,105 @@
+import glob
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bloodcell_jax import models
+from bloodcell_jax.augment import ops as augment
+from bloodcell_jax.config import recipes
+from bloodcell_jax.errors import UserError
+from bloodcell_jax.models.layers import max_pool_2x2, normalize_input
+from helpers import ROOT
+
+
+def reference_pool(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2)])
+def test_max_pool_and_its_gradient_match_reduce_window(shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  np.testing.assert_array_equal(max_pool_2x2(x), reference_pool(x))
+  cotangent = jax.random.normal(jax.random.PRNGKey(1), reference_pool(x).shape)
+  ours = jax.grad(lambda x: jnp.vdot(max_pool_2x2(x), cotangent))(x)
+  reference = jax.grad(lambda x: jnp.vdot(reference_pool(x), cotangent))(x)
+  np.testing.assert_allclose(ours, reference, rtol=1e-6)
+
+
+def test_cnn_without_norm_equals_the_study_block_order():
+  """Conv -> Pool -> ReLU (ours) equals the study's Conv -> ReLU -> Pool."""
+  model = models.get_model("cnn", num_classes=8, filters=(4, 8), dense_units=6)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3), maxval=255.0)
+  variables = model.init(jax.random.PRNGKey(1), x)
+  params = variables["params"]
+  h = x / 255.0
+  for i in range(2):
+    conv = params[f"conv{i}"]
+    h = jax.lax.conv_general_dilated(h, conv["kernel"], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv["bias"]
+    h = reference_pool(jax.nn.relu(h))
+  h = jax.nn.relu(h.reshape(2, -1) @ params["dense"]["kernel"] + params["dense"]["bias"])
+  expected = h @ params["logits"]["kernel"] + params["logits"]["bias"]
+  np.testing.assert_allclose(model.apply(variables, x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm, head, collections", [
+    ("batch", "flatten", {"params", "batch_stats"}),
+    ("group", "gap", {"params"}),
+    ("none", "gap", {"params"}),
+])
+def test_cnn_variants(norm, head, collections):
+  model = models.get_model("cnn", num_classes=5, filters=(4, 8, 8, 8), dense_units=6,
+                           norm=norm, head=head, activation="leaky_relu")
+  x = jnp.ones((3, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  assert set(variables) == collections
+  logits = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
+                       mutable=["batch_stats"])[0]
+  assert logits.shape == (3, 5)
+  dense_in = variables["params"]["dense"]["kernel"].shape[0]
+  assert dense_in == (8 * 2 * 2 if head == "flatten" else 8)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  model = models.get_model("cnn", filters=(4, 4, 4, 4), dense_units=4, dtype=jnp.bfloat16)
+  variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 32, 32, 3)))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  assert model.apply(variables, jnp.ones((1, 32, 32, 3))).dtype == jnp.float32
+
+
+def test_unknown_model_and_knobs_are_user_errors():
+  with pytest.raises(UserError, match="config.model.name='resnet': unknown model"):
+    models.get_model("resnet")
+  with pytest.raises(UserError, match="config.model.norm='layer'"):
+    models.get_model("cnn", norm="layer")
+
+
+RECIPES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if os.path.basename(p) not in ("__init__.py", "default.py", "effnet_common.py"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_every_recipe_builds_its_model_and_augmentation(path):
+  config = recipes.load_config_file(path)
+  for where in ("train", "eval_strong"):
+    augment.parse(config.augment[where], f"config.augment.{where}")
+  model = models.build_model(config, 8)
+  assert model.input_norm == config.model.get("input_norm", "none")
+
+
+def test_input_normalisations_remove_what_they_claim():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(40, 200, (2, 16, 16, 3)), jnp.float32)
+  gains, offsets = jnp.asarray([0.7, 1.0, 1.3]), jnp.asarray([10.0, -5.0, 20.0])
+  # grey world: a white balance (channel gains) is gone; standardised: gains and offsets.
+  np.testing.assert_allclose(normalize_input(x * gains, "grey_world"),
+                             normalize_input(x, "grey_world") * jnp.mean(gains * x.mean(
+                                 (1, 2), keepdims=True), -1, keepdims=True) /
+                             x.mean((1, 2, 3), keepdims=True), rtol=1e-4)
+  np.testing.assert_allclose(normalize_input(x * gains + offsets, "channel_standardize"),
+                             normalize_input(x, "channel_standardize"), rtol=1e-4, atol=1e-3)
+  np.testing.assert_array_equal(normalize_input(x, "none"), x)
