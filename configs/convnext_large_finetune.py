@@ -2,7 +2,7 @@
 study's final augmentation (RandAugment + AugMix + random brightness and contrast, as in
 configs/effnet.py).
 
-Start from ImageNet (python -m bloodcell_jax.weights.keras_port --model=convnext-large
+Start from ImageNet (bloodcell-port-keras --model=convnext-large
 --keras_weights=convnext_large_notop.h5 --out=weights/convnext_large_imagenet, then
 --config.init.weights=weights/convnext_large_imagenet) or from a transfer run of the same model
 (--config.init.weights=<workdir> --config.init.head=keep). 198M parameters: on a CPU the

@@ -33,7 +33,7 @@ def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
   config.data.class_names = PBC_CLASS_NAMES  # for .npz sources (ImageFolder uses folder names)
   config.data.synthetic_size = 2000
   # Clean data.train before the split (duplicates, label conflicts, contamination, copies
-  # of data.val / data.test); cached by content. See README "Cleaning".
+  # of data.val / data.test); cached by content. See docs/data-and-cleaning.md.
   config.data.clean = False
   config.data.cleaning = ml_collections.ConfigDict()
   config.data.cleaning.cache_dir = ""  # empty: ~/.cache/bloodcell_jax/cleaning

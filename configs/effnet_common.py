@@ -1,6 +1,6 @@
 """What the EfficientNetV2-S recipes share: configs/transfer_common.py with EfficientNetV2-S.
 
-Pretrained start: python -m bloodcell_jax.weights.keras_port --model=efficientnetv2-s \\
+Pretrained start: bloodcell-port-keras --model=efficientnetv2-s \\
     --keras_weights=efficientnetv2-s_notop.h5 --out=weights/effnetv2s_imagenet
 then --config.init.weights=weights/effnetv2s_imagenet.
 """

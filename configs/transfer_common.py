@@ -1,9 +1,9 @@
 """What the study's transfer-learning and fine-tuning recipes share: an ImageNet backbone with the
 study's head (Flatten, Dropout, Dense, Dropout, Dense(8)), Adam, class weights, no L2.
 
-Pretrained start: port the official Keras ImageNet file once (the file names are in the
-README), e.g.
-  python -m bloodcell_jax.weights.keras_port --model=efficientnetv2-s \\
+Pretrained start: port the official Keras ImageNet file once (the file names are in
+docs/backbones.md), e.g.
+  bloodcell-port-keras --model=efficientnetv2-s \\
       --keras_weights=efficientnetv2-s_notop.h5 --out=weights/effnetv2s_imagenet
 and pass --config.init.weights=weights/effnetv2s_imagenet (a Keras .h5 works too).
 Without it the run logs that it trains from scratch. As a recipe of its own:

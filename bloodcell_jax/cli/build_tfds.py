@@ -1,6 +1,6 @@
 """Prepare the `pbc_cells` tensorflow-datasets dataset (bloodcell_jax/data/tfds_pbc.py).
 
-  python -m bloodcell_jax.data.build_tfds --source=../shared/data/pbc96 \\
+  bloodcell-build-tfds --source=../shared/data/pbc96 \\
       --keep_file=/tmp/clean_pbc96/keep.txt --name=pbc96_clean --data_dir=DIR
 
 then `tfds.load("pbc_cells/pbc96_clean", split="train", data_dir=DIR)` after

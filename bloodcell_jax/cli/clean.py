@@ -1,6 +1,6 @@
 """Find duplicates, near duplicates, label conflicts, contamination and test leakage.
 
-  python -m bloodcell_jax.data.clean --data=PATH [--test=PATH] --out=DIR
+  bloodcell-clean --data=PATH [--test=PATH] --out=DIR
 
 PATH is an ImageFolder or an .npz (as config.data.train takes). Writes into DIR:
 report.json (one finding per entry: kind, ids, score, details), keep.txt (the
@@ -60,7 +60,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _DATA.value or not _OUT.value:
-    raise UserError("--data and --out are required (python -m bloodcell_jax.data.clean "
+    raise UserError("--data and --out are required (bloodcell-clean "
                     "--data=PATH --out=DIR)")
   check_out_dir(_OUT.value, _DATA.value, _TEST.value)
   chosen = settings_from_flags()

@@ -1,7 +1,7 @@
 """A picture of what the augmentation does: every op at a few magnitudes, then the whole pipeline.
 
-  python -m bloodcell_jax.data.preview --config=configs/effnet.py --out=grid.png
-  python -m bloodcell_jax.data.preview --config=configs/cnn_strong.py \\
+  bloodcell-preview --config=configs/effnet.py --out=grid.png
+  bloodcell-preview --config=configs/cnn_strong.py \\
       --config.data.train=../shared/data/pbc96 --out=grid.png
 
 Rows of the first part: one op each (RandAugment's and AugMix's ops), on one

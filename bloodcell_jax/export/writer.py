@@ -20,8 +20,7 @@ Routes, each the one that converts every registered model on the pinned versions
   (bloodcell_jax/models/portable.py), less the broadcasts a dynamic batch spells out
   (litert_graph.py); float32, float16 or dynamic-range int8 weights.
 * ONNX: tf2onnx from the float32 LiteRT model, opset 18. tf2onnx cannot read XlaCallModule
-  ops, so not the SavedModel; the newest jax2onnx that installs beside these pins fails on
-  ConvNeXt and writes files that ONNX's checker rejects (README, "Export").
+  ops, so not the SavedModel; why not jax2onnx: docs/predict-and-export.md.
 
 After writing, the file is run on generated cells at batch sizes 1 and 7 and compared with
 the JAX model; a larger difference than the format's tolerance is an error.

@@ -7,7 +7,7 @@ transfer rows, three seeds each.
 Each row starts from its own recipe: the custom CNN (configs/cnn.py), ConvNeXtLarge
 fine-tuned (configs/convnext_large_finetune.py), EfficientNetV2-S transferred then
 fine-tuned (configs/effnet_staged.py), and the two transfer rows. The ImageNet rows
-start from the ports in weights/ (README, "ImageNet backbones") when they are there,
+start from the ports in weights/ (docs/backbones.md) when they are there,
 else from scratch with a warning. On a CPU the backbones take hours: run this sweep
 on accelerators (--parallel with one GPU or TPU chip per run, or --index from a job
 array).
