@@ -160,15 +160,15 @@ class Classification(Evaluator):
     return [("", "")] + [("_tta", tta)] * bool(tta)
 
   def metrics(self) -> List[Metric]:
-    declared = []
+    declared, title = [], _set_title(self.name)
     for suffix, _ in self._suffixes():
-      title, stem = _set_title(self.name) + (" TTA" if suffix else ""), self.name + suffix
+      tta = " TTA" if suffix else ""
       declared += [
-          Metric(f"{self.name}_accuracy{suffix}", f"{_set_title(self.name)} accuracy"
-                 + (" TTA" if suffix else ""), predictions=stem),
-          Metric(f"{self.name}_balanced_accuracy{suffix}", f"{title} balanced accuracy",
+          Metric(f"{self.name}_accuracy{suffix}", f"{title} accuracy{tta}",
+                 predictions=self.name + suffix),
+          Metric(f"{self.name}_balanced_accuracy{suffix}", f"{title} balanced accuracy{tta}",
                  table=not suffix),
-          Metric(f"{self.name}_loss{suffix}", f"{title} loss", kind="value", table=False)]
+          Metric(f"{self.name}_loss{suffix}", f"{title} loss{tta}", kind="value", table=False)]
     return declared
 
   def __call__(self, context: Context) -> dict:
