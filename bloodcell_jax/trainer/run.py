@@ -46,12 +46,12 @@ def run_stages(config, workdir: str, provenance: Optional[dict] = None) -> dict:
     previous = os.path.join(workdir, name)
     logging.info("stage %s: %s", name, json.dumps(config.stages[name].to_dict(), default=str))
     results[name] = train_and_evaluate(stage, previous, provenance)
-  final = dict(results[name], stages=results)
+  combined = dict(results[name], stages=results)
   if jax.process_index() == 0:
-    atomic.write_json(os.path.join(workdir, run_files.RESULTS), final)
+    atomic.write_json(os.path.join(workdir, run_files.RESULTS), combined)
     if config.eval.report:
       run_outputs.write_report(workdir)
-  return final
+  return combined
 
 
 def _initial_weights(config, state, mesh, tx):
