@@ -3,6 +3,7 @@
   bloodcell-predict --workdir=DIR --input=PATH --output=preds.csv
   bloodcell-predict --workdir=A --workdir=B --workdir=C --tta=d4 --calibrated ...
   bloodcell-predict --model=cnn.onnx --input=PATH --output=preds.csv
+  bloodcell-predict --workdir=DIR --input=PATH --classes=basophil,eosinophil,lymphocyte,...
 
 --model runs a model written by bloodcell_jax.export (a SavedModel directory, an .onnx or a
 .tflite file) in its own runtime, to check an export on real images without writing code;
@@ -16,6 +17,10 @@ divides each run's logits by the temperature fitted on its validation set (the
 probabilities change, the predicted classes do not). With --adapt_bn the BatchNorm
 statistics are first recomputed on the input images (test-time adaptation to another
 lab, see bloodcell_jax/adaptation.py).
+
+--classes restricts every image's prediction to those classes (a lab that sees white cells
+alone): the other classes' probabilities are set to 0 and the rest renormalised, so `pred`,
+`pred_name` and `confidence` come from the choice among the classes named.
 
 Writes one row per image: `id` (path relative to the input folder, or the row
 index of an .npz), `pred` (class index), `pred_name`, `confidence` (the predicted
@@ -44,6 +49,9 @@ _TTA = flags.DEFINE_string("tta", "", "Test-time augmentation: average over a vi
                            "rotations and reflections).")
 _CALIBRATED = flags.DEFINE_bool("calibrated", False, "Divide the logits by the temperature "
                                 "fitted on each run's validation set (calibration.json).")
+_CLASSES = flags.DEFINE_list("classes", [], "Restrict every prediction to these classes "
+                             "(comma-separated class names): the others' probabilities are "
+                             "set to 0 and the rest renormalised.")
 _ADAPT_BN = flags.DEFINE_bool("adapt_bn", False, "Recompute the BatchNorm statistics on the "
                               "input images before predicting them (AdaBN: for images from "
                               "another microscope, camera or stain; needs a few dozen images "
@@ -80,9 +88,21 @@ def model_probabilities(path: str, input_path: str):
   return ids, model.metadata["class_names"], model.predict(images, _BATCH_SIZE.value)
 
 
+def check_classes_early(workdirs) -> None:
+  """--classes checked against the first run's class names before any image is read."""
+  from bloodcell_jax import atomic  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax.evaluation import labelled_set  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax.training import run_files  # pylint: disable=g-import-not-at-top
+  if not _CLASSES.value or not workdirs:
+    return
+  manifest = atomic.read_json(os.path.join(workdirs[0], run_files.SPLIT_MANIFEST), {})
+  if isinstance(manifest, dict) and manifest.get("class_names"):
+    labelled_set.restriction(manifest["class_names"], _CLASSES.value)
+
+
 def main(argv):
   del argv
-  from bloodcell_jax.evaluation import tta  # pylint: disable=g-import-not-at-top
+  from bloodcell_jax.evaluation import labelled_set, tta  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.results import predictions  # pylint: disable=g-import-not-at-top
   sources = ([("--workdir", w, run_probabilities) for w in _WORKDIR.value or ()]
              + [("--model", m, model_probabilities) for m in _MODEL.value or ()])
@@ -96,6 +116,7 @@ def main(argv):
   if _TTA.value:
     tta.VIEWS.get(_TTA.value, "--tta")
   check_writable_file(_OUTPUT.value, "--output")
+  check_classes_early(_WORKDIR.value or ())
   (first_flag, first, first_probabilities_of), *rest = sources
   ids, class_names, total = first_probabilities_of(first, _INPUT.value)
   for flag, source, probabilities_of in rest:
@@ -105,9 +126,15 @@ def main(argv):
                       f"{first_flag}={first} {list(class_names)}; an ensemble needs "
                       "the same classes in the same order")
     total = total + probabilities
-  predictions.write_probabilities(_OUTPUT.value, ids, total / len(sources), class_names)
+  total = total / len(sources)
+  restricted = ""
+  if _CLASSES.value:
+    kept = labelled_set.restriction(class_names, _CLASSES.value)
+    total = labelled_set.restrict_probabilities(total, kept)
+    restricted = f", restricted to {', '.join(class_names[i] for i in kept)}"
+  predictions.write_probabilities(_OUTPUT.value, ids, total, class_names)
   runs = f" (mean of {len(sources)} models)" if len(sources) > 1 else ""
-  print(f"wrote {len(ids)} predictions to {_OUTPUT.value}{runs}")
+  print(f"wrote {len(ids)} predictions to {_OUTPUT.value}{runs}{restricted}")
 
 
 def run():

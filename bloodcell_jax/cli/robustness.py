@@ -1,7 +1,7 @@
 """`bloodcell-robustness`: a trained run's accuracy under distribution shifts.
 
-  bloodcell-robustness --workdir=DIR [--input=PATH] [--out=FILE] [--ema] [--adapt_bn]
-      [--shifts=defocus,stain,...] [--seed=0]
+  bloodcell-robustness --workdir=DIR [--input=PATH [--classes=a,b,...]] [--out=FILE] [--ema]
+      [--adapt_bn] [--shifts=defocus,stain,...] [--seed=0]
 
 See bloodcell_jax/evaluation/robustness.py for what it measures and writes.
 """
@@ -14,7 +14,10 @@ from bloodcell_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
 _INPUT = flags.DEFINE_string("input", "", "Labelled ImageFolder or .npz to evaluate instead of "
-                             "the run's validation split.")
+                             "the run's validation split; it may hold some of the run's "
+                             "classes only.")
+_CLASSES = flags.DEFINE_list("classes", [], "With --input: the classes the restricted choice "
+                             "is among (comma-separated; default: the classes present).")
 _OUT = flags.DEFINE_string("out", "", "JSON results (default: WORKDIR/robustness.json).")
 _EMA = flags.DEFINE_bool("ema", False, "Evaluate the run's weight average.")
 _ADAPT_BN = flags.DEFINE_bool("adapt_bn", False, "Recompute BatchNorm statistics on each "
@@ -32,7 +35,8 @@ def main(argv):
   runtime.keep_tensorflow_on_host()
   from bloodcell_jax.evaluation import robustness  # pylint: disable=g-import-not-at-top
   robustness.run(_WORKDIR.value, _INPUT.value, _OUT.value, _EMA.value, _ADAPT_BN.value,
-                 _SHIFTS.value, _SEED.value, _BATCH_SIZE.value, _GRID_IMAGE.value)
+                 _SHIFTS.value, _SEED.value, _BATCH_SIZE.value, _GRID_IMAGE.value,
+                 _CLASSES.value)
 
 
 def run():

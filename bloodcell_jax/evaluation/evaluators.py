@@ -23,12 +23,13 @@ is imported before training (a test, a user's script, or this one):
 
 import dataclasses
 import json
+import os
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.evaluation import calibration, classification
+from bloodcell_jax.evaluation import calibration, classification, labelled_set
 from bloodcell_jax.registry import Registry
 
 # How a metric reads: higher is better ("accuracy"), lower is better ("error"), or neither.
@@ -258,6 +259,65 @@ class Robustness(Evaluator):
             f"{p}_worst_family_accuracy": found["per_family"][found["worst_family"]],
             f"{p}_relative_drop": found["relative_drop"],
             f"{p}_per_family": found["per_family"]}
+
+
+@EVALUATORS.register("labelled_folder")
+class LabelledFolder(Evaluator):
+  """Another lab's labelled images (`path`: an ImageFolder or .npz holding some of the run's
+  classes, often the white cells alone): balanced accuracy over the classes present with the
+  model choosing among all the run's classes, and with its choice restricted to `classes`
+  (comma-separated; "": the classes present), accuracy and per-class recall both ways
+  (labelled_set.py). `tta`: with config.eval.tta. The folder is read once per run."""
+  options = {"path": "", "classes": "", "batch_size": 256, "tta": False}
+
+  def __init__(self, name: str, entry: dict, config):
+    super().__init__(name, entry, config)
+    path = self.opts["path"]
+    if not isinstance(path, str) or not path:
+      raise UserError(f"{self.where}.path: required (a labelled ImageFolder or .npz of another "
+                      "lab, e.g. path=\"../shared/data/xsite_dev/lisc\")")
+    if not os.path.exists(path):
+      raise UserError(f"{self.where}.path={path}: no such file or directory")
+    batch_size = self.opts["batch_size"]
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+      raise UserError(f"{self.where}.batch_size={batch_size!r}: expected an integer >= 1")
+    classes = self.opts["classes"]
+    classes = classes.split(",") if isinstance(classes, str) else list(classes)
+    self.classes = [str(c).strip() for c in classes if str(c).strip()]
+    self._data = None
+
+  def metrics(self) -> List[Metric]:
+    n, title, section = self.name, _set_title(self.name), "Other labs"
+    tta = " TTA" if self.opts["tta"] and self.config.eval.tta else ""
+    return [Metric(f"{n}_balanced_accuracy", f"{title} balanced accuracy{tta}", section=section),
+            Metric(f"{n}_restricted_balanced_accuracy",
+                   f"{title} balanced accuracy, restricted{tta}", section=section),
+            Metric(f"{n}_accuracy", f"{title} accuracy{tta}", section=section, table=False)]
+
+  def _images(self, class_names):
+    if self._data is None:
+      from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top  (JAX)
+      if self.classes:
+        labelled_set.restriction(class_names, self.classes, f"{self.where}.classes")
+      self._data = inference.read_labelled(self.opts["path"], self.config.image_size,
+                                           list(class_names), f"{self.where}.path")
+    return self._data
+
+  def __call__(self, context: Context) -> dict:
+    from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top  (JAX)
+    class_names = list(context.data.train.class_names)
+    data = self._images(class_names)
+    tta = self.config.eval.tta if self.opts["tta"] else ""
+    probabilities = inference.predict(context.passes.model, context.state, data.images,
+                                      self.opts["batch_size"], tta)
+    summary = labelled_set.summarize(probabilities, data.labels, class_names,
+                                     self.classes or None, f"{self.where}.classes")
+    p = f"{context.prefix}{self.name}"
+    return {f"{p}_balanced_accuracy": summary["balanced_accuracy"],
+            f"{p}_restricted_balanced_accuracy": summary["restricted_balanced_accuracy"],
+            f"{p}_accuracy": summary["accuracy"],
+            f"{p}_per_class_recall": summary["per_class_recall"],
+            f"{p}_restricted_per_class_recall": summary["restricted_per_class_recall"]}
 
 
 def entries(config) -> List[tuple]:

@@ -60,6 +60,22 @@ def read_unlabelled(path: str, image_size: int):
   raise UserError(f"{path}: expected an image folder or an .npz file")
 
 
+def read_labelled(path: str, image_size: int, class_names, where: str):
+  """The ImageSet of a labelled ImageFolder or .npz, labelled in the run's class order; a
+  folder may hold some of the run's classes only. Errors name `where` (a flag or config key)."""
+  if not os.path.exists(path):
+    raise UserError(f"{where}={path}: no such file or directory")
+  try:
+    data = sources.load_source(path, image_size, default_split="test",
+                               class_names=tuple(class_names), folder_classes=class_names)
+  except UserError as e:
+    raise UserError(f"{where}: {e}") from None
+  if not set(data.class_names) <= set(class_names):
+    raise UserError(f"{where}={path}: its classes {list(data.class_names)} are not among the "
+                    f"run's {list(class_names)}")
+  return data
+
+
 def run_temperature(workdir: str, ema: bool = False) -> float:
   """The temperature fitted on the run's validation set (calibration.json), for the raw
   weights or their moving average."""

@@ -1,6 +1,6 @@
 """Robustness benchmark: a trained run's accuracy under distribution shifts.
 
-  bloodcell-robustness --workdir=DIR [--input=PATH] [--out=FILE]
+  bloodcell-robustness --workdir=DIR [--input=PATH [--classes=a,b,...]] [--out=FILE]
       [--ema] [--adapt_bn] [--shifts=defocus,stain,...] [--seed=0]
 
 Evaluates the run's best checkpoint (its weight average with --ema) on the run's
@@ -9,6 +9,10 @@ shift of `bloodcell_jax.data.shifts` at severities 1 to 5, with fixed seeds: eac
 gets the same random placement of a shift at every severity, and the same on every
 run. --adapt_bn recomputes the BatchNorm statistics on each shifted set before
 predicting it (AdaBN; test-time adaptation without labels).
+
+With --input, the clean images' balanced accuracy over the classes present and per-class
+recall are written too (key `labelled_set`), with the model choosing among all the run's classes
+and restricted to --classes (default: the classes present; see labelled_set.py).
 
 Writes --out (default DIR/robustness.json): accuracy per shift and severity, per shift
 and per family, the mean corruption accuracy (mean over every shift and severity), the
@@ -27,9 +31,9 @@ from absl import logging
 
 from bloodcell_jax import atomic
 from bloodcell_jax.augment import image_ops, shifts
-from bloodcell_jax.data import sources, splits
+from bloodcell_jax.data import splits
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.evaluation import adaptation, inference
+from bloodcell_jax.evaluation import adaptation, inference, labelled_set
 from bloodcell_jax.training import run_files
 
 
@@ -145,11 +149,7 @@ def plot_grid(image: np.ndarray, names, seed: int, path: str) -> None:
 def _labelled_images(config, class_names, input_path: str):
   """(images uint8, labels, description) of --input, or of the run's validation split."""
   if input_path:
-    data = sources.load_source(input_path, config.image_size, default_split="test",
-                               class_names=tuple(class_names), folder_classes=class_names)
-    if tuple(data.class_names) != tuple(class_names):
-      raise UserError(f"--input={input_path}: its classes {list(data.class_names)} are not the "
-                      f"run's {list(class_names)}")
+    data = inference.read_labelled(input_path, config.image_size, class_names, "--input")
     return data.images, data.labels, data.name
   data = splits.load_splits(config.data, config.image_size, config.data.split_seed).val
   if data is None:
@@ -160,11 +160,15 @@ def _labelled_images(config, class_names, input_path: str):
 
 def run(workdir: str, input_path: str = "", out: str = "", ema: bool = False,
         adapt_bn: bool = False, names=(), seed: int = 0, batch_size: int = 256,
-        grid_image: int = 0) -> dict:
+        grid_image: int = 0, classes=()) -> dict:
   names = list(names) or shifts.SHIFTS.names()
   for name in names:
     shifts.SHIFTS.get(name, "--shifts")
+  if classes and not input_path:
+    raise UserError(f"--classes={','.join(classes)}: needs --input (a labelled folder or .npz)")
   config, class_names, model, state = inference.load_run(workdir, ema)
+  if classes:
+    labelled_set.restriction(class_names, classes)
   images, labels, described = _labelled_images(config, class_names, input_path)
   if not 0 <= grid_image < len(images):
     raise UserError(f"--grid_image={grid_image}: expected an index below {len(images)}")
@@ -178,9 +182,15 @@ def run(workdir: str, input_path: str = "", out: str = "", ema: bool = False,
         model, adaptation.adapt_batch_stats(model, state, x, batch_size), y, batch_size))
   started = time.perf_counter()
   results = evaluate(predict_fn, images, labels, names, seed, adapt)
+  summary = None
+  if input_path:  # the labelled set's own numbers, on the clean images
+    clean = (adapt(images) if adapt else predict_fn)(images)
+    summary = labelled_set.summarize(clean, labels, class_names, list(classes) or None)
   results.update(workdir=os.path.abspath(workdir), data=described, num_images=len(images),
                  ema=ema, adapt_bn=adapt_bn, seed=seed,
                  seconds=round(time.perf_counter() - started, 1))
+  if summary is not None:
+    results["labelled_set"] = summary
   out = out or os.path.join(workdir, run_files.ROBUSTNESS)
   stem = os.path.splitext(out)[0]
   atomic.write_text(out, json.dumps(results, indent=2))  # shifts in the table's order
@@ -188,5 +198,7 @@ def run(workdir: str, input_path: str = "", out: str = "", ema: bool = False,
   atomic.write_text(stem + ".md", table)
   plot_grid(images[grid_image], names, seed, stem + "_grid.png")
   print(table)
+  if summary is not None:
+    print(labelled_set.markdown(summary))
   print(f"wrote {out}, {stem}.md and {stem}_grid.png")
   return results
