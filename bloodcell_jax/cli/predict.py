@@ -67,10 +67,18 @@ def check_writable_file(path: str, flag: str) -> None:
     raise UserError(f"{flag}={path}: cannot write a file there")
 
 
+def _check_classes(class_names) -> None:
+  """--classes checked against a model's classes before any image is read."""
+  from bloodcell_jax.evaluation import labelled_set  # pylint: disable=g-import-not-at-top
+  if _CLASSES.value:
+    labelled_set.restriction(class_names, _CLASSES.value)
+
+
 def run_probabilities(workdir: str, input_path: str):
   """(ids, class names, probabilities) of one run on `input_path`, as the flags ask."""
   from bloodcell_jax.evaluation import adaptation, inference  # pylint: disable=g-import-not-at-top
   config, class_names, model, state = inference.load_run(workdir, _EMA.value)
+  _check_classes(class_names)
   temperature = inference.run_temperature(workdir, _EMA.value) if _CALIBRATED.value else 1.0
   ids, images = inference.read_unlabelled(input_path, config.image_size)
   if _ADAPT_BN.value:
@@ -84,20 +92,9 @@ def model_probabilities(path: str, input_path: str):
   from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.export import runtimes  # pylint: disable=g-import-not-at-top
   model = runtimes.load(path)
+  _check_classes(model.metadata["class_names"])
   ids, images = inference.read_unlabelled(input_path, model.metadata["image_size"])
   return ids, model.metadata["class_names"], model.predict(images, _BATCH_SIZE.value)
-
-
-def check_classes_early(workdirs) -> None:
-  """--classes checked against the first run's class names before any image is read."""
-  from bloodcell_jax import atomic  # pylint: disable=g-import-not-at-top
-  from bloodcell_jax.evaluation import labelled_set  # pylint: disable=g-import-not-at-top
-  from bloodcell_jax.training import run_files  # pylint: disable=g-import-not-at-top
-  if not _CLASSES.value or not workdirs:
-    return
-  manifest = atomic.read_json(os.path.join(workdirs[0], run_files.SPLIT_MANIFEST), {})
-  if isinstance(manifest, dict) and manifest.get("class_names"):
-    labelled_set.restriction(manifest["class_names"], _CLASSES.value)
 
 
 def main(argv):
@@ -116,7 +113,6 @@ def main(argv):
   if _TTA.value:
     tta.VIEWS.get(_TTA.value, "--tta")
   check_writable_file(_OUTPUT.value, "--output")
-  check_classes_early(_WORKDIR.value or ())
   (first_flag, first, first_probabilities_of), *rest = sources
   ids, class_names, total = first_probabilities_of(first, _INPUT.value)
   for flag, source, probabilities_of in rest:

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.evaluation import classification
 
 
 def restriction(class_names: Sequence[str], names: Optional[Sequence[str]],
@@ -40,16 +41,11 @@ def restrict_probabilities(probabilities: np.ndarray, indices: Sequence[int]) ->
   return np.where(total > 0, kept / np.where(total > 0, total, 1.0), uniform)
 
 
-def _scores(predictions: np.ndarray, labels: np.ndarray, class_names) -> dict:
-  num_classes = len(class_names)
-  confusion = np.zeros((num_classes, num_classes), np.int64)
-  np.add.at(confusion, (labels, predictions), 1)
-  support = confusion.sum(axis=1)
-  present = np.flatnonzero(support)
-  recall = {class_names[c]: float(confusion[c, c] / support[c]) for c in present}
-  return {"accuracy": float(np.trace(confusion) / max(len(labels), 1)),
-          "balanced_accuracy": float(np.mean(list(recall.values()))) if recall else 0.0,
-          "per_class_recall": recall, "confusion": confusion.tolist()}
+def _scores(probabilities: np.ndarray, labels: np.ndarray, class_names) -> dict:
+  confusion = classification.confusion_from_outputs(probabilities, labels)
+  accuracy, balanced, recall = classification.confusion_scores(confusion, class_names)
+  return {"accuracy": accuracy, "balanced_accuracy": balanced, "per_class_recall": recall,
+          "confusion": confusion.tolist()}
 
 
 def summarize(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
@@ -67,8 +63,8 @@ def summarize(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequen
   present = sorted(set(labels.tolist()))
   indices = (restriction(class_names, restrict, where) if restrict else present)
   restricted = restrict_probabilities(probabilities, indices)
-  full = _scores(probabilities.argmax(axis=1), labels, class_names)
-  within = _scores(restricted.argmax(axis=1), labels, class_names)
+  full = _scores(probabilities, labels, class_names)
+  within = _scores(restricted, labels, class_names)
   return {"num_images": int(len(labels)), "class_names": class_names,
           "classes_present": [class_names[c] for c in present],
           "restricted_to": [class_names[c] for c in indices],

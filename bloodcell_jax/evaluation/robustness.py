@@ -68,14 +68,18 @@ def _compiled_shift(name: str):
 
 
 def evaluate(predict_fn, images: np.ndarray, labels: np.ndarray, names, seed: int,
-             adapt=None) -> dict:
+             adapt=None, clean_probabilities=None) -> dict:
   """Accuracy clean and under every shift in `names` at every severity.
 
   `predict_fn(images) -> probabilities`; `adapt(images) -> predict_fn` (AdaBN) gives the
-  function to use on a shifted set, when given.
+  function to use on a shifted set, when given. `clean_probabilities`: the clean images'
+  probabilities when the caller already has them.
   """
   accuracy = lambda fn, x: float(np.mean(np.argmax(fn(x), -1) == labels))
-  results = {"clean": accuracy(adapt(images) if adapt else predict_fn, images), "shifts": {}}
+  if clean_probabilities is None:
+    clean_probabilities = (adapt(images) if adapt else predict_fn)(images)
+  results = {"clean": float(np.mean(np.argmax(clean_probabilities, -1) == labels)),
+             "shifts": {}}
   for name in names:
     uniforms = shift_uniforms(name, len(images), seed)
     per_severity = {}
@@ -181,10 +185,10 @@ def run(workdir: str, input_path: str = "", out: str = "", ema: bool = False,
     adapt = lambda x: (lambda y: inference.predict(
         model, adaptation.adapt_batch_stats(model, state, x, batch_size), y, batch_size))
   started = time.perf_counter()
-  results = evaluate(predict_fn, images, labels, names, seed, adapt)
+  clean = (adapt(images) if adapt else predict_fn)(images)
+  results = evaluate(predict_fn, images, labels, names, seed, adapt, clean)
   summary = None
   if input_path:  # the labelled set's own numbers, on the clean images
-    clean = (adapt(images) if adapt else predict_fn)(images)
     summary = labelled_set.summarize(clean, labels, class_names, list(classes) or None)
   results.update(workdir=os.path.abspath(workdir), data=described, num_images=len(images),
                  ema=ema, adapt_bn=adapt_bn, seed=seed,

@@ -10,7 +10,7 @@ import pytest
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.evaluation.evaluators import EVALUATORS, Evaluator, Metric
 from bloodcell_jax.training import run_files
-from configs import default
+from helpers import runs
 
 pytestmark = pytest.mark.e2e
 
@@ -30,13 +30,7 @@ class MeanConfidence(Evaluator):
 
 
 def tiny_config():
-  config = default.get_config()
-  config.update(image_size=16, batch_size=16, eval_batch_size=32, num_epochs=2)
-  config.model.filters = (4, 8, 8, 8)
-  config.model.dense_units = 8
-  config.data.synthetic_size = 96
-  config.data.val_fraction = 0.25
-  config.augment.train = "flip"
+  config = runs.tiny_cnn_config()
   config.evals.confidence = dict(type="test-mean-confidence", every_epochs=1)
   return config
 

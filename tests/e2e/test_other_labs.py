@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from bloodcell_jax.training import run_files
-from configs import default
-from helpers import ROOT
+from helpers import ROOT, runs
 from helpers.images import write_image_folder
 from helpers.runs import run_module, subprocess_env
 
@@ -22,13 +21,7 @@ LAB_CLASSES = ("eosinophil", "lymphocyte", "neutrophil")
 
 
 def tiny_config(lab: str):
-  config = default.get_config()
-  config.update(image_size=16, batch_size=16, eval_batch_size=32, num_epochs=2)
-  config.model.filters = (4, 8, 8, 8)
-  config.model.dense_units = 8
-  config.data.synthetic_size = 96
-  config.data.val_fraction = 0.25
-  config.augment.train = "flip"
+  config = runs.tiny_cnn_config()
   config.eval.report = False
   config.evals.lab = dict(type="labelled_folder", path=lab, every_epochs=1)
   config.evals.lab_two = dict(type="labelled_folder", path=lab, classes="eosinophil,neutrophil")

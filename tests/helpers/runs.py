@@ -56,3 +56,17 @@ def run_module(module, *args):
   result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
                           text=True, env=subprocess_env(), timeout=600)
   return result.returncode, result.stdout, result.stderr.strip().splitlines()[-1:]
+
+
+def tiny_cnn_config():
+  """configs/default.py's CNN at 16x16 pixels on 96 synthetic images for 2 epochs: a run that
+  trains in process in seconds."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.update(image_size=16, batch_size=16, eval_batch_size=32, num_epochs=2)
+  config.model.filters = (4, 8, 8, 8)
+  config.model.dense_units = 8
+  config.data.synthetic_size = 96
+  config.data.val_fraction = 0.25
+  config.augment.train = "flip"
+  return config
