@@ -10,6 +10,7 @@ a CPU):
 - no validation split (there are too few images to spare): a fixed number of steps,
   the last checkpoint is the result; pass the rest of the lab's labelled images, if
   any, as data.test to measure;
+- the lab's folders may hold only some of the run's classes (its class order is kept);
 - a learning rate 20x below training, constant, no label smoothing;
 - the run's own augmentation (for configs/cnn_robust.py: the shift families), and
   batches of 16, so each image is seen about 40 times.
@@ -35,11 +36,16 @@ def get_config(run: str = ""):
       raise FileNotFoundError(f"{path}: missing; after ':' name a training run's workdir")
     with open(path) as f:
       config = ml_collections.ConfigDict(recorded.upgrade_recorded(json.load(f)))
+    with open(os.path.join(run, "split_manifest.json")) as f:
+      config.data.class_names = json.load(f)["class_names"]
     config.init.weights = run
   else:
     config = cnn_robust.get_config()
   config.stages = ml_collections.ConfigDict()
   config.init.head = "keep"  # the same classes: the trained head is the best start
+  # The lab may label only some of the run's classes (white cells only): its folders are read
+  # in the run's class order, and the model keeps every output.
+  config.data.folders_use_class_names = True
   config.data.val = ""
   config.data.val_fraction = 0.0
   config.data.test = ""

@@ -31,6 +31,9 @@ def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
   # `seed` are evaluated (and ensembled) on the same images.
   config.data.split_seed = 0
   config.data.class_names = PBC_CLASS_NAMES  # for .npz sources (ImageFolder uses folder names)
+  # Read ImageFolders in data.class_names' order too, each holding some of those classes (a
+  # run fine-tuned on a lab that labels only some of them keeps all its outputs).
+  config.data.folders_use_class_names = False
   config.data.synthetic_size = 2000
   # Clean data.train before the split (duplicates, label conflicts, contamination, copies
   # of data.val / data.test); cached by content. See docs/data-and-cleaning.md.

@@ -110,6 +110,7 @@ RULES = {
     "data.val_fraction": number_in(0.0, 1.0, open_high=True),
     "data.split_seed": int_at_least(0),
     "data.class_names": class_names,
+    "data.folders_use_class_names": flag,
     "data.synthetic_size": int_at_least(16),
     "data.clean": flag,
     "data.cleaning.cache_dir": text,

@@ -56,7 +56,9 @@ def load_splits(data_config, image_size: int, seed: int) -> Splits:
   """
   common = dict(class_names=tuple(data_config.class_names),
                 synthetic_size=data_config.synthetic_size, seed=seed)
-  full = load_source(data_config.train, image_size, default_split="train", **common)
+  fixed = data_config.get("folders_use_class_names", False)
+  full = load_source(data_config.train, image_size, default_split="train", **common,
+                     folder_classes=tuple(data_config.class_names) if fixed else None)
   present = sorted({full.class_names[i] for i in np.unique(full.labels)})
   if len(present) < 2:
     raise UserError(f"{data_config.train or full.name}: images of {len(present)} class "

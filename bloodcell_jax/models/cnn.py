@@ -11,7 +11,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models.layers import INPUT_NORMS, batch_norm, max_pool_2x2, normalize_input
+from bloodcell_jax.models.framing import FRAMINGS
+from bloodcell_jax.models.layers import INPUT_NORMS, batch_norm, max_pool_2x2, prepare_input
 from bloodcell_jax.models.registry import register
 
 _ACTIVATIONS = {"relu": nn.relu, "leaky_relu": nn.leaky_relu}
@@ -32,6 +33,7 @@ class CNN(nn.Module):
   norm: str = "none"
   head: str = "flatten"
   input_norm: str = "none"  # layers.INPUT_NORMS
+  framing: str = "none"  # framing.FRAMINGS, before input_norm
   frozen_bn: Tuple[str, ...] = ()  # BatchNorm layers in inference mode while training
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
@@ -43,7 +45,7 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     act = _ACTIVATIONS[self.activation]
-    x = normalize_input(jnp.asarray(x, self.dtype), self.input_norm) / 255.0
+    x = prepare_input(x, self.framing, self.input_norm, self.dtype) / 255.0
     for i, features in enumerate(self.filters):
       x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding="SAME",
                   use_bias=self.norm == "none", **self._dtypes, name=f"conv{i}")(x)
@@ -76,6 +78,7 @@ _DEFAULTS = dict(
     norm=CNN.norm,  # none | batch | group
     head=CNN.head,  # flatten | gap
     input_norm=CNN.input_norm,  # none | grey_world | channel_standardize
+    framing="none",  # none | nucleus: re-cut about the nucleus (models/framing.py)
     dtype="float32",  # compute dtype (bfloat16 on accelerators)
     # float64 (with dtype float64 and JAX_ENABLE_X64=1) makes rounding negligible, for
     # numerical checks across device and process layouts.
@@ -85,7 +88,8 @@ _DEFAULTS = dict(
 @register("cnn", head=("dense", "logits"), frozen_batch_norm=True, defaults=_DEFAULTS)
 def cnn(num_classes: int = 8, **kwargs) -> CNN:
   for key, allowed in (("activation", _ACTIVATIONS), ("norm", ("none", "batch", "group")),
-                       ("head", ("flatten", "gap")), ("input_norm", INPUT_NORMS)):
+                       ("head", ("flatten", "gap")), ("input_norm", INPUT_NORMS),
+                       ("framing", FRAMINGS)):
     value = kwargs.get(key, getattr(CNN, key))
     if value not in allowed:
       raise UserError(f"config.model.{key}='{value}': expected one of {', '.join(allowed)}")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bloodcell_jax.models import heads, portable
-from bloodcell_jax.models.layers import DepthwiseConv, normalize_input
+from bloodcell_jax.models.layers import DepthwiseConv, prepare_input
 from bloodcell_jax.models.registry import KerasPort, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -113,12 +113,13 @@ class ConvNeXt(nn.Module):
   dropout: float = 0.5
   drop_path_rate: float = 0.0
   input_norm: str = "none"  # layers.INPUT_NORMS, before the built-in normalisation
+  framing: str = "none"  # framing.FRAMINGS, before input_norm
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   def features(self, x, train: bool):
     v = VARIANTS[self.variant]
-    x = normalize_input(jnp.asarray(x, self.output_dtype), self.input_norm)
+    x = prepare_input(x, self.framing, self.input_norm, self.output_dtype)
     x = ((x / 255.0 - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)).astype(self.dtype)
     conv = lambda width, k, name: nn.Conv(width, (k, k), (k, k), padding="VALID",
                                           kernel_init=_glorot, **_dtypes(self), name=name)
@@ -218,7 +219,8 @@ def _keras_port(name: str) -> KerasPort:
 def _factory(variant: str):
   def build(num_classes: int = 8, include_top=None, head: str = "keras", pooling: str = "avg",
             **kwargs) -> ConvNeXt:
-    head = heads.checked_head(head, pooling, kwargs.get("input_norm", "none"), include_top)
+    head = heads.checked_head(head, pooling, kwargs.get("input_norm", "none"),
+                              kwargs.get("framing", "none"), include_top)
     return ConvNeXt(variant=variant, num_classes=num_classes, head=head, pooling=pooling,
                     **kwargs)
   return build
@@ -230,6 +232,7 @@ _DEFAULTS = dict(
     dense_units=256, dropout=0.5,  # the study's head
     drop_path_rate=0.0,  # stochastic depth at the last block (keras.applications: 0)
     input_norm="none",  # none | grey_world | channel_standardize
+    framing="none",  # none | nucleus: re-cut about the nucleus (models/framing.py)
     dtype="float32",  # bfloat16 on accelerators
     param_dtype="float32")
 

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bloodcell_jax.models import heads
-from bloodcell_jax.models.layers import DepthwiseConv, batch_norm, normalize_input
+from bloodcell_jax.models.layers import DepthwiseConv, batch_norm, prepare_input
 from bloodcell_jax.models.registry import KerasPort, register
 
 # One row per stage: block type, repeats, input filters, output filters,
@@ -264,6 +264,7 @@ class EfficientNetV2(nn.Module):
   drop_connect_rate: float = DROP_CONNECT_RATE
   frozen_bn: Tuple[str, ...] = ()
   input_norm: str = "none"  # layers.INPUT_NORMS, before the variant's own rescaling
+  framing: str = "none"  # framing.FRAMINGS, before input_norm
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -272,7 +273,7 @@ class EfficientNetV2(nn.Module):
 
   def features(self, x, train: bool):
     v = VARIANTS[self.variant]
-    x = normalize_input(jnp.asarray(x, self.output_dtype), self.input_norm)
+    x = prepare_input(x, self.framing, self.input_norm, self.output_dtype)
     if v.imagenet_normalized:
       x = (x / 255.0 - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
     else:
@@ -305,7 +306,8 @@ class EfficientNetV2(nn.Module):
 def _factory(variant: str):
   def build(num_classes: int = 8, include_top: Optional[bool] = None, head: str = "keras",
             pooling: str = "avg", frozen_bn: Sequence[str] = (), **kwargs) -> EfficientNetV2:
-    head = heads.checked_head(head, pooling, kwargs.get("input_norm", "none"), include_top)
+    head = heads.checked_head(head, pooling, kwargs.get("input_norm", "none"),
+                              kwargs.get("framing", "none"), include_top)
     return EfficientNetV2(variant=variant, num_classes=num_classes, head=head, pooling=pooling,
                           frozen_bn=tuple(frozen_bn), **kwargs)
   return build
@@ -331,6 +333,7 @@ _DEFAULTS = dict(
     dense_units=256, dropout=0.5,  # the study's head
     top_dropout=TOP_DROPOUT, drop_connect_rate=DROP_CONNECT_RATE,
     input_norm="none",  # none | grey_world | channel_standardize
+    framing="none",  # none | nucleus: re-cut about the nucleus (models/framing.py)
     dtype="float32",  # bfloat16 on accelerators
     param_dtype="float32")
 

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.models.framing import FRAMINGS
 from bloodcell_jax.models.layers import INPUT_NORMS
 
 # "keras": keras.applications' include_top; "flatten": the study's head; "none": features.
@@ -14,14 +15,16 @@ HEADS = ("keras", "flatten", "none")
 POOLINGS = ("avg", "max", "none")
 
 
-def checked_head(head: str, pooling: str, input_norm: str,
+def checked_head(head: str, pooling: str, input_norm: str, framing: str,
                  include_top: Optional[bool] = None) -> str:
   """The head a family builds: "none" for keras.applications' `include_top=False`, else
-  `head`; a head, pooling or input_norm not in HEADS, POOLINGS or INPUT_NORMS is a UserError."""
+  `head`; a head, pooling, input_norm or framing not in HEADS, POOLINGS, INPUT_NORMS or
+  FRAMINGS is a UserError."""
   if include_top is not None and not include_top:
     head = "none"
   for key, value, allowed in (("head", head, HEADS), ("pooling", pooling, POOLINGS),
-                              ("input_norm", input_norm, INPUT_NORMS)):
+                              ("input_norm", input_norm, INPUT_NORMS),
+                              ("framing", framing, FRAMINGS)):
     if value not in allowed:
       raise UserError(f"config.model.{key}='{value}': expected one of {', '.join(allowed)}")
   return head

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from bloodcell_jax.models.depthwise import depthwise_conv2d
+from bloodcell_jax.models.framing import apply_framing
 
 # Keras's usual BatchNorm momentum (MobileNetV3 sets 0.999).
 BATCH_NORM_MOMENTUM = 0.9
@@ -33,6 +34,13 @@ def normalize_input(x, method: str):
     std = jnp.sqrt(jnp.square(x - mean).mean(axis=(1, 2), keepdims=True))
     return (x - mean) / jnp.maximum(std, 1.0) * 64.0 + 128.0  # back on the [0, 255] scale
   raise ValueError(f"input normalisation {method!r}: expected one of {', '.join(INPUT_NORMS)}")
+
+
+def prepare_input(x, framing: str, input_norm: str, dtype):
+  """Images in [0, 255] framed (framing.FRAMINGS, in float32: the crop geometry needs the
+  precision) and colour-normalised (INPUT_NORMS), in `dtype`."""
+  x = apply_framing(jnp.asarray(x, jnp.float32), framing)
+  return normalize_input(jnp.asarray(x, dtype), input_norm)
 
 
 def batch_norm_dtypes(dtype, param_dtype) -> dict:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.models import heads
-from bloodcell_jax.models.layers import DepthwiseConv, batch_norm, normalize_input
+from bloodcell_jax.models.layers import DepthwiseConv, batch_norm, prepare_input
 from bloodcell_jax.models.registry import KerasPort, register
 
 BN_EPSILON = 1e-3
@@ -169,6 +169,7 @@ class MobileNetV3(nn.Module):
   top_dropout: float = TOP_DROPOUT
   frozen_bn: Tuple[str, ...] = ()
   input_norm: str = "none"  # layers.INPUT_NORMS, before the built-in rescaling
+  framing: str = "none"  # framing.FRAMINGS, before input_norm
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -177,7 +178,7 @@ class MobileNetV3(nn.Module):
     return "relu" if self.minimalistic else "hard_swish"
 
   def features(self, x, train: bool):
-    x = normalize_input(jnp.asarray(x, self.output_dtype), self.input_norm)
+    x = prepare_input(x, self.framing, self.input_norm, self.output_dtype)
     x = (x / 127.5 - 1.0).astype(self.dtype)
     act = _activation(self._activation_name)
     x = nn.Conv(STEM_WIDTH, (3, 3), (2, 2), padding="SAME", use_bias=False, kernel_init=_glorot,
@@ -265,7 +266,8 @@ def _keras_port(name: str) -> KerasPort:
 def _factory(variant: str):
   def build(num_classes: int = 8, include_top=None, head: str = "keras", pooling: str = "avg",
             frozen_bn=(), **kwargs) -> MobileNetV3:
-    head = heads.checked_head(head, pooling, kwargs.get("input_norm", "none"), include_top)
+    head = heads.checked_head(head, pooling, kwargs.get("input_norm", "none"),
+                              kwargs.get("framing", "none"), include_top)
     if not kwargs.get("alpha", 1.0) > 0:
       raise UserError(f"config.model.alpha={kwargs['alpha']}: expected a width multiplier > 0")
     return MobileNetV3(variant=variant, num_classes=num_classes, head=head, pooling=pooling,
@@ -281,6 +283,7 @@ _DEFAULTS = dict(
     dense_units=256, dropout=0.5,  # the study's head
     top_dropout=TOP_DROPOUT,
     input_norm="none",  # none | grey_world | channel_standardize
+    framing="none",  # none | nucleus: re-cut about the nucleus (models/framing.py)
     dtype="float32",  # bfloat16 on accelerators
     param_dtype="float32")
 

@@ -53,11 +53,14 @@ def test_staged_run_chains_stages_through_best_checkpoints(tmp_path):
   assert not np.array_equal(params["s3_all"]["conv0/kernel"], params["s2_top"]["conv0/kernel"])
 
 
-def write_lab_folder(root, per_class: int, seed: int):
-  """A few labelled 'new lab' images: the synthetic cells with another stain, per class."""
+def write_lab_folder(root, per_class: int, seed: int, skip=()):
+  """A few labelled 'new lab' images: the synthetic cells with another stain, per class but
+  those in `skip`."""
   data = synthetic.generate(per_class * 8 * 3, SIZE, seed=seed)
   root.mkdir()
   for c, name in enumerate(data.class_names):
+    if name in skip:
+      continue
     (root / name).mkdir()
     chosen = np.flatnonzero(data.labels == c)[:per_class]
     for i in chosen:
@@ -70,15 +73,21 @@ def write_lab_folder(root, per_class: int, seed: int):
 def test_few_shot_adaptation_recipe_starts_from_the_run_and_needs_no_validation(trained_run,
                                                                                 tmp_path):
   source, _ = trained_run
-  lab = write_lab_folder(tmp_path / "lab", per_class=2, seed=5)
-  held_out = write_lab_folder(tmp_path / "held_out", per_class=1, seed=6)
+  # A lab that labels white cells only: no platelets or erythroblasts in its folders.
+  white_cells_only = ("erythroblast", "platelet")
+  lab = write_lab_folder(tmp_path / "lab", per_class=2, seed=5, skip=white_cells_only)
+  held_out = write_lab_folder(tmp_path / "held_out", per_class=1, seed=6, skip=white_cells_only)
   workdir = tmp_path / "adapted"
   result = run_launch(workdir, f"--config.data.train={lab}", f"--config.data.test={held_out}",
                       "--config.num_epochs=3", config=f"configs/adapt.py:{source}", tiny=False)
   assert "no validation set" in result.stderr
   results = json.loads((workdir / run_files.RESULTS).read_text())
   assert results["val_accuracy"] is None and results["num_val"] == 0
-  assert (results["num_train"], results["num_test"]) == (16, 8)
+  assert (results["num_train"], results["num_test"]) == (12, 6)
+  # The adapted run keeps every class of the run it started from, in its order.
+  manifest = json.loads((workdir / run_files.SPLIT_MANIFEST).read_text())
+  assert manifest["class_names"] == json.loads(
+      open(f"{source}/{run_files.SPLIT_MANIFEST}").read())["class_names"]
   assert results["test_accuracy"] is not None and results["steps"] == results["best_step"] == 3
   assert results["weights"]["from"] == source and results["weights"]["head_reinitialised"] == []
   config = json.loads((workdir / run_files.CONFIG).read_text())

@@ -50,10 +50,10 @@ def with_logit_scale(model, variables, head: str, images, scale: float = 3.0):
   return {**variables, "params": {**variables["params"], head: layer}}
 
 
-def exportable(name: str) -> export.Exportable:
-  """The model `name` (8 classes, SIZE pixels) with host-drawn variables, scaled logits and
-  a run's metadata."""
-  model = models.get_model(name, num_classes=8)
+def exportable(name: str, **model_args) -> export.Exportable:
+  """The model `name` (8 classes, SIZE pixels, built with `model_args`) with host-drawn
+  variables, scaled logits and a run's metadata."""
+  model = models.get_model(name, num_classes=8, **model_args)
   variables = with_logit_scale(model, host_variables(model), models.get_spec(name).head[-1],
                                sixteen_cells(SIZE).astype(np.float32))
   metadata = {"class_names": list(image_set.PBC_CLASS_NAMES), "image_size": SIZE,

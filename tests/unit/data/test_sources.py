@@ -94,6 +94,20 @@ def test_training_data_of_one_class_is_refused(tmp_path):
     splits.load_splits(data_config, 24, seed=0)
 
 
+def test_folders_can_hold_some_of_the_configured_classes_in_their_order(tmp_path):
+  root = write_image_folder(str(tmp_path / "lab"), images_per_class=3, classes=("b", "d"))
+  data_config = default_config.get_config().data
+  data_config.update(train=root, val_fraction=0.0, class_names=("a", "b", "c", "d"))
+  assert splits.load_splits(data_config, 24, seed=0).class_names == ("b", "d")
+  data_config.folders_use_class_names = True
+  data = splits.load_splits(data_config, 24, seed=0)
+  assert data.class_names == ("a", "b", "c", "d")
+  assert sorted(set(data.train.labels.tolist())) == [1, 3]
+  data_config.class_names = ("a", "b", "c")
+  with pytest.raises(UserError, match=r"class folder\(s\) \['d'\] are not among the training"):
+    splits.load_splits(data_config, 24, seed=0)
+
+
 @pytest.mark.parametrize("problem, message", [
     ("missing", "no such file or directory"),
     ("empty_class", "empty class folder"),

@@ -1,0 +1,119 @@
+"""A trained run on another lab's labelled images: zero-shot, with AdaBN, after k labels per class.
+
+  python benchmarks/other_lab_adaptation.py --workdir=runs/cnn_xsite \
+      --sets=../shared/data/xsite_dev/lisc,../shared/data/xsite_dev/bionet \
+      [--k=10] [--draws=3] [--modes=whole,head] [--out=adaptation.json]
+
+Prints JSON with, for each set, the balanced accuracy over the classes present (argmax over all
+the run's classes, and restricted to the classes present):
+- zero_shot: the run as it is;
+- adabn: BatchNorm statistics recomputed on the set's images (no labels);
+- k_<k>_<mode>: configs/adapt.py fine-tuned on k labelled images per class (a seeded draw; the
+  rest of the set measures it), for each draw, and their mean; mode `whole` trains every layer,
+  `head` only the classifier head. Each fine-tuning is a real `launch.py` run in a temporary
+  workdir. A class with k images or fewer keeps at least one image for the measurement.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+HEAD_ONLY = "'(dense|logits|head_dense|predictions)/.*=train', '.*=freeze'"
+
+
+def class_files(folder: str) -> dict:
+  from bloodcell_jax.data import sources
+  return {c: sorted(f for f in os.listdir(os.path.join(folder, c))
+                    if f.lower().endswith(sources.IMAGE_EXTENSIONS))
+          for c in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, c))}
+
+
+def draw_split(folder: str, k: int, seed: int, out: str):
+  """Links k images per class (fewer where a class has no more than k: one stays) into
+  out/train and the rest into out/test; returns the two folders."""
+  rng = np.random.default_rng(seed)
+  for name, files in class_files(folder).items():
+    chosen = set(rng.permutation(len(files))[:min(k, len(files) - 1)].tolist())
+    for i, f in enumerate(files):
+      target = os.path.join(out, "train" if i in chosen else "test", name)
+      os.makedirs(target, exist_ok=True)
+      os.symlink(os.path.abspath(os.path.join(folder, name, f)), os.path.join(target, f))
+  return os.path.join(out, "train"), os.path.join(out, "test")
+
+
+def scores(workdir: str, folder: str, adapt_bn: bool = False) -> dict:
+  from bloodcell_jax.evaluation import adaptation, inference, labelled_set
+  config, class_names, model, state = inference.load_run(workdir)
+  data = inference.read_labelled(folder, config.image_size, class_names, "--sets")
+  if adapt_bn:
+    state = adaptation.adapt_batch_stats(model, state, data.images)
+  probabilities = inference.predict(model, state, data.images, batch_size=128)
+  summary = labelled_set.summarize(probabilities, data.labels, class_names)
+  return {"balanced_accuracy_8class": round(summary["balanced_accuracy"], 4),
+          "balanced_accuracy_restricted": round(summary["restricted_balanced_accuracy"], 4)}
+
+
+def fine_tune(workdir: str, train: str, out: str, mode: str, seed: int):
+  images = sum(len(files) for files in class_files(train).values())
+  command = [sys.executable, os.path.join(ROOT, "launch.py"),
+             f"--config={os.path.join(ROOT, 'configs', 'adapt.py')}:{workdir}",
+             f"--workdir={out}", f"--config.data.train={train}", f"--config.seed={seed}",
+             f"--config.batch_size={min(16, images)}"]
+  if mode == "head":
+    command.append(f"--config.optim.freeze={HEAD_ONLY}")
+  done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  if done.returncode:
+    sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+
+
+def mean_of(draws: list) -> dict:
+  return {key: round(float(np.mean([d[key] for d in draws])), 4) for key in draws[0]}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True, help="the trained run")
+  parser.add_argument("--sets", required=True, help="comma-separated labelled ImageFolders")
+  parser.add_argument("--k", default="10", help="comma-separated labels per class")
+  parser.add_argument("--draws", type=int, default=3, help="seeded draws per k")
+  parser.add_argument("--modes", default="whole,head", help="whole and/or head")
+  parser.add_argument("--out", default="", help="also write the JSON here")
+  args = parser.parse_args()
+  report = {"workdir": args.workdir, "sets": {}}
+  for folder in args.sets.split(","):
+    name = os.path.basename(os.path.normpath(folder))
+    result = {"zero_shot": scores(args.workdir, folder),
+              "adabn": scores(args.workdir, folder, adapt_bn=True)}
+    for k in (int(v) for v in args.k.split(",")):
+      for mode in args.modes.split(","):
+        draws = []
+        for seed in range(args.draws):
+          scratch = tempfile.mkdtemp(prefix="adapt_")
+          try:
+            train, test = draw_split(folder, k, seed, scratch)
+            run = os.path.join(scratch, "run")
+            fine_tune(args.workdir, train, run, mode, seed)
+            draws.append(scores(run, test))
+          finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        result[f"k_{k}_{mode}"] = {"mean": mean_of(draws), "draws": draws}
+        print(json.dumps({name: {f"k_{k}_{mode}": result[f"k_{k}_{mode}"]}}), file=sys.stderr)
+    report["sets"][name] = result
+  text = json.dumps(report, indent=1)
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(text + "\n")
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
