@@ -56,9 +56,8 @@ def describe(images: np.ndarray, labels) -> dict:
 
   from bloodcell_jax.models import framing
   x = images.astype(np.float32)
-  centroid, radius = map(np.asarray, jax.jit(framing.nucleus_geometry)(x))
-  centre = (np.array(images.shape[1:3]) - 1) / 2
-  offset = np.linalg.norm(centroid - centre, axis=1)
+  cy, cx, radius = map(np.asarray, jax.jit(framing.nucleus_geometry)(x))
+  offset = np.hypot(cy - (images.shape[1] - 1) / 2, cx - (images.shape[2] - 1) / 2)
   spread = lambda v: [round(float(q), 1) for q in np.percentile(v, [50, 10, 90])]
   return {
       "num_images": len(images),

@@ -50,6 +50,12 @@ def background(x):
   return block_mean(x, 4).max(axis=(1, 2), keepdims=True)
 
 
+def optical_density(x, fill):
+  """Per channel, the Beer-Lambert absorbance of float images in [0, 255] against their
+  background colour `fill` (B, 1, 1, 3); 0 where a pixel is brighter than the background."""
+  return jax.nn.relu(jnp.log((fill + 1.0) / (x + 1.0)))
+
+
 def nucleus_weights(x):
   """(B, H, W) non-negative weights, large on the nucleus, for float images in [0, 255]."""
   # OD_green - OD_blue = log((blue + 1) / (green + 1)) less the same of the background. A

@@ -6,13 +6,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bloodcell_jax.models import framing
 from bloodcell_jax.models.depthwise import depthwise_conv2d
-from bloodcell_jax.models.framing import apply_framing
 
 # Keras's usual BatchNorm momentum (MobileNetV3 sets 0.999).
 BATCH_NORM_MOMENTUM = 0.9
 
-INPUT_NORMS = ("none", "grey_world", "channel_standardize")
+INPUT_NORMS = ("none", "grey_world", "channel_standardize", "stain_density")
+
+# stain_density: the grey level of the nucleus's mean density (0: white, 1: black).
+NUCLEUS_DENSITY = 0.8
+# Densities above this (per channel) are a dark border or debris, not stain.
+MAX_DENSITY = 3.0
 
 
 def normalize_input(x, method: str):
@@ -22,24 +27,48 @@ def normalize_input(x, method: str):
   white balance and a stain's overall cast removed). channel_standardize: each channel
   shifted and scaled to zero mean and unit variance over the image, Reinhard et al.'s
   colour transfer in RGB with the target statistics left to the first layer (removes
-  gains and offsets per channel: illumination, contrast, white balance). Applied inside
-  the model, so training, evaluation, prediction and exports all see the same input.
+  gains and offsets per channel: illumination, contrast, white balance). stain_density: see
+  `stain_density`. Applied inside the model, so training, evaluation, prediction and exports
+  all see the same input.
   """
   if method == "none":
     return x
   mean = x.mean(axis=(1, 2), keepdims=True)
   if method == "grey_world":
     return x * (mean.mean(axis=-1, keepdims=True) / jnp.maximum(mean, 1.0))
+  if method == "stain_density":
+    return stain_density(x)
   if method == "channel_standardize":
     std = jnp.sqrt(jnp.square(x - mean).mean(axis=(1, 2), keepdims=True))
     return (x - mean) / jnp.maximum(std, 1.0) * 64.0 + 128.0  # back on the [0, 255] scale
   raise ValueError(f"input normalisation {method!r}: expected one of {', '.join(INPUT_NORMS)}")
 
 
-def prepare_input(x, framing: str, input_norm: str, dtype):
+def stain_density(x):
+  """Grey images of how much stain each pixel holds, for float images in [0, 255]: the optical
+  density summed over the channels against the image's own background, scaled so that the
+  nucleus's mean density is NUCLEUS_DENSITY, shown dark on white (255 - 255 * density).
+
+  What differs between labs' stains and cameras (illumination, white balance, the stain's hue
+  and strength, a yellow or blue background) goes; where stain is and how dense it is
+  relative to the nucleus stays. The colour of eosinophil granules goes too: their density
+  and texture remain.
+  """
+  fill = framing.background(x)
+  density = jnp.minimum(framing.optical_density(x, fill), MAX_DENSITY).sum(axis=-1)
+  weights = framing.nucleus_weights(x)
+  nucleus = ((weights * density).sum(axis=(1, 2), keepdims=True)
+             / jnp.maximum(weights.sum(axis=(1, 2), keepdims=True), 1e-6))
+  scaled = jnp.clip(density * (NUCLEUS_DENSITY / jnp.maximum(nucleus, 0.05)), 0.0, 1.0)
+  return (255.0 * (1.0 - scaled))[..., None] * jnp.ones((3,), x.dtype)  # as RGB
+
+
+def prepare_input(x, framing_method: str, input_norm: str, dtype):
   """Images in [0, 255] framed (framing.FRAMINGS, in float32: the crop geometry needs the
   precision) and colour-normalised (INPUT_NORMS), in `dtype`."""
-  x = apply_framing(jnp.asarray(x, jnp.float32), framing)
+  x = framing.apply_framing(jnp.asarray(x, jnp.float32), framing_method)
+  if input_norm == "stain_density":  # float32 too: logarithms of small ratios
+    return jnp.asarray(stain_density(x), dtype)
   return normalize_input(jnp.asarray(x, dtype), input_norm)
 
 

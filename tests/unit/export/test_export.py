@@ -1,7 +1,7 @@
 """Exported models (SavedModel, ONNX, LiteRT) give the JAX model's probabilities and carry their
-metadata: the CNN of configs/cnn_xsite.py here (framing and colour standardisation inside the
-model); EfficientNetV2-B0 and a small ConvNeXt in tests/e2e/test_export_formats.py,
-the program on a trained run in tests/e2e/test_export_cli.py."""
+metadata: the CNN of configs/cnn_xsite.py here (framing and stain density inside the model);
+EfficientNetV2-B0 and a small ConvNeXt in tests/e2e/test_export_formats.py, the program on a
+trained run in tests/e2e/test_export_cli.py."""
 
 import pytest
 
@@ -10,7 +10,7 @@ from helpers import exporting
 
 @pytest.fixture(scope="module", params=["cnn"])
 def exportable(request):
-  return exporting.exportable(request.param, framing="nucleus", input_norm="channel_standardize")
+  return exporting.exportable(request.param, framing="nucleus", input_norm="stain_density")
 
 
 @pytest.fixture(scope="module")

@@ -103,3 +103,22 @@ def test_input_normalisations_remove_what_they_claim():
   np.testing.assert_allclose(normalize_input(x * gains + offsets, "channel_standardize"),
                              normalize_input(x, "channel_standardize"), rtol=1e-4, atol=1e-3)
   np.testing.assert_array_equal(normalize_input(x, "none"), x)
+
+
+def test_stain_density_ignores_the_lamp_the_camera_and_the_stain_strength():
+  """Images made by Beer-Lambert's law: background light through stain densities."""
+  rows, cols = np.mgrid[:32, :32]
+  nucleus = (np.hypot(rows - 16, cols - 15) < 6).astype(np.float32)
+  cytoplasm = (np.hypot(rows - 16, cols - 15) < 11).astype(np.float32) - nucleus
+  stain_vectors = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]], np.float32)  # H, E
+
+  def slide(background, strength):
+    density = strength * (nucleus[..., None] * 1.2 * stain_vectors[0]
+                          + cytoplasm[..., None] * 0.3 * stain_vectors[1])
+    return jnp.asarray(np.asarray(background, np.float32) * np.exp(-density))[None]
+
+  pbc = normalize_input(slide((254, 231, 206), 1.0), "stain_density")
+  other = normalize_input(slide((200, 221, 188), 1.6), "stain_density")  # Bio-Net's yellow
+  np.testing.assert_allclose(other, pbc, atol=6.0)
+  assert float(pbc[0, 16, 15, 0]) < 80 and float(pbc[0, 0, 0, 0]) > 250  # dark nucleus, white
+  assert len({float(v) for v in np.ravel(pbc[0, 16, 15])}) == 1  # grey
