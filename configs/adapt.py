@@ -38,6 +38,10 @@ def get_config(run: str = ""):
       config = ml_collections.ConfigDict(recorded.upgrade_recorded(json.load(f)))
     with open(os.path.join(run, "split_manifest.json")) as f:
       config.data.class_names = json.load(f)["class_names"]
+    # JSON gives a list, which --config.optim.freeze cannot override; the recipes use tuples.
+    optim = config.optim.to_dict()
+    optim["freeze"] = tuple(optim["freeze"])
+    config.optim = ml_collections.ConfigDict(optim)
     config.init.weights = run
   else:
     config = cnn_robust.get_config()
