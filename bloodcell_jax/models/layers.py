@@ -33,11 +33,11 @@ def normalize_input(x, method: str):
   """
   if method == "none":
     return x
+  if method == "stain_density":
+    return stain_density(x)
   mean = x.mean(axis=(1, 2), keepdims=True)
   if method == "grey_world":
     return x * (mean.mean(axis=-1, keepdims=True) / jnp.maximum(mean, 1.0))
-  if method == "stain_density":
-    return stain_density(x)
   if method == "channel_standardize":
     std = jnp.sqrt(jnp.square(x - mean).mean(axis=(1, 2), keepdims=True))
     return (x - mean) / jnp.maximum(std, 1.0) * 64.0 + 128.0  # back on the [0, 255] scale
