@@ -31,10 +31,14 @@ HEAD_ONLY = "'(dense|logits|head_dense|predictions)/.*=train', '.*=freeze'"
 
 
 def class_files(folder: str) -> dict:
+  """{class: its image files, relative to the class folder} of an ImageFolder."""
   from bloodcell_jax.data import sources
-  return {c: sorted(f for f in os.listdir(os.path.join(folder, c))
-                    if f.lower().endswith(sources.IMAGE_EXTENSIONS))
-          for c in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, c))}
+  files = {}
+  for path in sources.image_files(folder)[0]:
+    name, rest = path.split(os.sep, 1) if os.sep in path else ("", path)
+    if name:
+      files.setdefault(name, []).append(rest)
+  return files
 
 
 def draw_split(folder: str, k: int, seed: int, out: str):
@@ -44,22 +48,29 @@ def draw_split(folder: str, k: int, seed: int, out: str):
   for name, files in class_files(folder).items():
     chosen = set(rng.permutation(len(files))[:min(k, len(files) - 1)].tolist())
     for i, f in enumerate(files):
-      target = os.path.join(out, "train" if i in chosen else "test", name)
-      os.makedirs(target, exist_ok=True)
-      os.symlink(os.path.abspath(os.path.join(folder, name, f)), os.path.join(target, f))
+      target = os.path.join(out, "train" if i in chosen else "test", name, f)
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.symlink(os.path.abspath(os.path.join(folder, name, f)), target)
   return os.path.join(out, "train"), os.path.join(out, "test")
 
 
-def scores(workdir: str, folder: str, adapt_bn: bool = False) -> dict:
+def scores(workdir: str, folder: str, with_adabn: bool = False) -> dict:
+  """{"as_is": ..., and with `with_adabn` "adabn": ...}: the run's balanced accuracies on the
+  folder, with its own BatchNorm statistics and with the folder's."""
   from bloodcell_jax.evaluation import adaptation, inference, labelled_set
   config, class_names, model, state = inference.load_run(workdir)
   data = inference.read_labelled(folder, config.image_size, class_names, "--sets")
-  if adapt_bn:
-    state = adaptation.adapt_batch_stats(model, state, data.images)
-  probabilities = inference.predict(model, state, data.images, batch_size=128)
-  summary = labelled_set.summarize(probabilities, data.labels, class_names)
-  return {"balanced_accuracy_8class": round(summary["balanced_accuracy"], 4),
-          "balanced_accuracy_restricted": round(summary["restricted_balanced_accuracy"], 4)}
+  states = {"as_is": state}
+  if with_adabn:
+    states["adabn"] = adaptation.adapt_batch_stats(model, state, data.images)
+  out = {}
+  for name, variables in states.items():
+    probabilities = inference.predict(model, variables, data.images, batch_size=128)
+    summary = labelled_set.summarize(probabilities, data.labels, class_names)
+    out[name] = {"balanced_accuracy_8class": round(summary["balanced_accuracy"], 4),
+                 "balanced_accuracy_restricted":
+                     round(summary["restricted_balanced_accuracy"], 4)}
+  return out
 
 
 def fine_tune(workdir: str, train: str, out: str, mode: str, seed: int):
@@ -91,8 +102,8 @@ def main():
   report = {"workdir": args.workdir, "sets": {}}
   for folder in args.sets.split(","):
     name = os.path.basename(os.path.normpath(folder))
-    result = {"zero_shot": scores(args.workdir, folder),
-              "adabn": scores(args.workdir, folder, adapt_bn=True)}
+    before = scores(args.workdir, folder, with_adabn=True)
+    result = {"zero_shot": before["as_is"], "adabn": before["adabn"]}
     for k in (int(v) for v in args.k.split(",")):
       for mode in args.modes.split(","):
         draws = []
@@ -102,7 +113,7 @@ def main():
             train, test = draw_split(folder, k, seed, scratch)
             run = os.path.join(scratch, "run")
             fine_tune(args.workdir, train, run, mode, seed)
-            draws.append(scores(run, test))
+            draws.append(scores(run, test)["as_is"])
           finally:
             shutil.rmtree(scratch, ignore_errors=True)
         result[f"k_{k}_{mode}"] = {"mean": mean_of(draws), "draws": draws}

@@ -33,15 +33,11 @@ MAX_REFERENCE_IMAGES = 2000
 def read_folder(path: str, limit: int = 0, seed: int = 0):
   """(uint8 images, class name per image) of an ImageFolder; `limit` > 0 draws that many."""
   from bloodcell_jax.data import sources
-  classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-  files = [(c, os.path.join(path, c, f)) for c in classes
-           for f in sorted(os.listdir(os.path.join(path, c)))
-           if f.lower().endswith(sources.IMAGE_EXTENSIONS)]
-  if limit and len(files) > limit:
-    keep = np.random.default_rng(seed).choice(len(files), limit, replace=False)
-    files = [files[i] for i in sorted(keep)]
-  images = np.stack([sources.read_image_file(f, 96)[0] for _, f in files])
-  return images, [c for c, _ in files]
+  data = sources.read_image_folder(path, 96)
+  if limit and len(data) > limit:
+    data = data.subset(np.sort(np.random.default_rng(seed).choice(len(data), limit,
+                                                                  replace=False)))
+  return data.images, [data.class_names[c] for c in data.labels]
 
 
 def laplacian_variance(images: np.ndarray) -> np.ndarray:
@@ -100,11 +96,12 @@ def changes(reference: np.ndarray):
 def balanced_accuracies(workdir: str, sets: dict, reference: np.ndarray) -> dict:
   from bloodcell_jax.evaluation import inference, labelled_set
   config, class_names, model, state = inference.load_run(workdir)
+  to_reference = changes(reference)
   out = {}
   for name, (images, labels) in sets.items():
     indices = np.array([class_names.index(c) for c in labels])
     out[name] = {}
-    for change, apply in changes(reference).items():
+    for change, apply in to_reference.items():
       x = apply(images.astype(np.float32))
       probabilities = inference.predict(model, state, x, batch_size=128)
       summary = labelled_set.summarize(probabilities, indices, class_names)

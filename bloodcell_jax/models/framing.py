@@ -56,14 +56,15 @@ def optical_density(x, fill):
   return jax.nn.relu(jnp.log((fill + 1.0) / (x + 1.0)))
 
 
-def nucleus_weights(x):
-  """(B, H, W) non-negative weights, large on the nucleus, for float images in [0, 255]."""
+def nucleus_weights(x, fill=None):
+  """(B, H, W) non-negative weights, large on the nucleus, for float images in [0, 255] and
+  their `background` colour `fill` (computed when not given)."""
   # OD_green - OD_blue = log((blue + 1) / (green + 1)) less the same of the background. A
   # channel as a weighted sum, not indexing: a channel of a dynamic batch exports as a gather,
   # which LiteRT cannot convert.
   def channel(y, c):
     return (y * jnp.eye(3, dtype=y.dtype)[c]).sum(axis=-1)
-  fill = background(x)
+  fill = background(x) if fill is None else fill
   purple = jax.nn.relu(jnp.log((channel(x, 2) + 1.0) / (channel(x, 1) + 1.0))
                        - jnp.log((channel(fill, 2) + 1.0) / (channel(fill, 1) + 1.0)))
   # The peak of 2x2 means, sliding (a small nucleus may straddle blocks): robust to one dark
@@ -76,10 +77,10 @@ def nucleus_weights(x):
   return jax.nn.relu(purple - 0.5 * peak)
 
 
-def nucleus_geometry(x):
+def nucleus_geometry(x, fill=None):
   """Centroid row and column (B,) and radius of gyration (B,), in pixels, of the nucleus
   weights; an image without any weight gets the image centre and the target size."""
-  weights = nucleus_weights(x)
+  weights = nucleus_weights(x, fill)
   height, width = x.shape[1:3]
   rows = jnp.arange(height, dtype=x.dtype)[None, :, None]
   cols = jnp.arange(width, dtype=x.dtype)[None, None, :]
@@ -100,7 +101,8 @@ def frame_cells(x):
   crop reaches past the image, the image's background colour fills it."""
   x = jax.lax.stop_gradient(x)
   height, width = x.shape[1:3]
-  cy, cx, radius = nucleus_geometry(x)
+  fill = background(x)
+  cy, cx, radius = nucleus_geometry(x, fill)
   zoom = jnp.clip(NUCLEUS_SPREAD * min(height, width) / jnp.maximum(radius, 1.0), *ZOOM_RANGE)
 
   def shift(centroid, size):
@@ -110,7 +112,6 @@ def frame_cells(x):
     return centre + 0.5 - zoom * (focus + 0.5)
 
   # Resampling the difference from the background leaves the background outside the image.
-  fill = background(x)
   return resample(x - fill, zoom, shift(cy, height), shift(cx, width)) + fill
 
 

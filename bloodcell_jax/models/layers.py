@@ -56,7 +56,7 @@ def stain_density(x):
   """
   fill = framing.background(x)
   density = jnp.minimum(framing.optical_density(x, fill), MAX_DENSITY).sum(axis=-1)
-  weights = framing.nucleus_weights(x)
+  weights = framing.nucleus_weights(x, fill)
   nucleus = ((weights * density).sum(axis=(1, 2), keepdims=True)
              / jnp.maximum(weights.sum(axis=(1, 2), keepdims=True), 1e-6))
   scaled = jnp.clip(density * (NUCLEUS_DENSITY / jnp.maximum(nucleus, 0.05)), 0.0, 1.0)
@@ -64,12 +64,10 @@ def stain_density(x):
 
 
 def prepare_input(x, framing_method: str, input_norm: str, dtype):
-  """Images in [0, 255] framed (framing.FRAMINGS, in float32: the crop geometry needs the
-  precision) and colour-normalised (INPUT_NORMS), in `dtype`."""
+  """Images in [0, 255] framed (framing.FRAMINGS) and colour-normalised (INPUT_NORMS), in
+  `dtype`; both in float32 (the crop geometry and the logarithms of small ratios need it)."""
   x = framing.apply_framing(jnp.asarray(x, jnp.float32), framing_method)
-  if input_norm == "stain_density":  # float32 too: logarithms of small ratios
-    return jnp.asarray(stain_density(x), dtype)
-  return normalize_input(jnp.asarray(x, dtype), input_norm)
+  return jnp.asarray(normalize_input(x, input_norm), dtype)
 
 
 def batch_norm_dtypes(dtype, param_dtype) -> dict:
