@@ -2,13 +2,16 @@
 
   python benchmarks/other_lab_adaptation.py --workdir=runs/cnn_xsite \
       --sets=../shared/data/xsite_dev/lisc,../shared/data/xsite_dev/bionet \
-      [--k=10] [--draws=3] [--modes=whole,head] [--out=adaptation.json]
+      [--k=10] [--draws=3] [--modes=whole,head] [--unlabelled] [--out=adaptation.json]
 
 Prints JSON with, for each set, the balanced accuracy over the classes present (argmax over all
 the run's classes, and restricted to the classes present):
 - zero_shot: the run as it is;
 - adabn: BatchNorm statistics recomputed on the set's images (no labels);
-- k_<k>_<mode>: configs/adapt.py fine-tuned on k labelled images per class (a seeded draw; the
+- unlabelled (with --unlabelled): configs/adapt_unlabelled.py run on the set's images without
+  their labels (pseudo-labels chosen among the classes present), then scored on the same images;
+  beside it the run's PBC validation accuracy before and after, and the guard's choice;
+- k_<k>_<mode> (--k= empty: none): configs/adapt.py fine-tuned on k labelled images per class (a seeded draw; the
   rest of the set measures it), for each draw, and their mean; mode `whole` trains every layer,
   `head` only the classifier head. Each fine-tuning is a real `launch.py` run in a temporary
   workdir. A class with k images or fewer keeps at least one image for the measurement.
@@ -86,6 +89,21 @@ def fine_tune(workdir: str, train: str, out: str, mode: str, seed: int):
     sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
 
 
+def self_train(workdir: str, folder: str, out: str) -> dict:
+  """configs/adapt_unlabelled.py on the folder's images, pseudo-labels among its classes; its
+  results.json."""
+  classes = ", ".join(repr(c) for c in sorted(class_files(folder)))
+  command = [sys.executable, os.path.join(ROOT, "launch.py"),
+             f"--config={os.path.join(ROOT, 'configs', 'adapt_unlabelled.py')}:{workdir}",
+             f"--workdir={out}", f"--config.self_training.unlabelled={folder}",
+             f"--config.self_training.classes=({classes},)"]
+  done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  if done.returncode:
+    sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+  with open(os.path.join(out, "results.json")) as f:
+    return json.load(f)
+
+
 def mean_of(draws: list) -> dict:
   return {key: round(float(np.mean([d[key] for d in draws])), 4) for key in draws[0]}
 
@@ -97,6 +115,8 @@ def main():
   parser.add_argument("--k", default="10", help="comma-separated labels per class")
   parser.add_argument("--draws", type=int, default=3, help="seeded draws per k")
   parser.add_argument("--modes", default="whole,head", help="whole and/or head")
+  parser.add_argument("--unlabelled", action="store_true",
+                      help="also self-train on each set's images without labels")
   parser.add_argument("--out", default="", help="also write the JSON here")
   args = parser.parse_args()
   report = {"workdir": args.workdir, "sets": {}}
@@ -104,7 +124,20 @@ def main():
     name = os.path.basename(os.path.normpath(folder))
     before = scores(args.workdir, folder, with_adabn=True)
     result = {"zero_shot": before["as_is"], "adabn": before["adabn"]}
-    for k in (int(v) for v in args.k.split(",")):
+    if args.unlabelled:
+      scratch = tempfile.mkdtemp(prefix="self_train_")
+      try:
+        run = os.path.join(scratch, "run")
+        results = self_train(args.workdir, folder, run)
+        result["unlabelled"] = {
+            **scores(run, folder)["as_is"], "pbc_val_before": results["guard"]["start_val_accuracy"],
+            "pbc_val_after": results["val_accuracy"], "result_step": results["best_step"],
+            "rejected_epochs": results["guard"]["rejected_epochs"],
+            "pseudo_labelled": results["self_training"]["per_class"]}
+      finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+      print(json.dumps({name: {"unlabelled": result["unlabelled"]}}), file=sys.stderr)
+    for k in (int(v) for v in args.k.split(",") if v):
       for mode in args.modes.split(","):
         draws = []
         for seed in range(args.draws):

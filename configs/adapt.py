@@ -26,22 +26,40 @@ import os
 import ml_collections
 
 from bloodcell_jax.config import recorded
-from configs import cnn_robust
+from configs import cnn_robust, default
+
+
+def _as_tuples(value):
+  if isinstance(value, dict):
+    return {k: _as_tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_as_tuples(v) for v in value)
+  return value
+
+
+def recorded_config(run: str):
+  """The config a trained run recorded (its config.json, in today's form), with its classes
+  (split_manifest.json) and no stages."""
+  path = os.path.join(run, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: missing; after ':' name a training run's workdir")
+  with open(path) as f:
+    # JSON gives lists, which --config.KEY cannot override; the recipes use tuples.
+    config = ml_collections.ConfigDict(_as_tuples(recorded.upgrade_recorded(json.load(f))))
+  with open(os.path.join(run, "split_manifest.json")) as f:
+    config.data.class_names = tuple(json.load(f)["class_names"])
+  defaults = default.get_config()
+  for group in ("self_training",):  # keys newer than the run
+    if group not in config:
+      config[group] = defaults[group]
+  config.train.max_val_drop = config.train.get("max_val_drop", -1.0)
+  config.stages = ml_collections.ConfigDict()
+  return config
 
 
 def get_config(run: str = ""):
   if run:
-    path = os.path.join(run, "config.json")
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path}: missing; after ':' name a training run's workdir")
-    with open(path) as f:
-      config = ml_collections.ConfigDict(recorded.upgrade_recorded(json.load(f)))
-    with open(os.path.join(run, "split_manifest.json")) as f:
-      config.data.class_names = json.load(f)["class_names"]
-    # JSON gives a list, which --config.optim.freeze cannot override; the recipes use tuples.
-    optim = config.optim.to_dict()
-    optim["freeze"] = tuple(optim["freeze"])
-    config.optim = ml_collections.ConfigDict(optim)
+    config = recorded_config(run)
     config.init.weights = run
   else:
     config = cnn_robust.get_config()

@@ -61,6 +61,15 @@ def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
   config.data.offline_copies = 0
   config.data.offline_augment = ""
 
+  # Self-training on a new lab's unlabelled images (configs/adapt_unlabelled.py): the run in
+  # config.init.weights labels them, and the confident ones join the training set.
+  config.self_training = ml_collections.ConfigDict()
+  config.self_training.unlabelled = ""  # a folder or .npz of the new lab's images; "" = off
+  config.self_training.classes = ()  # pseudo-labels among these classes only; () = all
+  config.self_training.min_confidence = 0.8  # calibrated probability of the chosen class
+  config.self_training.class_fraction = 0.5  # per predicted class, its most confident share
+  config.self_training.share = 0.3  # of the training set, by repeating the chosen images
+
   config.augment = ml_collections.ConfigDict()
   # Ops joined by '|' (bloodcell_jax/data/augment.py lists them). The study's basic
   # augmentation: flips, translation, rotation, zoom (Keras factors).
@@ -125,6 +134,10 @@ def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
   # Also keep an exponential moving average of the weights (e.g. 0.999; 0 = off), evaluated
   # beside the raw weights as ema_val_accuracy, ema_test_accuracy, ...
   config.train.ema_decay = 0.0
+  # >= 0: a guard for adapting a trained run (config.init.weights). The starting weights'
+  # validation accuracy is measured first; the result is the newest epoch whose accuracy is at
+  # most this much lower (0.01: one point), or the starting weights when none is. -1 = off.
+  config.train.max_val_drop = -1.0
 
   config.eval = ml_collections.ConfigDict()
   # Test-time augmentation of the final evaluation: "" (off) or a view set of tta.VIEWS

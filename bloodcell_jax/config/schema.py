@@ -132,6 +132,11 @@ RULES = {
     "data.cleaning.contact_sheets": flag,
     "data.offline_copies": int_at_least(0),
     "data.offline_augment": text,
+    "self_training.unlabelled": text,
+    "self_training.classes": lambda v: None if not v else class_names(v),
+    "self_training.min_confidence": number_in(0.0, 1.0),
+    "self_training.class_fraction": number_in(0.0, 1.0, open_low=True),
+    "self_training.share": number_in(0.0, 1.0, open_low=True, open_high=True),
     "model.name": text,  # a registered model: checked by building it, as its other keys
     "augment.train": text,
     "augment.eval_strong": text,
@@ -170,6 +175,8 @@ RULES = {
     "train.checkpoint_every_steps": int_at_least(0),
     "train.keep_checkpoints": int_at_least(1),
     "train.ema_decay": number_in(0.0, 1.0, open_high=True),
+    "train.max_val_drop": lambda v: None if v == -1 or number_in(0.0, 1.0)(v) is None
+    else "-1 (off) or a number in [0.0, 1.0]",
     "eval.tta": registered(_tta_views, ""),  # "": no test-time augmentation
     "eval.report": flag,
 }

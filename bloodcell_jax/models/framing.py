@@ -32,6 +32,9 @@ ZOOM_RANGE = (0.7, 2.5)
 # The most the centre may move, as a fraction of the side: the crops are already roughly
 # centred, and a far-off purple object (a neighbour's nucleus at the edge) must not win.
 MAX_SHIFT = 0.25
+# Measure-and-crop passes: the second corrects the first's centre and size by 3-5 points of
+# other-lab accuracy (docs/other-labs.md); a third changes little.
+FRAMING_PASSES = 2
 
 
 def block_mean(x, size: int):
@@ -95,14 +98,9 @@ def nucleus_geometry(x, fill=None):
   return (jnp.where(found, cy, (height - 1) / 2), jnp.where(found, cx, (width - 1) / 2), radius)
 
 
-def frame_cells(x):
-  """Float images (B, H, W, 3) in [0, 255], each zoomed about its nucleus so that the nucleus's
-  radius of gyration is NUCLEUS_SPREAD of the side, centred (within MAX_SHIFT). Where the
-  crop reaches past the image, the image's background colour fills it."""
-  x = jax.lax.stop_gradient(x)
-  height, width = x.shape[1:3]
-  fill = background(x)
-  cy, cx, radius = nucleus_geometry(x, fill)
+def crop_about(cy, cx, radius, height: int, width: int):
+  """The zoom (B,) and row and column shifts (B,) that put a nucleus at (cy, cx) of `radius`
+  pixels in the centre at NUCLEUS_SPREAD of the side (within ZOOM_RANGE and MAX_SHIFT)."""
   zoom = jnp.clip(NUCLEUS_SPREAD * min(height, width) / jnp.maximum(radius, 1.0), *ZOOM_RANGE)
 
   def shift(centroid, size):
@@ -111,8 +109,29 @@ def frame_cells(x):
     focus = centre + jnp.clip(centroid - centre, -MAX_SHIFT * size, MAX_SHIFT * size)
     return centre + 0.5 - zoom * (focus + 0.5)
 
+  return zoom, shift(cy, height), shift(cx, width)
+
+
+def frame_cells(x, passes: int = FRAMING_PASSES):
+  """Float images (B, H, W, 3) in [0, 255], each zoomed about its nucleus so that the nucleus's
+  radius of gyration is NUCLEUS_SPREAD of the side, centred (within MAX_SHIFT). Where the
+  crop reaches past the image, the image's background colour fills it.
+
+  Each pass after the first measures the nucleus again in the framed image (where the half-
+  maximum threshold sees it at the target size, without the far edges) and corrects the crop;
+  the image is resampled from the original every time, so it is blurred once."""
+  x = jax.lax.stop_gradient(x)
+  height, width = x.shape[1:3]
+  fill = background(x)
   # Resampling the difference from the background leaves the background outside the image.
-  return resample(x - fill, zoom, shift(cy, height), shift(cx, width)) + fill
+  crop = crop_about(*nucleus_geometry(x, fill), height, width)
+  for _ in range(passes - 1):
+    zoom, row_shift, col_shift = crop
+    cy, cx, radius = nucleus_geometry(resample(x - fill, *crop) + fill, fill)
+    # Back to the original's pixels: framed pixel p shows original (p + 0.5 - shift) / zoom - 0.5.
+    crop = crop_about((cy + 0.5 - row_shift) / zoom - 0.5, (cx + 0.5 - col_shift) / zoom - 0.5,
+                      radius / zoom, height, width)
+  return resample(x - fill, *crop) + fill
 
 
 def resampling_matrix(size: int, zoom, shift):

@@ -12,7 +12,7 @@ from bloodcell_jax.models.depthwise import depthwise_conv2d
 # Keras's usual BatchNorm momentum (MobileNetV3 sets 0.999).
 BATCH_NORM_MOMENTUM = 0.9
 
-INPUT_NORMS = ("none", "grey_world", "channel_standardize", "stain_density")
+INPUT_NORMS = ("none", "grey_world", "channel_standardize", "stain_density", "relative_density")
 
 # stain_density: the grey level of the nucleus's mean density (0: white, 1: black).
 NUCLEUS_DENSITY = 0.8
@@ -35,6 +35,8 @@ def normalize_input(x, method: str):
     return x
   if method == "stain_density":
     return stain_density(x)
+  if method == "relative_density":
+    return relative_density(x)
   mean = x.mean(axis=(1, 2), keepdims=True)
   if method == "grey_world":
     return x * (mean.mean(axis=-1, keepdims=True) / jnp.maximum(mean, 1.0))
@@ -61,6 +63,28 @@ def stain_density(x):
              / jnp.maximum(weights.sum(axis=(1, 2), keepdims=True), 1e-6))
   scaled = jnp.clip(density * (NUCLEUS_DENSITY / jnp.maximum(nucleus, 0.05)), 0.0, 1.0)
   return (255.0 * (1.0 - scaled))[..., None] * jnp.ones((3,), x.dtype)  # as RGB
+
+
+def relative_density(x):
+  """Colour images of each channel's optical density against the image's own background,
+  divided by the nucleus's mean density in that channel (scaled so that it is NUCLEUS_DENSITY),
+  shown dark on white.
+
+  `stain_density` per channel: the nucleus comes out the same grey in every lab whatever its
+  stain's hue (PBC's purple, LISC's magenta, Bio-Net's violet-blue), and whatever absorbs
+  differently from it keeps its colour relative to it: eosinophil and basophil granules, red
+  cells, the blue cytoplasm of young cells.
+  """
+  fill = framing.background(x)
+  density = jnp.minimum(framing.optical_density(x, fill), MAX_DENSITY)
+  weights = framing.nucleus_weights(x, fill)[..., None]
+  nucleus = ((weights * density).sum(axis=(1, 2), keepdims=True)
+             / jnp.maximum(weights.sum(axis=(1, 2), keepdims=True), 1e-6))
+  # A channel the nucleus barely absorbs is scaled as if it absorbed a quarter of the mean
+  # channel's density: its noise is not blown up.
+  floor = jnp.maximum(0.25 * nucleus.mean(axis=-1, keepdims=True), 0.02)
+  scaled = jnp.clip(density * (NUCLEUS_DENSITY / jnp.maximum(nucleus, floor)), 0.0, 1.0)
+  return 255.0 * (1.0 - scaled)
 
 
 def prepare_input(x, framing_method: str, input_norm: str, dtype):

@@ -19,6 +19,9 @@ class LoopState:
   epochs_without_improvement: int = 0
   stopped_early: bool = False
   train_seconds: float = 0.0
+  # With config.train.max_val_drop >= 0: the starting weights' validation accuracy, the floor
+  # an epoch must reach to become the result, and the epochs that did not.
+  guard: Optional[dict] = None
 
 
 @dataclasses.dataclass
@@ -41,3 +44,4 @@ class RunContext:
   offline: dict  # the offline augmented copies in the training set
   manifest: dict  # the ids of each split
   provenance: Optional[dict] = None  # recorded in results.json as "sweep"
+  self_training: Optional[dict] = None  # the pseudo-labelled images added (config.self_training)

@@ -48,12 +48,18 @@ def evaluate(run: RunContext, state, loop: LoopState) -> dict:
       "offline_augmentation": run.offline,
       "cleaning": data.cleaning,
       **({"sweep": run.provenance} if run.provenance else {}),
+      **({"self_training": run.self_training} if run.self_training else {}),
+      **({"guard": loop.guard} if loop.guard else {}),
   }
   if jax.process_index() == 0:
     atomic.write_json(os.path.join(workdir, run_files.RESULTS), results)
     run_outputs.write(workdir, run, results, kept, loop.best_step)
   run.writer.write_scalars(loop.step, {k: v for k, v in results.items()
                                        if k.endswith("accuracy") and isinstance(v, float)})
+  if loop.guard:
+    logging.info("guard: the result is %s (epochs below val_accuracy %.4f: %s)",
+                 f"step {loop.best_step}" if loop.best_step else "the starting weights",
+                 loop.guard["floor"], loop.guard["rejected_epochs"] or "none")
   shown = lambda key: "n/a" if results.get(key) is None else f"{results[key]:.4f}"
   logging.info("results: val_accuracy %s, augmented_val_accuracy %s, test_accuracy %s%s%s, "
                "val ECE %s -> %s at temperature %s (%s)",

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import signal
 import time
+from typing import Optional
 
 import jax
 import numpy as np
@@ -85,6 +86,8 @@ def train(run: RunContext, state, loop: LoopState):
       num_steps=run.total_steps, augmentation=config.augment.train,
       views=2 if config.loss.jsd_weight else 0,
       process_index=jax.process_index(), process_count=jax.process_count())
+  if loop.step == 0 and config.train.get("max_val_drop", -1.0) >= 0 and run.val_source:
+    _start_guard(run, state, loop)
   progress = _Progress(loop.step, run.total_steps, config.batch_size)
   accumulated = None
   started = time.perf_counter() - loop.train_seconds
@@ -146,6 +149,29 @@ def _evaluate_during_training(run: RunContext, state, loop: LoopState) -> None:
                ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
 
 
+def _start_guard(run: RunContext, state, loop: LoopState) -> None:
+  """Measures the starting weights on the validation set and keeps them as the result until an
+  epoch stays within config.train.max_val_drop of their accuracy (see `_guarded_score`)."""
+  summary, _ = run.passes(state, run.val_source, "val")
+  start, drop = summary["val_accuracy"], run.config.train.max_val_drop
+  loop.guard = {"start_val_accuracy": start, "max_val_drop": drop, "floor": start - drop,
+                "rejected_epochs": []}
+  loop.best_step, loop.best_value = 0, summary.get(run.config.train.early_stopping_metric, start)
+  run.writer.write_scalars(0, {"val_accuracy": start, "val_loss": summary["val_loss"]})
+  logging.info("guard: the starting weights' val_accuracy %.4f; an epoch below %.4f is never "
+               "the result", start, start - drop)
+  run.checkpoints.save(state, dataclasses.asdict(loop), best_score=0.0)
+
+
+def _guarded_score(value: float, loop: LoopState) -> Optional[float]:
+  """With a guard, the newest epoch within the floor is the result (its step is its score; the
+  starting weights' is 0); an epoch below the floor is not, and is recorded."""
+  if value >= loop.guard["floor"]:
+    return float(loop.step)
+  loop.guard["rejected_epochs"].append(loop.epoch)
+  return None
+
+
 def _end_epoch(run: RunContext, state, loop: LoopState) -> bool:
   """Validates, updates early stopping, checkpoints; True when training should stop.
   Without a validation set every epoch's checkpoint is the newest best."""
@@ -163,7 +189,12 @@ def _end_epoch(run: RunContext, state, loop: LoopState) -> bool:
     raise UserError(f"config.train.early_stopping_metric='{metric}': expected one of "
                     f"{', '.join(k for k in summary if not k.startswith('per_class'))}")
   value = summary[metric]
-  improved = _is_improvement(value, loop, config)
+  if loop.guard:
+    best_score = _guarded_score(summary["val_accuracy"], loop)
+    improved = best_score is not None
+  else:
+    improved = _is_improvement(value, loop, config)
+    best_score = _score(metric, value) if improved else None
   if improved:
     loop.best_value, loop.best_step, loop.epochs_without_improvement = value, loop.step, 0
   else:
@@ -176,9 +207,9 @@ def _end_epoch(run: RunContext, state, loop: LoopState) -> bool:
   logging.info("epoch %d step %d: val_accuracy %.4f, balanced %.4f, val_loss %.4f%s%s",
                loop.epoch, loop.step, summary["val_accuracy"], summary["val_balanced_accuracy"],
                summary["val_loss"], f", ema_val_accuracy {summary['ema_val_accuracy']:.4f}"
-               if state.ema else "", " (best)" if improved else "")
-  run.checkpoints.save(state, dataclasses.asdict(loop),
-                       best_score=_score(metric, value) if improved else None)
+               if state.ema else "", (" (the result so far)" if loop.guard else " (best)")
+               if improved else (" (below the guard's floor)" if loop.guard else ""))
+  run.checkpoints.save(state, dataclasses.asdict(loop), best_score=best_score)
   if loop.stopped_early:
     logging.info("early stopping: no improvement of %s for %d epochs; best at step %d",
                  metric, patience, loop.best_step)

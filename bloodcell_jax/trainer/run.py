@@ -83,8 +83,13 @@ def train_and_evaluate(config, workdir: str, provenance: Optional[dict] = None) 
   os.makedirs(workdir, exist_ok=True)
   data, manifest = _load_data(config, workdir)
   data, offline_summary = _with_offline_copies(config, data, workdir)
+  data, self_training, chosen = _with_pseudo_labels(config, data)
+  if chosen is not None:  # recorded beside the splits, for review
+    manifest = dict(manifest, pseudo_labelled={"source": chosen.name, "ids": chosen.ids.tolist(),
+                                               "labels": chosen.labels.tolist()})
   _check_batch_sizes(config, len(data.train))
   run, state = _build_run(config, workdir, data, manifest, offline_summary, provenance)
+  run.self_training = self_training
   try:
     return _resume_train_evaluate(run, state)
   except Exception as error:  # pylint: disable=broad-except
@@ -171,6 +176,36 @@ def _with_offline_copies(config, data, workdir: str):
   train, summary = offline.with_copies(data.train, config.data.offline_copies, spec, config.seed,
                                        os.path.join(workdir, "offline_augmentation"))
   return dataclasses.replace(data, train=train), summary
+
+
+def _with_pseudo_labels(config, data):
+  """(splits, summary, pseudo-labelled ImageSet): the splits with the new lab's images that
+  `config.init.weights` labels confidently added to the training set (config.self_training;
+  evaluation/adaptation.py), each repeated so that they make up about `share` of it. Summary and
+  set are None when self-training is off."""
+  settings = config.get("self_training")
+  if not settings or not settings.unlabelled:
+    return data, None, None
+  if not config.init.weights or not os.path.isdir(config.init.weights):
+    raise UserError(f"config.self_training.unlabelled needs config.init.weights to be a trained "
+                    f"run's workdir (it labels the images), got {config.init.weights!r}")
+  from bloodcell_jax.evaluation import adaptation  # pylint: disable=g-import-not-at-top
+  chosen, summary = adaptation.pseudo_labelled(
+      config.init.weights, settings.unlabelled, config.image_size, data.class_names,
+      tuple(settings.classes), settings.min_confidence, settings.class_fraction)
+  repeats = max(1, round(settings.share * len(data.train)
+                         / ((1.0 - settings.share) * len(chosen))))
+  added = chosen.subset(np.tile(np.arange(len(chosen)), repeats))
+  summary["repeats"] = repeats
+  logging.info("self-training: %d of %d images of %s pseudo-labelled (%s), each %d times in "
+               "the training set", summary["num_pseudo_labelled"], summary["num_images"],
+               settings.unlabelled, ", ".join(f"{k} {v}" for k, v in summary["per_class"].items()),
+               repeats)
+  train = dataclasses.replace(
+      data.train, images=np.concatenate([data.train.images, added.images]),
+      labels=np.concatenate([data.train.labels, added.labels]),
+      ids=np.concatenate([data.train.ids, added.ids]))
+  return dataclasses.replace(data, train=train), summary, chosen
 
 
 def _resume_train_evaluate(run: RunContext, state) -> dict:

@@ -2,6 +2,7 @@
 runs of launch.py."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -101,3 +102,41 @@ def test_few_shot_adaptation_recipe_starts_from_the_run_and_needs_no_validation(
   assert missing.stderr.strip().splitlines()[-1] == (
       "error: --config=configs/adapt.py:/no/such/run: /no/such/run/config.json: missing; after "
       "':' name a training run's workdir")
+
+
+def test_unlabelled_adaptation_self_trains_on_confident_cells_under_the_guard(trained_run,
+                                                                             tmp_path):
+  source, _ = trained_run
+  white_cells = ("basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil")
+  lab = write_lab_folder(tmp_path / "lab", per_class=3, seed=5,
+                         skip=("erythroblast", "platelet"))
+  workdir = tmp_path / "self_trained"
+  result = run_launch(workdir, f"--config.self_training.unlabelled={lab}",
+                      f"--config.self_training.classes={white_cells}",
+                      "--config.self_training.min_confidence=0.2",
+                      "--config.optim.learning_rate=0.01",  # large: some epochs may fall
+                      config=f"configs/adapt_unlabelled.py:{source}", tiny=False)
+  results = json.loads((workdir / run_files.RESULTS).read_text())
+  picked = results["self_training"]
+  assert picked["num_images"] == 18 and 1 <= picked["num_pseudo_labelled"] <= 18
+  assert set(picked["per_class"]) <= set(white_cells)
+  assert sum(picked["per_class"].values()) == picked["num_pseudo_labelled"]
+  manifest = json.loads((workdir / run_files.SPLIT_MANIFEST).read_text())
+  assert len(manifest["pseudo_labelled"]["ids"]) == picked["num_pseudo_labelled"]
+  assert results["num_train"] == (len(manifest["train"]["ids"])
+                                  + picked["repeats"] * picked["num_pseudo_labelled"])
+  # The guard measured the run's own validation images with its own weights first...
+  guard = results["guard"]
+  source_results = json.loads(open(f"{source}/{run_files.RESULTS}").read())
+  assert guard["start_val_accuracy"] == pytest.approx(source_results["val_accuracy"])
+  assert manifest["val"] == json.loads(open(f"{source}/{run_files.SPLIT_MANIFEST}").read())["val"]
+  # ...and the result is the newest epoch within a point of it, or the starting weights.
+  epochs = {int(e): (int(s), float(a)) for e, s, a in re.findall(
+      r"epoch (\d+) step (\d+): val_accuracy ([\d.]+)", result.stderr)}
+  assert sorted(epochs) == [1, 2, 3]
+  below = [e for e, (_, accuracy) in sorted(epochs.items()) if accuracy < guard["floor"] - 1e-4]
+  assert guard["rejected_epochs"] == below
+  kept = [e for e in epochs if e not in below]
+  assert results["best_step"] == (epochs[max(kept)][0] if kept else 0)
+  assert results["val_accuracy"] == pytest.approx(
+      epochs[max(kept)][1] if kept else guard["start_val_accuracy"], abs=1e-4)

@@ -47,3 +47,23 @@ def test_adapted_batchnorm_statistics_are_the_target_images(cells):
   np.testing.assert_allclose(stats["var"], var, rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(jax.device_get(adapted.params["conv"]["kernel"]),
                                 jax.device_get(state.params["conv"]["kernel"]))
+
+
+def test_pseudo_labels_keep_the_confident_share_of_each_predicted_class_among_allowed_ones():
+  probabilities = np.array([
+      [0.90, 0.05, 0.05],  # class 0, confident
+      [0.80, 0.15, 0.05],  # class 0, less so: outside class 0's most confident half
+      [0.88, 0.07, 0.05],  # class 0, in its most confident half
+      [0.25, 0.70, 0.05],  # class 1 at 0.74: the less confident half of class 1
+      [0.10, 0.30, 0.60],  # class 2 is not allowed: renormalised, class 1 at 0.75, kept
+      [0.40, 0.35, 0.25],  # class 0 at 0.53 among the allowed: below the confidence
+  ])
+  indices, labels = adaptation.confident_picks(
+      probabilities, allowed=np.array([True, True, False]), min_confidence=0.7,
+      class_fraction=0.5)
+  np.testing.assert_array_equal(indices, [0, 2, 4])
+  np.testing.assert_array_equal(labels, [0, 0, 1])
+  # A class favoured by the model does not crowd out the others: a share of each.
+  many = np.array([[0.95, 0.05]] * 10 + [[0.2, 0.8]] * 3)
+  _, labels = adaptation.confident_picks(many, np.array([True, True]), 0.5, 0.5)
+  assert np.bincount(labels).tolist() == [5, 2]

@@ -51,7 +51,8 @@ def test_framing_centres_the_nucleus_at_one_size(radius):
   cy, cx, spread = geometry(framed[0])
   centre = (SIZE - 1) / 2
   assert abs(cy - centre) < 1.0 and abs(cx - centre) < 1.0
-  assert spread == pytest.approx(framing.NUCLEUS_SPREAD * SIZE, rel=0.12)
+  # Within 2%: one pass alone leaves it 3-6% small (the resampled edge is softer).
+  assert spread == pytest.approx(framing.NUCLEUS_SPREAD * SIZE, rel=0.02)
 
 
 def test_a_shrunk_image_is_surrounded_by_its_background():

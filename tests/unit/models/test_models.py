@@ -105,20 +105,39 @@ def test_input_normalisations_remove_what_they_claim():
   np.testing.assert_array_equal(normalize_input(x, "none"), x)
 
 
-def test_stain_density_ignores_the_lamp_the_camera_and_the_stain_strength():
-  """Images made by Beer-Lambert's law: background light through stain densities."""
+STAIN_VECTORS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]], np.float32)  # H, E
+
+
+def beer_lambert_slide(background, strength, hue=(1.0, 1.0, 1.0)):
+  """A cell made by Beer-Lambert's law: background light through a nucleus (haematoxylin) and
+  cytoplasm (eosin), the stain `strength` times as dense, each channel's density scaled by
+  `hue` (another stain's colour)."""
   rows, cols = np.mgrid[:32, :32]
   nucleus = (np.hypot(rows - 16, cols - 15) < 6).astype(np.float32)
   cytoplasm = (np.hypot(rows - 16, cols - 15) < 11).astype(np.float32) - nucleus
-  stain_vectors = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]], np.float32)  # H, E
+  density = strength * np.asarray(hue, np.float32) * (
+      nucleus[..., None] * 1.2 * STAIN_VECTORS[0] + cytoplasm[..., None] * 0.3 * STAIN_VECTORS[1])
+  return jnp.asarray(np.asarray(background, np.float32) * np.exp(-density))[None]
 
-  def slide(background, strength):
-    density = strength * (nucleus[..., None] * 1.2 * stain_vectors[0]
-                          + cytoplasm[..., None] * 0.3 * stain_vectors[1])
-    return jnp.asarray(np.asarray(background, np.float32) * np.exp(-density))[None]
 
-  pbc = normalize_input(slide((254, 231, 206), 1.0), "stain_density")
-  other = normalize_input(slide((200, 221, 188), 1.6), "stain_density")  # Bio-Net's yellow
+def test_stain_density_ignores_the_lamp_the_camera_and_the_stain_strength():
+  pbc = normalize_input(beer_lambert_slide((254, 231, 206), 1.0), "stain_density")
+  other = normalize_input(beer_lambert_slide((200, 221, 188), 1.6), "stain_density")  # Bio-Net
   np.testing.assert_allclose(other, pbc, atol=6.0)
   assert float(pbc[0, 16, 15, 0]) < 80 and float(pbc[0, 0, 0, 0]) > 250  # dark nucleus, white
   assert len({float(v) for v in np.ravel(pbc[0, 16, 15])}) == 1  # grey
+
+
+def test_relative_density_ignores_the_stain_hue_and_keeps_the_cytoplasm_colour():
+  pbc = normalize_input(beer_lambert_slide((254, 231, 206), 1.0), "relative_density")
+  # Another lab: a yellow lamp, a stronger stain of another hue (denser in red).
+  other = normalize_input(beer_lambert_slide((200, 221, 188), 1.6, hue=(1.3, 1.0, 1.0)),
+                          "relative_density")
+  np.testing.assert_allclose(other, pbc, atol=6.0)
+  nucleus, cytoplasm, background = pbc[0, 16, 15], pbc[0, 16, 24], pbc[0, 0, 0]
+  assert float(nucleus.max()) < 50 and float(background.min()) > 250  # dark nucleus, white
+  # The eosin-stained cytoplasm absorbs green far more, relative to the nucleus, than red: a
+  # colour that stain_density's grey loses.
+  assert float(cytoplasm[0]) - float(cytoplasm[1]) > 50
+
+
