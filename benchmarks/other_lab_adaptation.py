@@ -11,10 +11,10 @@ the run's classes, and restricted to the classes present):
 - unlabelled (with --unlabelled): configs/adapt_unlabelled.py run on the set's images without
   their labels (pseudo-labels chosen among the classes present), then scored on the same images;
   beside it the run's PBC validation accuracy before and after, and the guard's choice;
-- k_<k>_<mode> (--k= empty: none): configs/adapt.py fine-tuned on k labelled images per class (a seeded draw; the
-  rest of the set measures it), for each draw, and their mean; mode `whole` trains every layer,
-  `head` only the classifier head. Each fine-tuning is a real `launch.py` run in a temporary
-  workdir. A class with k images or fewer keeps at least one image for the measurement.
+- k_<k>_<mode> (--k= empty: none): configs/adapt.py fine-tuned on k labelled images per class
+  (a seeded draw; the rest of the set measures it), for each draw, and their mean; mode `whole`
+  trains every layer, `head` only the classifier head. Each fine-tuning is a real `launch.py`
+  run in a temporary workdir. A class with k images or fewer keeps at least one image for the measurement.
 """
 
 import argparse
@@ -129,10 +129,11 @@ def main():
       try:
         run = os.path.join(scratch, "run")
         results = self_train(args.workdir, folder, run)
+        guard = results["guard"]
         result["unlabelled"] = {
-            **scores(run, folder)["as_is"], "pbc_val_before": results["guard"]["start_val_accuracy"],
+            **scores(run, folder)["as_is"], "pbc_val_before": guard["start_val_accuracy"],
             "pbc_val_after": results["val_accuracy"], "result_step": results["best_step"],
-            "rejected_epochs": results["guard"]["rejected_epochs"],
+            "rejected_epochs": guard["rejected_epochs"],
             "pseudo_labelled": results["self_training"]["per_class"]}
       finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -2,7 +2,7 @@
 
   python launch.py --config=configs/adapt_unlabelled.py:runs/cnn_xsite \
       --workdir=runs/cnn_xsite_lab2 --config.self_training.unlabelled=lab2_images/ \
-      [--config.self_training.classes="('basophil', 'eosinophil', 'lymphocyte', 'monocyte', 'neutrophil')"]
+      [--config.self_training.classes="('eosinophil', 'lymphocyte', 'monocyte', 'neutrophil')"]
 
 The part after ':' is the trained run (its workdir). The run labels the new lab's images with
 its calibrated probabilities, and the most confident of each predicted class (at least
