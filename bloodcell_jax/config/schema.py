@@ -191,6 +191,10 @@ def _cross_key_errors(config) -> list:
   if metric.startswith("ema_") and not config.train.ema_decay:
     errors.append(f"config.train.early_stopping_metric={metric}: needs a weight average "
                   "(config.train.ema_decay > 0)")
+  guard = config.train.get("max_val_drop", -1.0)
+  if guard >= 0 and not config.data.val and not config.data.val_fraction:
+    errors.append(f"config.train.max_val_drop={guard}: needs a validation set "
+                  "(config.data.val_fraction > 0 or config.data.val)")
   if config.optim.weight_decay and config.optim.name == "adam":
     errors.append(f"config.optim.weight_decay={config.optim.weight_decay}: decoupled decay "
                   "needs optim.name=adamw (or use loss.l2 for the study's L2 term)")

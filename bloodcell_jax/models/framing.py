@@ -32,8 +32,9 @@ ZOOM_RANGE = (0.7, 2.5)
 # The most the centre may move, as a fraction of the side: the crops are already roughly
 # centred, and a far-off purple object (a neighbour's nucleus at the edge) must not win.
 MAX_SHIFT = 0.25
-# Measure-and-crop passes: the second corrects the first's centre and size by 3-5 points of
-# other-lab accuracy (docs/other-labs.md); a third changes little.
+# Measure-and-crop passes. One leaves the nucleus 3-6% small (the resampled edge is softer);
+# the second corrects it, and added 3-5 points on two other labs to a run trained with one
+# (docs/other-labs.md); a third changes little.
 FRAMING_PASSES = 2
 
 

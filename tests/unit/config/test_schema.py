@@ -29,3 +29,6 @@ def test_cross_key_rules_and_stages_are_checked():
   config.train.early_stopping_metric, config.optim.weight_decay = "val_loss", 0.1
   with pytest.raises(UserError, match="decoupled decay needs optim.name=adamw"):
     schema.validate(config)
+  config.optim.weight_decay, config.train.max_val_drop, config.data.val_fraction = 0.0, 0.01, 0.0
+  with pytest.raises(UserError, match=r"max_val_drop=0.01: needs a validation set"):
+    schema.validate(config)
