@@ -14,7 +14,8 @@ the run's classes, and restricted to the classes present):
 - k_<k>_<mode> (--k= empty: none): configs/adapt.py fine-tuned on k labelled images per class
   (a seeded draw; the rest of the set measures it), for each draw, and their mean; mode `whole`
   trains every layer, `head` only the classifier head. Each fine-tuning is a real `launch.py`
-  run in a temporary workdir. A class with k images or fewer keeps at least one image for the measurement.
+  run in a temporary workdir. A class with k images or fewer keeps at least one image for the
+  measurement.
 """
 
 import argparse
