@@ -77,30 +77,29 @@ def scores(workdir: str, folder: str, with_adabn: bool = False) -> dict:
   return out
 
 
-def fine_tune(workdir: str, train: str, out: str, mode: str, seed: int):
-  images = sum(len(files) for files in class_files(train).values())
+def launch(recipe: str, workdir: str, out: str, *overrides: str) -> None:
+  """launch.py with configs/<recipe>:<workdir> into `out`; exits with its error if it fails."""
   command = [sys.executable, os.path.join(ROOT, "launch.py"),
-             f"--config={os.path.join(ROOT, 'configs', 'adapt.py')}:{workdir}",
-             f"--workdir={out}", f"--config.data.train={train}", f"--config.seed={seed}",
-             f"--config.batch_size={min(16, images)}"]
-  if mode == "head":
-    command.append(f"--config.optim.freeze={HEAD_ONLY}")
+             f"--config={os.path.join(ROOT, 'configs', recipe)}:{workdir}", f"--workdir={out}",
+             *overrides]
   done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   if done.returncode:
     sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+
+
+def fine_tune(workdir: str, train: str, out: str, mode: str, seed: int):
+  images = sum(len(files) for files in class_files(train).values())
+  launch("adapt.py", workdir, out, f"--config.data.train={train}", f"--config.seed={seed}",
+         f"--config.batch_size={min(16, images)}",
+         *([f"--config.optim.freeze={HEAD_ONLY}"] if mode == "head" else []))
 
 
 def self_train(workdir: str, folder: str, out: str) -> dict:
   """configs/adapt_unlabelled.py on the folder's images, pseudo-labels among its classes; its
   results.json."""
   classes = ", ".join(repr(c) for c in sorted(class_files(folder)))
-  command = [sys.executable, os.path.join(ROOT, "launch.py"),
-             f"--config={os.path.join(ROOT, 'configs', 'adapt_unlabelled.py')}:{workdir}",
-             f"--workdir={out}", f"--config.self_training.unlabelled={folder}",
-             f"--config.self_training.classes=({classes},)"]
-  done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  if done.returncode:
-    sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+  launch("adapt_unlabelled.py", workdir, out, f"--config.self_training.unlabelled={folder}",
+         f"--config.self_training.classes=({classes},)")
   with open(os.path.join(out, "results.json")) as f:
     return json.load(f)
 

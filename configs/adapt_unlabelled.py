@@ -25,17 +25,8 @@ from configs import adapt, cnn_xsite
 
 
 def get_config(run: str = ""):
-  if run:
-    config = adapt.recorded_config(run)
-    config.init.weights = run
-  else:  # then pass --config.init.weights=RUN and the run's --config.data.* yourself
-    config = cnn_xsite.get_config()
-  config.init.head = "keep"
-  config.data.offline_copies = 0
+  # Without a run: pass --config.init.weights=RUN and the run's --config.data.* yourself.
+  config = adapt.starting_from(run, cnn_xsite)
   config.num_epochs = 3
-  config.optim.schedule = "constant"
-  config.optim.learning_rate = 1e-4
-  config.train.early_stopping_patience = 0
-  config.train.ema_decay = 0.0
   config.train.max_val_drop = 0.01
   return config

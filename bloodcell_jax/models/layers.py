@@ -46,6 +46,20 @@ def normalize_input(x, method: str):
   raise ValueError(f"input normalisation {method!r}: expected one of {', '.join(INPUT_NORMS)}")
 
 
+def densities_and_nucleus(x):
+  """Per channel, the optical density of float images in [0, 255] against their own background
+  (at most MAX_DENSITY), (B, H, W, 3); and the nucleus weights (B, H, W)."""
+  fill = framing.background(x)
+  return (jnp.minimum(framing.optical_density(x, fill), MAX_DENSITY),
+          framing.nucleus_weights(x, fill))
+
+
+def nucleus_mean(values, weights):
+  """The nucleus-weighted mean of `values` over each image's pixels, keeping their axes."""
+  return ((weights * values).sum(axis=(1, 2), keepdims=True)
+          / jnp.maximum(weights.sum(axis=(1, 2), keepdims=True), 1e-6))
+
+
 def stain_density(x):
   """Grey images of how much stain each pixel holds, for float images in [0, 255]: the optical
   density summed over the channels against the image's own background, scaled so that the
@@ -56,11 +70,9 @@ def stain_density(x):
   relative to the nucleus stays. The colour of eosinophil granules goes too: their density
   and texture remain.
   """
-  fill = framing.background(x)
-  density = jnp.minimum(framing.optical_density(x, fill), MAX_DENSITY).sum(axis=-1)
-  weights = framing.nucleus_weights(x, fill)
-  nucleus = ((weights * density).sum(axis=(1, 2), keepdims=True)
-             / jnp.maximum(weights.sum(axis=(1, 2), keepdims=True), 1e-6))
+  density, weights = densities_and_nucleus(x)
+  density = density.sum(axis=-1)
+  nucleus = nucleus_mean(density, weights)
   scaled = jnp.clip(density * (NUCLEUS_DENSITY / jnp.maximum(nucleus, 0.05)), 0.0, 1.0)
   return (255.0 * (1.0 - scaled))[..., None] * jnp.ones((3,), x.dtype)  # as RGB
 
@@ -75,11 +87,8 @@ def relative_density(x):
   differently from it keeps its colour relative to it: eosinophil and basophil granules, red
   cells, the blue cytoplasm of young cells.
   """
-  fill = framing.background(x)
-  density = jnp.minimum(framing.optical_density(x, fill), MAX_DENSITY)
-  weights = framing.nucleus_weights(x, fill)[..., None]
-  nucleus = ((weights * density).sum(axis=(1, 2), keepdims=True)
-             / jnp.maximum(weights.sum(axis=(1, 2), keepdims=True), 1e-6))
+  density, weights = densities_and_nucleus(x)
+  nucleus = nucleus_mean(density, weights[..., None])
   # A channel the nucleus barely absorbs is scaled as if it absorbed a quarter of the mean
   # channel's density: its noise is not blown up.
   floor = jnp.maximum(0.25 * nucleus.mean(axis=-1, keepdims=True), 0.02)

@@ -88,8 +88,8 @@ def train_and_evaluate(config, workdir: str, provenance: Optional[dict] = None) 
     manifest = dict(manifest, pseudo_labelled={"source": chosen.name, "ids": chosen.ids.tolist(),
                                                "labels": chosen.labels.tolist()})
   _check_batch_sizes(config, len(data.train))
-  run, state = _build_run(config, workdir, data, manifest, offline_summary, provenance)
-  run.self_training = self_training
+  run, state = _build_run(config, workdir, data, manifest, offline_summary, provenance,
+                          self_training)
   try:
     return _resume_train_evaluate(run, state)
   except Exception as error:  # pylint: disable=broad-except
@@ -134,7 +134,7 @@ def _check_batch_sizes(config, num_train: int) -> None:
 
 
 def _build_run(config, workdir: str, data, manifest: dict, offline_summary: dict,
-               provenance: Optional[dict]):
+               provenance: Optional[dict], self_training: Optional[dict]):
   """(the run's context, its initial train state): model, optimizer, initial weights, the
   jitted steps, checkpoints and writers."""
   num_classes = len(data.class_names)
@@ -165,7 +165,8 @@ def _build_run(config, workdir: str, data, manifest: dict, offline_summary: dict
       evaluators=evaluators_lib.build(config),
       checkpoints=Checkpoints(workdir, keep=config.train.keep_checkpoints),
       writer=create_writer(workdir), steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-      weights=weights, offline=offline_summary, manifest=manifest, provenance=provenance)
+      weights=weights, offline=offline_summary, manifest=manifest, provenance=provenance,
+      self_training=self_training)
   return run, state
 
 
