@@ -7,6 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from bloodcell_jax import atomic
+
 
 def one_per_class(data, count: int):
   """Indices of up to `count` images, cycling through the classes so that each one shows."""
@@ -65,5 +67,5 @@ def draw_grid(rows, path: str, title: str) -> None:
     axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  atomic.save_figure(fig, path, 100)
   plt.close(fig)

@@ -29,7 +29,7 @@ import zlib
 import numpy as np
 from absl import logging
 
-from bloodcell_jax import atomic
+from bloodcell_jax import atomic, output_paths
 from bloodcell_jax.augment import image_ops, shifts
 from bloodcell_jax.data import splits
 from bloodcell_jax.errors import UserError
@@ -146,7 +146,7 @@ def plot_grid(image: np.ndarray, names, seed: int, path: str) -> None:
       if col == 0:
         axis.set_ylabel(name, fontsize=8)
   figure.tight_layout()
-  figure.savefig(path, dpi=80)
+  atomic.save_figure(figure, path, 80)
   plt.close(figure)
 
 
@@ -162,6 +162,21 @@ def _labelled_images(config, class_names, input_path: str):
   return data.images, data.labels, f"validation split of {data.name}"
 
 
+def _outputs(workdir: str, out: str, input_path: str):
+  """(the JSON file, the stem of its .md table and _grid.png), checked before any work."""
+  flag = "--out"
+  if not out:
+    flag, out = "--workdir", os.path.join(workdir, run_files.ROBUSTNESS)
+  if not out.endswith(".json"):
+    raise UserError(f"--out={out}: the JSON results; expected a name ending in .json (the "
+                    "table and the grid go beside it, as .md and _grid.png)")
+  out = output_paths.file_output(out, flag, [("--input", input_path)])
+  stem = os.path.splitext(out)[0]
+  for path in (stem + ".md", stem + "_grid.png"):
+    output_paths.not_an_input(path, f"{flag}={out}", [("--input", input_path)])
+  return out, stem
+
+
 def run(workdir: str, input_path: str = "", out: str = "", ema: bool = False,
         adapt_bn: bool = False, names=(), seed: int = 0, batch_size: int = 256,
         grid_image: int = 0, classes=()) -> dict:
@@ -170,7 +185,8 @@ def run(workdir: str, input_path: str = "", out: str = "", ema: bool = False,
     shifts.SHIFTS.get(name, "--shifts")
   if classes and not input_path:
     raise UserError(f"--classes={','.join(classes)}: needs --input (a labelled folder or .npz)")
-  config, class_names, model, state = inference.load_run(workdir, ema)
+  out, stem = _outputs(workdir, out, input_path)
+  config, class_names, model, state, _ = inference.load_run(workdir, ema)
   if classes:
     labelled_set.restriction(class_names, classes)
   images, labels, described = _labelled_images(config, class_names, input_path)
@@ -195,8 +211,6 @@ def run(workdir: str, input_path: str = "", out: str = "", ema: bool = False,
                  seconds=round(time.perf_counter() - started, 1))
   if summary is not None:
     results["labelled_set"] = summary
-  out = out or os.path.join(workdir, run_files.ROBUSTNESS)
-  stem = os.path.splitext(out)[0]
   atomic.write_text(out, json.dumps(results, indent=2))  # shifts in the table's order
   table = markdown_table(results)
   atomic.write_text(stem + ".md", table)

@@ -6,6 +6,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from bloodcell_jax import atomic
+
 
 def plot_confusion(confusion: np.ndarray, class_names, path: str, title: str) -> None:
   """Row-normalised confusion matrix with counts, saved as PNG."""
@@ -24,7 +26,7 @@ def plot_confusion(confusion: np.ndarray, class_names, path: str, title: str) ->
       ax.text(j, i, f"{int(confusion[i, j])}\n{normalised[i, j]:.0%}", ha="center",
               va="center", fontsize=7, color="white" if normalised[i, j] > 0.5 else "black")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  atomic.save_figure(fig, path, 120)
   plt.close(fig)
 
 
@@ -49,7 +51,7 @@ def plot_reliability(curves, path: str, title: str) -> None:
     ax.legend(loc="upper left", fontsize=7)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  atomic.save_figure(fig, path, 110)
   plt.close(fig)
 
 
@@ -75,7 +77,7 @@ def plot_curves(records, path: str) -> bool:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  atomic.save_figure(fig, path, 100)
   plt.close(fig)
   return True
 
@@ -100,5 +102,5 @@ def plot_metric_by_group(names, means, stds, metric: str, path: str) -> None:
   ax.set_ylabel(metric)
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  atomic.save_figure(fig, path, 100)
   plt.close(fig)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from bloodcell_jax import atomic
+from bloodcell_jax import atomic, errors
 from bloodcell_jax.evaluation import calibration
 from bloodcell_jax.results import plots, predictions
 from bloodcell_jax.training import run_files
@@ -36,11 +36,14 @@ def write(workdir: str, run, results: dict, kept: dict, best_step: int) -> None:
 
 
 def write_report(workdir: str) -> None:
-  """report.html; a failure to draw it is a warning: the results are already written."""
+  """report.html; a failure to draw it is a warning (the results are already written), but a
+  full disk is an error: every later output would be stale as well."""
   from bloodcell_jax.results import report  # pylint: disable=g-import-not-at-top  (jinja2, sklearn)
   try:
     report.write_run_report(workdir)
   except Exception as e:  # pylint: disable=broad-except
+    if errors.is_disk_full(e):
+      raise
     logging.warning("could not write %s/report.html: %s", workdir, e)
 
 

@@ -12,6 +12,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from bloodcell_jax import atomic
+
 ROWS_PER_PAGE = 8  # groups per page
 MEMBERS_SHOWN = 6  # images per group row
 GRID = 6  # contaminated images: GRID x GRID per page
@@ -97,7 +99,7 @@ def _contaminated_page(result, findings, page, pages):
 def _save(fig, path):
   FigureCanvasAgg(fig)
   fig.tight_layout(rect=(0, 0.02, 1, 0.97))
-  fig.savefig(path, dpi=80)
+  atomic.save_figure(fig, path, 80)
 
 
 def _pages(count, per_page):
