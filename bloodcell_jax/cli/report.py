@@ -14,6 +14,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir or a sweep's di
 
 
 def main(argv):
+  from bloodcell_jax import output_paths  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.training import run_files  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -21,7 +22,8 @@ def main(argv):
   directory = _WORKDIR.value
   if not directory or not os.path.isdir(directory):
     raise UserError(f"--workdir={directory}: expected a run's workdir or a sweep's directory")
-  if os.path.isfile(os.path.join(directory, run_files.RESULTS)):
+  output_paths.directory_output(directory, "--workdir")
+  if os.path.isfile(os.path.join(directory, run_files.CONFIG)):  # a run's, finished or not
     path = report.write_run_report(directory)
   else:
     path = report.write_sweep_report(directory)
@@ -29,7 +31,7 @@ def main(argv):
 
 
 def run():
-  app.run(lambda argv: common.run_reporting_errors(main, argv))
+  common.run_program(main)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 What the table holds: bloodcell_jax/results/table.py.
 """
 
-from absl import app, flags
+from absl import flags
 
 from bloodcell_jax.cli import common
 from bloodcell_jax.errors import UserError
@@ -17,13 +17,13 @@ def main(argv):
   from bloodcell_jax.results import table  # pylint: disable=g-import-not-at-top
   directory = argv[1]
   results_table = table.write(directory, _OUT.value or "")
-  if not results_table.rows:
+  if not results_table.rows and not results_table.damaged:
     raise UserError(f"{directory}: no finished run (no */results.json)")
   print(table.markdown(results_table), end="")
 
 
 def run():
-  app.run(lambda argv: common.run_reporting_errors(main, argv))
+  common.run_program(main)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import io
 import numpy as np
 
 from bloodcell_jax import atomic
+from bloodcell_jax.training import run_files
 
 
 def write_probabilities(path: str, ids, probabilities: np.ndarray, class_names,
@@ -25,15 +26,26 @@ def write_probabilities(path: str, ids, probabilities: np.ndarray, class_names,
 
 
 def read_probabilities(path: str):
-  """(ids, labels or None, probabilities, class names) of a `write_probabilities` file."""
-  with open(path, newline="") as f:
-    rows = list(csv.reader(f))
-  header, rows = rows[0], rows[1:]
-  first_p = next(i for i, name in enumerate(header) if name.startswith("p_"))
-  class_names = [name[2:] for name in header[first_p:]]
-  ids = [r[0] for r in rows]
-  labels = (np.array([int(r[header.index("label")]) for r in rows])
-            if "label" in header else None)
-  probabilities = np.array([[float(v) for v in r[first_p:]] for r in rows],
-                           np.float64).reshape(len(rows), len(class_names))
+  """(ids, labels or None, probabilities, class names) of a `write_probabilities` file; a
+  run_files.DamagedFile when it is cut short or is not one."""
+  try:
+    with open(path, newline="") as f:
+      rows = list(csv.reader(f))
+    header, rows = rows[0], rows[1:]
+    first_p = next(i for i, name in enumerate(header) if name.startswith("p_"))
+    class_names = [name[2:] for name in header[first_p:]]
+    if any(len(r) != len(header) for r in rows):
+      raise ValueError(f"a row without the header's {len(header)} fields")
+    ids = [r[0] for r in rows]
+    labels = (np.array([int(r[header.index("label")]) for r in rows])
+              if "label" in header else None)
+    probabilities = np.array([[float(v) for v in r[first_p:]] for r in rows],
+                             np.float64).reshape(len(rows), len(class_names))
+  except (OSError, UnicodeDecodeError) as e:
+    raise run_files.damaged(path, str(e)) from None
+  except (IndexError, StopIteration, ValueError, csv.Error) as e:
+    reason = str(e) if isinstance(e, ValueError) else "no header with p_<class> columns"
+    raise run_files.damaged(path, reason) from None
+  if not np.all(np.isfinite(probabilities)):
+    raise run_files.damaged(path, "probabilities that are not numbers")
   return ids, labels, probabilities, class_names

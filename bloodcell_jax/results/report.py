@@ -152,7 +152,7 @@ def _read_metrics(workdir: str) -> list:
 
 def write_run_report(workdir: str) -> str:
   """Writes `workdir`/report.html for a finished run; returns its path."""
-  results = atomic.read_json(os.path.join(workdir, run_files.RESULTS))
+  results = run_files.read_json(os.path.join(workdir, run_files.RESULTS))
   if results is None:
     raise UserError(f"--workdir={workdir}: no results.json; the run has not finished")
   curves_path = os.path.join(workdir, run_files.TRAINING_CURVES)
@@ -211,7 +211,10 @@ def write_sweep_report(directory: str, results_table: Optional[table.Table] = No
   runs = table.read_runs(directory)
   results_table = table.build(runs) if results_table is None else results_table
   rows = results_table.rows
-  record = atomic.read_json(os.path.join(directory, run_files.SWEEP_RECORD), {})
+  if not runs:
+    raise UserError(f"--workdir={directory}: no run in it (no */results.json, failure.json or "
+                    "sweep.json)")
+  record = run_files.read_json(os.path.join(directory, run_files.SWEEP_RECORD)) or {}
   indices = {r["name"]: r["index"] for r in record.get("runs", [])}
   overrides = {r["name"]: r["overrides"] for r in record.get("runs", [])}
   grouped = [r for r in rows if not r.ensemble and r.values.get(metric)]
@@ -222,7 +225,8 @@ def write_sweep_report(directory: str, results_table: Optional[table.Table] = No
                                [s or 0.0 for _, s in stats], metric, chart_path)
   run_rows = []
   for run in runs:
-    state = ("finished" if run.results is not None else "failed" if run.error else "pending")
+    state = ("finished" if run.results is not None else "damaged" if run.damaged
+             else "failed" if run.error else "pending")
     link = os.path.join(run.name, run_files.REPORT)
     run_rows.append({
         "index": indices.get(run.name, ""), "name": run.name, "group": run.group,

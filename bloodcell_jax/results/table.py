@@ -15,13 +15,14 @@ Markdown.
 
 import csv
 import dataclasses
+import glob
 import io
 import os
 from typing import List, Optional
 
 import numpy as np
 
-from bloodcell_jax import atomic
+from bloodcell_jax import atomic, output_paths
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.evaluation import evaluators
 from bloodcell_jax.evaluation.evaluators import Metric
@@ -40,7 +41,8 @@ class RunRecord:
   workdir: str
   group: str  # its label in the table
   results: Optional[dict]  # None: not finished
-  error: str = ""  # the one-line error of a failed run
+  error: str = ""  # the one-line error of a failed or damaged run
+  damaged: bool = False  # finished once, but a file it left is unreadable
 
 
 @dataclasses.dataclass
@@ -55,6 +57,7 @@ class Row:
 class Table:
   columns: List[Metric]  # those with a value in some row, in the runs' declared order
   rows: List[Row]
+  damaged: List[RunRecord] = dataclasses.field(default_factory=list)  # shown under the rows
 
 
 def declared_metrics(results: dict) -> List[Metric]:
@@ -89,21 +92,37 @@ def read_runs(directory: str) -> List[RunRecord]:
   failure, in name order (a sweep's own order when it wrote sweep.json)."""
   if not os.path.isdir(directory):
     raise UserError(f"{directory}: no such directory")
-  record = atomic.read_json(os.path.join(directory, run_files.SWEEP_RECORD), {})
+  record = run_files.read_json(os.path.join(directory, run_files.SWEEP_RECORD)) or {}
   names = [r["name"] for r in record.get("runs", [])] or sorted(os.listdir(directory))
   runs = []
   for name in names:
-    workdir = os.path.join(directory, name)
-    results = atomic.read_json(os.path.join(workdir, run_files.RESULTS))
-    failure = atomic.read_json(os.path.join(workdir, run_files.FAILURE), {})
-    if results is None and not failure:
-      if record:  # a sweep's pending run
-        runs.append(RunRecord(name, workdir, name, None))
-      continue
-    sweep = (results or {}).get("sweep") or failure.get("sweep") or {}
-    runs.append(RunRecord(name, workdir, sweep.get("group", name), results,
-                          failure.get("error", "")))
+    run = read_run(os.path.join(directory, name), name)
+    if run is not None:
+      runs.append(run)
+    elif record:  # a sweep's pending run
+      runs.append(RunRecord(name, os.path.join(directory, name), name, None))
   return runs
+
+
+def read_run(workdir: str, name: str) -> Optional[RunRecord]:
+  """A finished, failed or damaged run; None when it left neither results nor a failure."""
+  try:
+    results = run_files.read_json(os.path.join(workdir, run_files.RESULTS))
+    failure = run_files.read_json(os.path.join(workdir, run_files.FAILURE)) or {}
+    if results is not None:
+      check_predictions(workdir, results)
+  except run_files.DamagedFile as e:
+    return RunRecord(name, workdir, name, None, str(e), damaged=True)
+  if results is None and not failure:
+    return None
+  sweep = (results or {}).get("sweep") or failure.get("sweep") or {}
+  return RunRecord(name, workdir, sweep.get("group", name), results, failure.get("error", ""))
+
+
+def check_predictions(workdir: str, results: dict) -> None:
+  """Reads every prediction file of a finished run: a damaged one raises DamagedFile."""
+  for path in sorted(glob.glob(os.path.join(predictions_dir(workdir, results), "*.csv"))):
+    predictions.read_probabilities(path)
 
 
 def run_value(results: dict, key: str) -> Optional[float]:
@@ -133,13 +152,14 @@ def build(runs: List[RunRecord]) -> Table:
       if ensemble:
         rows.append(Row(f"{label} (ensemble of {len(members)})", [m.name for m in members],
                         ensemble, ensemble=True))
-  return Table([c for c in columns if any(r.values.get(c.key) for r in rows)], rows)
+  return Table([c for c in columns if any(r.values.get(c.key) for r in rows)], rows,
+               [run for run in runs if run.damaged])
 
 
-def predictions_dir(run: RunRecord) -> str:
+def predictions_dir(workdir: str, results: Optional[dict]) -> str:
   """Where a run's prediction files are: its workdir's, or its last stage's."""
-  stages = sorted((run.results or {}).get("stages") or {})
-  return os.path.join(run.workdir, *stages[-1:], run_files.PREDICTIONS_DIR)
+  stages = sorted((results or {}).get("stages") or {})
+  return os.path.join(workdir, *stages[-1:], run_files.PREDICTIONS_DIR)
 
 
 def ensemble_values(members: List[RunRecord], columns: List[Metric]) -> dict:
@@ -150,7 +170,8 @@ def ensemble_values(members: List[RunRecord], columns: List[Metric]) -> dict:
     name = column.predictions
     if not name or column.kind != "accuracy":
       continue
-    paths = [os.path.join(predictions_dir(m), f"{name}.csv") for m in members]
+    paths = [os.path.join(predictions_dir(m.workdir, m.results), f"{name}.csv")
+             for m in members]
     if not all(os.path.isfile(p) for p in paths):
       continue
     read = [predictions.read_probabilities(p) for p in paths]
@@ -208,6 +229,9 @@ def markdown(table: Table) -> str:
       text = format_cell(row.values.get(c.key), c)
       cells.append(f"**{text}**" if text and i in best[c.key] else text)
     lines.append(f"| {row.label} | {len(row.runs)} | " + " | ".join(cells) + " |")
+  if table.damaged:
+    lines += ["", "Damaged runs, left out of the rows above (rerun the sweep to redo them):"]
+    lines += [f"- {run.name}: {run.error}" for run in table.damaged]
   return "\n".join(lines) + "\n"
 
 
@@ -226,10 +250,15 @@ def csv_text(table: Table) -> str:
   return out.getvalue()
 
 
-def write(directory: str, stem: str = "") -> Table:
-  """Writes `<stem>.md` and `<stem>.csv` (default DIR/table); returns the table."""
+def write(directory: str, stem: str = "", flag: str = "--out") -> Table:
+  """Writes `<stem>.md` and `<stem>.csv` (default DIR/table) when some run finished or is
+  damaged; returns the table."""
+  if stem:
+    output_paths.file_output(stem + ".md", flag)
   table = build(read_runs(directory))
-  stem = stem or os.path.join(directory, "table")
+  stem = stem or os.path.join(output_paths.directory_output(directory, "DIR"), "table")
+  if not table.rows and not table.damaged:
+    return table
   atomic.write_text(stem + ".md", markdown(table))
   atomic.write_text(stem + ".csv", csv_text(table))
   return table

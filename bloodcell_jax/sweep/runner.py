@@ -19,7 +19,6 @@ import glob
 import json
 import os
 import re
-import runpy
 import signal
 import subprocess
 import sys
@@ -48,11 +47,7 @@ class SweepRun:
 
 def load_runs(sweep_file: str, seeds=None) -> List[SweepRun]:
   """The runs of a sweep file's `get_sweep()`, numbered in its order."""
-  namespace = runpy.run_path(sweep_file)
-  if "get_sweep" not in namespace:
-    raise UserError(f"--config={sweep_file}: a sweep file needs get_sweep() beside get_config() "
-                    "(see configs/sweeps/)")
-  runs = namespace["get_sweep"]()
+  runs = recipes.call_file_function(sweep_file, "get_sweep", "--config")
   if isinstance(runs, list):
     runs = hyper.named(runs)
   if not isinstance(runs, dict) or not runs:
@@ -88,7 +83,14 @@ def apply_overrides(config, overrides: dict, where: str) -> None:
 def run_config(sweep_file: str, run: SweepRun, command_line: dict):
   """The run's config: its recipe (or the sweep's get_config()), its overrides, then the
   command line's."""
-  config = recipes.load_config_file(run.overrides.get(hyper.RECIPE_KEY, sweep_file))
+  recipe = run.overrides.get(hyper.RECIPE_KEY)
+  try:
+    config = recipes.load_config_file(recipe or sweep_file)
+  except UserError as e:
+    if not recipe:
+      raise
+    raise UserError(f"{sweep_file}: run {run.name}: {hyper.RECIPE_KEY}={recipe}: "
+                    f"{str(e).split(': ', 1)[-1]}") from None
   apply_overrides(config, {k: v for k, v in run.overrides.items() if k != hyper.RECIPE_KEY},
                   f"{sweep_file}: run {run.name}")
   apply_overrides(config, command_line, "command line")
@@ -104,13 +106,21 @@ def sweep_record(sweep_file: str, run: SweepRun, command_line: dict, config) -> 
 
 
 def status(run_dir: str, digest: str) -> str:
-  """finished | running | failed | interrupted | pending. A run is finished when its
-  results.json was written by this config (other settings: it resumes or re-evaluates)."""
-  results = atomic.read_json(os.path.join(run_dir, run_files.RESULTS), {})
-  if (results.get("sweep") or {}).get("config_digest") == digest:
-    return "finished"
+  """finished | running | failed | damaged | interrupted | pending. A run is finished when its
+  results.json was written by this config and every file it left reads back (other settings:
+  it resumes or re-evaluates; a damaged run is redone the same way)."""
+  damaged = False
+  try:
+    results = run_files.read_json(os.path.join(run_dir, run_files.RESULTS)) or {}
+    if (results.get("sweep") or {}).get("config_digest") == digest:
+      table.check_predictions(run_dir, results)
+      return "finished"
+  except run_files.DamagedFile:
+    damaged = True
   if workdir_lib.active_holder(run_dir):
     return "running"
+  if damaged:
+    return "damaged"
   if os.path.isfile(os.path.join(run_dir, run_files.FAILURE)):
     return "failed"
   if glob.glob(os.path.join(run_dir, "**", run_files.CHECKPOINTS_DIR, "latest", "*"),
@@ -121,7 +131,10 @@ def status(run_dir: str, digest: str) -> str:
 
 def failure_line(run_dir: str) -> str:
   """The recorded error of a failed run ("" when none is recorded)."""
-  return atomic.read_json(os.path.join(run_dir, run_files.FAILURE), {}).get("error", "")
+  try:
+    return (run_files.read_json(os.path.join(run_dir, run_files.FAILURE)) or {}).get("error", "")
+  except run_files.DamagedFile as e:
+    return str(e)
 
 
 def train_one(sweep_file: str, run: SweepRun, command_line: dict, workdir: str,
@@ -266,7 +279,7 @@ class _Runner:
     state = status(run_dir, self.digests[run.name])
     took = f"{seconds / 60:.1f} min"
     if state == "finished":
-      results = atomic.read_json(os.path.join(run_dir, run_files.RESULTS), {})
+      results = run_files.read_json(os.path.join(run_dir, run_files.RESULTS))
       metric = results.get("val_accuracy")
       shown = f", val_accuracy {metric:.4f}" if isinstance(metric, float) else ""
       print(f"[{run.index}] {run.name}: finished in {took}{shown}", flush=True)

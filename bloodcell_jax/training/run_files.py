@@ -1,5 +1,12 @@
 """The names of what a run leaves in its workdir (and a sweep in its directory): one place, so
-that every program that reads a run agrees with the code that writes it."""
+that every program that reads a run agrees with the code that writes it; and the one reader of its
+JSON files."""
+
+import json
+import os
+from typing import Optional
+
+from bloodcell_jax.errors import UserError
 
 CONFIG = "config.json"  # the resolved config, as trained
 SPLIT_MANIFEST = "split_manifest.json"  # the ids of each split
@@ -19,3 +26,30 @@ LOCK = ".lock"
 SWEEP_RECORD = "sweep.json"
 SWEEP_CHART = "sweep_chart.png"
 RUN_LOG = "train.log"
+
+
+class DamagedFile(UserError):
+  """A file a run, a sweep or an export left that is there but cannot be read as what it is
+  (cut short, overwritten, edited): one line naming it, in every program that reads it."""
+
+
+def damaged(path: str, reason: str) -> DamagedFile:
+  return DamagedFile(f"{path}: damaged ({reason}); restore it, or rerun the command that "
+                     "wrote it")
+
+
+def read_json(path: str, required: bool = False) -> Optional[dict]:
+  """The JSON object in `path`; None when it is missing (a UserError when `required`); a
+  DamagedFile when it is there but unreadable or not a JSON object."""
+  if not os.path.exists(path):
+    if required:
+      raise UserError(f"{path}: missing; expected a file written by bloodcell_jax")
+    return None
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    raise damaged(path, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+  if not isinstance(value, dict):
+    raise damaged(path, f"expected a JSON object, found a {type(value).__name__}")
+  return value
