@@ -201,7 +201,7 @@ def main():
   subjects = [(*random_exportable(name, args.image_size), None)
               for name in args.models.split(",") if not args.workdir]
   for workdir in args.workdir:
-    config, class_names, model, _ = inference.load_run(workdir)
+    config, class_names, model, _, _ = inference.load_run(workdir)
     subjects.append((model, export.run_exportable(workdir), validation_set(workdir, config)))
   for model, exportable, labelled in subjects:
     for record in bench_model(model, exportable, args.repeats, labelled):

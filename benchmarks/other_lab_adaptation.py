@@ -62,7 +62,7 @@ def scores(workdir: str, folder: str, with_adabn: bool = False) -> dict:
   """{"as_is": ..., and with `with_adabn` "adabn": ...}: the run's balanced accuracies on the
   folder, with its own BatchNorm statistics and with the folder's."""
   from bloodcell_jax.evaluation import adaptation, inference, labelled_set
-  config, class_names, model, state = inference.load_run(workdir)
+  config, class_names, model, state, _ = inference.load_run(workdir)
   data = inference.read_labelled(folder, config.image_size, class_names, "--sets")
   states = {"as_is": state}
   if with_adabn:

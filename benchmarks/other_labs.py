@@ -95,7 +95,7 @@ def changes(reference: np.ndarray):
 
 def balanced_accuracies(workdir: str, sets: dict, reference: np.ndarray) -> dict:
   from bloodcell_jax.evaluation import inference, labelled_set
-  config, class_names, model, state = inference.load_run(workdir)
+  config, class_names, model, state, _ = inference.load_run(workdir)
   to_reference = changes(reference)
   out = {}
   for name, (images, labels) in sets.items():

@@ -7,9 +7,9 @@ Formats, routes and metadata: bloodcell_jax/export/writer.py.
 """
 
 import logging as python_logging
-import os
+import shlex
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from bloodcell_jax.cli import common
 from bloodcell_jax.errors import UserError
@@ -40,12 +40,7 @@ def main(argv):
       raise UserError(f"--{name} is required")
   if args.tta:
     tta.VIEWS.get(args.tta, "--tta")
-  out = os.path.abspath(args.out)
-  if not os.path.isdir(os.path.dirname(out)):
-    raise UserError(f"--out={args.out}: no such directory {os.path.dirname(out)}")
-  suffix = {"onnx": ".onnx", "tflite": ".tflite"}.get(args.format)
-  if suffix and not out.endswith(suffix):
-    raise UserError(f"--out={args.out}: a --format={args.format} file must end in {suffix}")
+  out = writer.check_out(args.out, args.format, args.workdir)
   logging.set_verbosity(logging.WARNING)  # the SavedModel writer logs each file it writes
   python_logging.getLogger("tf2onnx").setLevel(python_logging.WARNING)
   exportable = writer.run_exportable(args.workdir, args.ema, args.tta, args.calibrated)
@@ -55,11 +50,12 @@ def main(argv):
   print(f"wrote {out} ({runtimes.size_bytes(out) / 2**20:.1f} MiB): {metadata['model']}, "
         f"{len(metadata['class_names'])} classes, uint8 input [N, {exportable.image_size}, "
         f"{exportable.image_size}, 3]; max |difference| to JAX {difference:.1e}\n"
-        f"check it on images: bloodcell-predict --model={out} --input=PATH")
+        f"weights: {metadata['checkpoint']['described']}\n"
+        f"check it on images: bloodcell-predict {shlex.quote('--model=' + out)} --input=PATH")
 
 
 def run():
-  app.run(lambda argv: common.run_reporting_errors(main, argv))
+  common.run_program(main)
 
 
 if __name__ == "__main__":

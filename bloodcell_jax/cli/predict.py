@@ -22,15 +22,16 @@ lab, see bloodcell_jax/adaptation.py).
 alone): the other classes' probabilities are set to 0 and the rest renormalised, so `pred`,
 `pred_name` and `confidence` come from the choice among the classes named.
 
+The summary line names the checkpoint each run's weights came from (the best, or the newest
+readable one when the best is damaged). --output must not be one of the inputs.
+
 Writes one row per image: `id` (path relative to the input folder, or the row
 index of an .npz), `pred` (class index), `pred_name`, `confidence` (the predicted
 class's probability) and `p_<class>` for every class. A folder may hold images
 directly or in sub-folders (an ImageFolder); every image under it is predicted.
 """
 
-import os
-
-from absl import app, flags
+from absl import flags
 
 from bloodcell_jax.cli import common
 from bloodcell_jax.errors import UserError
@@ -41,7 +42,7 @@ _MODEL = flags.DEFINE_multi_string("model", None, "An exported model (bloodcell-
                                    "repeat it, or add --workdir, to average several.")
 _INPUT = flags.DEFINE_string("input", None, "Image folder or .npz to predict.")
 _OUTPUT = flags.DEFINE_string("output", "predictions.csv", "CSV file to write.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per forward pass.", lower_bound=1)
 _EMA = flags.DEFINE_bool("ema", False, "Use the moving average of the weights (a run with "
                          "config.train.ema_decay > 0) instead of the raw weights.")
 _TTA = flags.DEFINE_string("tta", "", "Test-time augmentation: average over a view set of "
@@ -58,15 +59,6 @@ _ADAPT_BN = flags.DEFINE_bool("adapt_bn", False, "Recompute the BatchNorm statis
                               "or more).")
 
 
-def check_writable_file(path: str, flag: str) -> None:
-  """Fails before the work, not after it, when `path` cannot be written."""
-  directory = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory):
-    raise UserError(f"{flag}={path}: no such directory {directory}")
-  if not os.access(directory, os.W_OK) or os.path.isdir(path):
-    raise UserError(f"{flag}={path}: cannot write a file there")
-
-
 def _check_classes(class_names) -> None:
   """--classes checked against a model's classes before any image is read."""
   from bloodcell_jax.evaluation import labelled_set  # pylint: disable=g-import-not-at-top
@@ -75,30 +67,34 @@ def _check_classes(class_names) -> None:
 
 
 def run_probabilities(workdir: str, input_path: str):
-  """(ids, class names, probabilities) of one run on `input_path`, as the flags ask."""
+  """(ids, class names, probabilities, which weights) of one run on `input_path`, as the flags
+  ask."""
   from bloodcell_jax.evaluation import adaptation, inference  # pylint: disable=g-import-not-at-top
-  config, class_names, model, state = inference.load_run(workdir, _EMA.value)
+  config, class_names, model, state, weights = inference.load_run(workdir, _EMA.value)
   _check_classes(class_names)
   temperature = inference.run_temperature(workdir, _EMA.value) if _CALIBRATED.value else 1.0
   ids, images = inference.read_unlabelled(input_path, config.image_size)
   if _ADAPT_BN.value:
     state = adaptation.adapt_batch_stats(model, state, images, _BATCH_SIZE.value)
-  return ids, class_names, inference.predict(model, state, images, _BATCH_SIZE.value, _TTA.value,
-                                             temperature)
+  probabilities = inference.predict(model, state, images, _BATCH_SIZE.value, _TTA.value,
+                                    temperature)
+  return ids, class_names, probabilities, weights.describe()
 
 
 def model_probabilities(path: str, input_path: str):
-  """(ids, class names, probabilities) of an exported model on `input_path`."""
+  """(ids, class names, probabilities, which weights) of an exported model on `input_path`."""
   from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.export import runtimes  # pylint: disable=g-import-not-at-top
   model = runtimes.load(path)
   _check_classes(model.metadata["class_names"])
   ids, images = inference.read_unlabelled(input_path, model.metadata["image_size"])
-  return ids, model.metadata["class_names"], model.predict(images, _BATCH_SIZE.value)
+  return (ids, model.metadata["class_names"], model.predict(images, _BATCH_SIZE.value),
+          runtimes.weights_described(model.metadata))
 
 
 def main(argv):
   del argv
+  from bloodcell_jax import output_paths  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.evaluation import labelled_set, tta  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.results import predictions  # pylint: disable=g-import-not-at-top
   sources = ([("--workdir", w, run_probabilities) for w in _WORKDIR.value or ()]
@@ -112,11 +108,14 @@ def main(argv):
                         "weights, TTA and calibration chosen at export")
   if _TTA.value:
     tta.VIEWS.get(_TTA.value, "--tta")
-  check_writable_file(_OUTPUT.value, "--output")
+  inputs = [("--input", _INPUT.value)] + [(flag, path) for flag, path, _ in sources]
+  output_paths.file_output(_OUTPUT.value, "--output", inputs)
   (first_flag, first, first_probabilities_of), *rest = sources
-  ids, class_names, total = first_probabilities_of(first, _INPUT.value)
+  ids, class_names, total, weights = first_probabilities_of(first, _INPUT.value)
+  used = [weights]
   for flag, source, probabilities_of in rest:
-    _, names, probabilities = probabilities_of(source, _INPUT.value)
+    _, names, probabilities, weights = probabilities_of(source, _INPUT.value)
+    used.append(weights)
     if list(names) != list(class_names):
       raise UserError(f"{flag}={source}: its classes {list(names)} are not those of "
                       f"{first_flag}={first} {list(class_names)}; an ensemble needs "
@@ -130,11 +129,12 @@ def main(argv):
     restricted = f", restricted to {', '.join(class_names[i] for i in kept)}"
   predictions.write_probabilities(_OUTPUT.value, ids, total, class_names)
   runs = f" (mean of {len(sources)} models)" if len(sources) > 1 else ""
-  print(f"wrote {len(ids)} predictions to {_OUTPUT.value}{runs}{restricted}")
+  print(f"wrote {len(ids)} predictions to {_OUTPUT.value}{runs}{restricted}; weights: "
+        + " | ".join(used))
 
 
 def run():
-  app.run(lambda argv: common.run_reporting_errors(main, argv))
+  common.run_program(main)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ trains on them beside the labelled source images (trainer/run.py). Imports no Te
 
 import dataclasses
 import functools
+import logging
 from typing import Sequence
 
 import jax
@@ -50,12 +51,22 @@ def _batch_statistics(model, params, batch_stats, images):
   return jax.tree.map(lambda z, o: z / (1.0 - (o - z)), from_zeros, from_ones)
 
 
+# Fewer images than this give BatchNorm statistics noisier than the shift they correct (the
+# statistics of one batch of training); below it AdaBN warns.
+ADAPT_BN_MIN_IMAGES = 32
+
+
 def adapt_batch_stats(model, state, images: np.ndarray, batch_size: int = 256):
   """`state` with its BatchNorm statistics recomputed on `images` (uint8 or float, N x H x W x
   3): the means over batches of each layer's batch mean and variance. A model without
   BatchNorm comes back unchanged."""
   if not state.batch_stats:
     return state
+  if len(images) < ADAPT_BN_MIN_IMAGES:
+    logging.warning("--adapt_bn on %d image%s: BatchNorm statistics estimated from fewer than "
+                    "%d images can change predictions for the worse; give it %d or more of the "
+                    "new lab's images", len(images), "s" if len(images) != 1 else "",
+                    ADAPT_BN_MIN_IMAGES, ADAPT_BN_MIN_IMAGES)
   model = _deterministic(model)
   params, batch_stats = jax.device_get((state.params, state.batch_stats))
   total, weight = None, 0
@@ -97,7 +108,7 @@ def pseudo_labelled(run_dir: str, path: str, image_size: int, class_names: Seque
   confidently (`confident_picks`, its calibrated probabilities, choosing among `classes`, or
   all its classes when empty), labelled in `class_names`' order."""
   from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
-  _, run_classes, model, state = inference.load_run(run_dir)
+  _, run_classes, model, state, _ = inference.load_run(run_dir)
   if list(run_classes) != list(class_names):
     raise UserError(f"config.init.weights={run_dir}: its classes {run_classes} are not the "
                     f"training data's {list(class_names)}")

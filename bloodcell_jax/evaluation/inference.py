@@ -2,15 +2,16 @@
 of image arrays computed on the device mesh (shared by predict, robustness and the tests)."""
 
 import functools
-import json
+import logging
 import os
+from typing import Any, List, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
 import optax
 
-from bloodcell_jax import atomic, models
+from bloodcell_jax import models
 from bloodcell_jax.config import recorded
 from bloodcell_jax.data import sources
 from bloodcell_jax.errors import UserError
@@ -18,29 +19,40 @@ from bloodcell_jax.evaluation import tta as tta_lib
 from bloodcell_jax.training import checkpoint, run_files, sharding, steps
 
 
-def load_run(workdir: str, ema: bool = False):
-  """(config, class names, model, state) of the best checkpoint in `workdir` (its
-  weight average with `ema`)."""
-  config_path = os.path.join(workdir, run_files.CONFIG)
+class LoadedRun(NamedTuple):
+  config: ml_collections.ConfigDict
+  class_names: List[str]
+  model: Any
+  state: Any  # a TrainState holding the weights, replicated on the device mesh
+  weights: checkpoint.RunWeights  # which checkpoint they came from
+
+
+def load_run(workdir: str, ema: bool = False) -> LoadedRun:
+  """The best checkpoint in `workdir` (its weight average with `ema`; the newest readable one
+  when the best is unreadable, and `weights` says so), with the run's config and classes."""
+  for name in (run_files.CONFIG, run_files.SPLIT_MANIFEST):
+    if not os.path.isfile(os.path.join(workdir, name)):
+      raise UserError(f"{os.path.join(workdir, name)}: missing; --workdir must be a training "
+                      "run's directory")
+  recorded_config = run_files.read_json(os.path.join(workdir, run_files.CONFIG))
+  config = ml_collections.ConfigDict(recorded.upgrade_recorded(recorded_config))
   manifest_path = os.path.join(workdir, run_files.SPLIT_MANIFEST)
-  for path in (config_path, manifest_path):
-    if not os.path.isfile(path):
-      raise UserError(f"{path}: missing; --workdir must be a training run's directory")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(recorded.upgrade_recorded(json.load(f)))
-  with open(manifest_path) as f:
-    class_names = json.load(f)["class_names"]
+  class_names = run_files.read_json(manifest_path).get("class_names")
+  if not (isinstance(class_names, list) and class_names):
+    raise run_files.damaged(manifest_path, "no class_names list")
   mesh = sharding.make_mesh()
   model = models.build_model(config, len(class_names))
   state, _ = steps.create_train_state(model, lambda p: optax.identity(),
                                       jax.random.PRNGKey(0), config.image_size, mesh)
-  variables = checkpoint.run_variables(workdir, "--workdir", ema=ema)
-  if variables is None:
+  weights = checkpoint.run_variables(workdir, "--workdir", ema=ema)
+  if weights is None:
     raise UserError(f"--workdir={workdir}: no readable checkpoint in {workdir}/checkpoints")
-  state = jax.device_put(state.replace(params=variables["params"],
-                                       batch_stats=variables["batch_stats"]),
+  if weights.skipped:
+    logging.warning("--workdir=%s: using the %s", workdir, weights.describe())
+  state = jax.device_put(state.replace(params=weights.variables["params"],
+                                       batch_stats=weights.variables["batch_stats"]),
                          sharding.replicated(mesh))
-  return config, class_names, model, state
+  return LoadedRun(config, class_names, model, state, weights)
 
 
 def read_unlabelled(path: str, image_size: int):
@@ -51,9 +63,9 @@ def read_unlabelled(path: str, image_size: int):
     ids, _ = sources.image_files(path)
     if not ids:
       raise UserError(f"{path}: no {'/'.join(sources.IMAGE_EXTENSIONS)} images found")
-    images = np.stack([sources.read_image_file(os.path.join(path, i), image_size)[0]
-                       for i in ids])
-    return ids, images
+    read = [sources.read_image_file(os.path.join(path, i), image_size) for i in ids]
+    sources.warn_tiny(path, ids, [r.size for r in read], image_size)
+    return ids, np.stack([r.image for r in read])
   if path.endswith(".npz"):
     data = sources.read_npz(path, image_size, split="test", labelled=False)
     return data.ids.tolist(), data.images
@@ -78,7 +90,7 @@ def run_temperature(workdir: str, ema: bool = False) -> float:
   weights or their moving average."""
   path = os.path.join(workdir, run_files.CALIBRATION)
   key = "ema_temperature" if ema else "temperature"
-  record = atomic.read_json(path, {})
+  record = run_files.read_json(path) or {}
   if key not in record:
     raise UserError(f"--workdir={workdir}: no {key} in {path}; --calibrated needs a run that "
                     "finished with a validation set (rerun its command to re-evaluate it)")

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from bloodcell_jax import errors
 from bloodcell_jax.errors import UserError
 
 METADATA_FILE = "metadata.json"  # SavedModel asset
@@ -27,6 +28,25 @@ class ExportedModel:
       if key not in self.metadata:
         raise UserError(f"--model={path}: its metadata has no {key}; was it written by "
                         "bloodcell_jax.export?")
+    self._check_metadata_fits()
+
+  def _check_metadata_fits(self) -> None:
+    """The metadata's image size and class names against the model's own input and output:
+    an edited or mismatched file would otherwise give a malformed CSV."""
+    names, size = self.metadata["class_names"], self.metadata["image_size"]
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+      raise UserError(f"--model={self.path}: its metadata's class_names is not a list of names")
+    inputs, outputs = self._shapes()
+    if not isinstance(size, int) or list(inputs[1:]) not in ([size, size, 3], [None] * 3):
+      raise UserError(f"--model={self.path}: its metadata says image_size {size!r}, but the "
+                      f"model takes images {list(inputs)}")
+    if outputs[-1] not in (len(names), None):
+      raise UserError(f"--model={self.path}: its metadata names {len(names)} classes, but the "
+                      f"model has {outputs[-1]} outputs")
+
+  def _shapes(self):
+    """(input shape, output shape) of the model, None where a dimension is dynamic."""
+    raise NotImplementedError
 
   def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Class probabilities of uint8 images (N, S, S, 3), in batches of `batch_size`."""
@@ -48,14 +68,18 @@ class SavedModel(ExportedModel):
   kind = "saved_model"
 
   def __init__(self, path):
-    super().__init__(path)
     import tensorflow as tf
     self._tf = tf
     self._serve = tf.saved_model.load(path).signatures["serving_default"]
+    super().__init__(path)
 
   def _read_metadata(self):
     with open(os.path.join(self.path, "assets", METADATA_FILE)) as f:
       return json.load(f)
+
+  def _shapes(self):
+    inputs = self._serve.structured_input_signature[1]["images"].shape.as_list()
+    return inputs, self._serve.structured_outputs["probabilities"].shape.as_list()
 
   def _run(self, images):
     return self._serve(images=self._tf.constant(images))["probabilities"].numpy()
@@ -73,6 +97,11 @@ class OnnxModel(ExportedModel):
     props = self._session.get_modelmeta().custom_metadata_map
     return json.loads(props[METADATA_KEY]) if METADATA_KEY in props else {}
 
+  def _shapes(self):
+    dims = lambda shape: [d if isinstance(d, int) else None for d in shape]
+    return (dims(self._session.get_inputs()[0].shape),
+            dims(self._session.get_outputs()[0].shape))
+
   def _run(self, images):
     return self._session.run(["probabilities"], {"images": images})[0]
 
@@ -83,15 +112,21 @@ class LiteRtModel(ExportedModel):
   def __init__(self, path):
     with open(path, "rb") as f:
       self._bytes = f.read()
-    super().__init__(path)
     self._interpreter = _litert_interpreter(self._bytes)
     self._input = self._interpreter.get_input_details()[0]["index"]
     self._output = self._interpreter.get_output_details()[0]["index"]
     self._batch = None
+    super().__init__(path)
 
   def _read_metadata(self):
     buffer = tflite_metadata(self._bytes)
     return json.loads(buffer) if buffer else {}
+
+  def _shapes(self):
+    # The batch dimension is 1 until resized: only the others are the model's.
+    inputs = [None] + [int(d) for d in self._interpreter.get_input_details()[0]["shape"][1:]]
+    outputs = [None] + [int(d) for d in self._interpreter.get_output_details()[0]["shape"][1:]]
+    return inputs, outputs
 
   def _run(self, images):
     if self._batch != len(images):  # resizing re-plans the interpreter's memory
@@ -118,7 +153,7 @@ def load(path: str) -> ExportedModel:
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
       raise UserError(f"--model={path}: a directory without saved_model.pb; expected a "
                       "SavedModel directory, an .onnx or a .tflite file")
-    return SavedModel(path)
+    return _opened(SavedModel, path)
   if not os.path.isfile(path):
     raise UserError(f"--model={path}: no such file or directory")
   kinds = {".onnx": OnnxModel, ".tflite": LiteRtModel}
@@ -126,7 +161,24 @@ def load(path: str) -> ExportedModel:
   if extension not in kinds:
     raise UserError(f"--model={path}: expected a SavedModel directory, an .onnx or a .tflite "
                     "file")
-  return kinds[extension](path)
+  return _opened(kinds[extension], path)
+
+
+def _opened(kind, path: str) -> ExportedModel:
+  """`kind(path)`; a file its runtime cannot read is one line naming it."""
+  try:
+    return kind(path)
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (each runtime has its own errors)
+    raise UserError(f"--model={path}: damaged or not a {kind.kind} model written by "
+                    f"bloodcell_jax.export ({errors.innermost_line(e)})") from None
+
+
+def weights_described(metadata: dict) -> str:
+  """Which weights an exported file holds, as its metadata records them."""
+  checkpoint = metadata.get("checkpoint") or {}
+  return checkpoint.get("described") or str(metadata.get("weights", "unrecorded weights"))
 
 
 def size_bytes(path: str) -> int:

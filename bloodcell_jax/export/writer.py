@@ -33,11 +33,11 @@ import os
 import shutil
 import tempfile
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from bloodcell_jax import atomic
+from bloodcell_jax import atomic, errors, output_paths
 from bloodcell_jax.config import recorded
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.export import litert_graph, runtimes
@@ -94,20 +94,65 @@ def run_exportable(workdir: str, ema: bool = False, tta: str = "",
   import jax
 
   from bloodcell_jax.evaluation import inference
-  config, class_names, model, state = inference.load_run(workdir, ema)
+  config, class_names, model, state, weights = inference.load_run(workdir, ema)
   temperature = inference.run_temperature(workdir, ema) if calibrated else 1.0
-  results = atomic.read_json(os.path.join(workdir, run_files.RESULTS), {})
-  accuracy = results.get("ema_val_accuracy" if ema else "val_accuracy")
+  accuracy = checkpoint_val_accuracy(workdir, weights)
   metadata = {
       "class_names": list(class_names), "image_size": int(config.image_size),
       "model": config.model.name, "source_run": os.path.abspath(workdir),
       "config_digest": recorded.config_digest(config),
-      "val_accuracy": accuracy, "weights": "ema" if ema else "best checkpoint",
+      "val_accuracy": accuracy, "weights": "ema" if ema else f"{weights.kind} checkpoint",
+      "checkpoint": {"kind": weights.kind, "step": weights.step, "ema": ema,
+                     "val_accuracy": accuracy, "skipped": list(weights.skipped),
+                     "described": weights.describe()},
       "tta": tta or "none", "temperature": temperature,
   }
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   return Exportable(probability_function(model, tta, temperature), variables,
                     int(config.image_size), metadata)
+
+
+def checkpoint_val_accuracy(workdir: str, weights) -> Optional[float]:
+  """The validation accuracy of the checkpoint the weights came from: the run's result for its
+  best step, else the one logged at that step (metrics.jsonl); None when neither is known."""
+  key = "ema_val_accuracy" if weights.ema else "val_accuracy"
+  try:
+    results = run_files.read_json(os.path.join(workdir, run_files.RESULTS)) or {}
+  except run_files.DamagedFile:
+    results = {}
+  if weights.kind == "best" and results.get("best_step") in (None, weights.step):
+    if results.get(key) is not None:
+      return results[key]
+  path = os.path.join(workdir, run_files.METRICS)
+  if not os.path.isfile(path):
+    return None
+  with open(path, errors="replace") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue  # a line cut short by a kill: the others still count
+      if isinstance(record, dict) and record.get("step") == weights.step and key in record:
+        return record[key]
+  return None
+
+
+def check_out(out: str, export_format: str, workdir: str) -> str:
+  """--out checked before any work; its absolute path."""
+  suffix = {"onnx": ".onnx", "tflite": ".tflite"}.get(export_format)
+  if suffix and not out.endswith(suffix):
+    raise UserError(f"--out={out}: a --format={export_format} file must end in {suffix}")
+  absolute = os.path.abspath(out)
+  if export_format != "saved_model" or not os.path.exists(absolute):
+    return output_paths.file_output(out, "--out", [("--workdir", workdir)])
+  if not os.path.isdir(absolute):
+    raise UserError(f"--out={out}: is a file; a SavedModel is a directory")
+  if not os.path.isfile(os.path.join(absolute, "saved_model.pb")):
+    raise UserError(f"--out={out}: an existing directory that is not a SavedModel; choose a "
+                    "new path")
+  output_paths.directory_output(os.path.dirname(absolute), "--out's directory")
+  output_paths.directory_output(absolute, "--out")
+  return absolute
 
 
 def _full_metadata(exportable: Exportable, export_format: str, weights: str) -> dict:
@@ -204,6 +249,18 @@ def export(exportable: Exportable, export_format: str, out: str,
   weights = tflite_weights if export_format == "tflite" else "float32"
   metadata = _full_metadata(exportable, export_format, weights)
   out = os.path.abspath(out)
+  try:
+    _write_format(exportable, export_format, out, weights, metadata)
+  except Exception as e:  # pylint: disable=broad-except  (TensorFlow's own error types)
+    if errors.is_disk_full(e):
+      raise UserError(f"--out={out}: no space left on the device "
+                      f"({errors.innermost_line(e)}); nothing was replaced") from None
+    raise
+  return metadata
+
+
+def _write_format(exportable: Exportable, export_format: str, out: str, weights: str,
+                  metadata: dict) -> None:
   with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as scratch:
     saved_model = os.path.join(scratch, "saved_model")
     write_saved_model(exportable, saved_model, metadata,
@@ -220,20 +277,28 @@ def export(exportable: Exportable, export_format: str, out: str,
         written = os.path.join(scratch, "model.onnx")
         onnx.save(model, written)
     _replace(written, out)
-  return metadata
+
+
+# What a SavedModel directory holds: replaced when one is exported over another, while anything
+# else a user keeps beside them (notes, other versions) stays.
+_SAVED_MODEL_ENTRIES = ("saved_model.pb", "fingerprint.pb", "variables", "assets", "assets.extra")
 
 
 def _replace(new: str, out: str) -> None:
-  if os.path.isdir(out) and not os.path.isdir(new):
-    raise UserError(f"--out={out}: is a directory; expected a file path for this format")
-  if os.path.isdir(out):
-    if not os.path.isfile(os.path.join(out, "saved_model.pb")):
-      raise UserError(f"--out={out}: an existing directory that is not a SavedModel; "
-                      "choose a new path")
-    shutil.rmtree(out)
-  elif os.path.exists(out) and os.path.isdir(new):
-    raise UserError(f"--out={out}: is a file; a SavedModel is a directory")
-  os.replace(new, out)
+  if not os.path.isdir(out):
+    os.replace(new, out)
+    return
+  old = tempfile.mkdtemp(prefix=".replaced-", dir=os.path.dirname(out))
+  try:
+    for entry in _SAVED_MODEL_ENTRIES:
+      if os.path.lexists(os.path.join(out, entry)):
+        os.replace(os.path.join(out, entry), os.path.join(old, entry))
+    for entry in os.listdir(new):
+      os.replace(os.path.join(new, entry), os.path.join(out, entry))
+  except OSError as e:
+    raise UserError(f"--out={out}: could not replace the SavedModel's files ({e.strerror}); "
+                    f"the previous ones are in {old}") from e
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def check_equal_to_jax(exportable: Exportable, path: str, tolerance) -> float:

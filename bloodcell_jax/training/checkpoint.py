@@ -9,6 +9,7 @@ aside in `checkpoints/corrupt/` with one warning, never deleted, and the run goe
 on from the newest readable one.
 """
 
+import dataclasses
 import gc
 import io
 import json
@@ -17,7 +18,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -204,39 +205,58 @@ def _one_local_device():
   return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
-def restore_raw_state(directory: str):
-  """The best (else newest) readable train state in `directory` as nested dicts of numpy
-  arrays, whatever optimizer and whatever devices wrote it (for init_from and predict), or
-  None if there is none. Unreadable checkpoints are skipped with a warning, and left where
-  they are: this only reads."""
+def restore_raw_state(directory: str, skipped: Optional[List[str]] = None):
+  """(state, step) of the best (else newest) readable train state in `directory`, the state
+  as nested dicts of numpy arrays, whatever optimizer and whatever devices wrote it (for
+  init_from and predict); None if there is none. Unreadable checkpoints are skipped with a
+  warning, named in `skipped`, and left where they are: this only reads."""
   manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "meta"))
   try:
     for step in _best_first(manager):
       restored, why = _try_restore(manager, step, ocp.args.Composite(
           state=ocp.args.StandardRestore(fallback_sharding=_one_local_device())))
       if why is None:
-        return jax.tree.map(np.asarray, dict(restored["state"]))
+        return jax.tree.map(np.asarray, dict(restored["state"])), int(step)
       logging.warning("checkpoint %s is unreadable (%s); trying the one before it",
                       _step_dir(manager, step), why)
+      if skipped is not None:
+        skipped.append(f"{os.path.basename(directory)}/{step} unreadable")
     return None
   finally:
     manager.close()
 
 
-def run_variables(workdir: str, where: str, ema: bool = False) -> Optional[Dict[str, dict]]:
-  """{"params", "batch_stats"} of a training run's best checkpoint (else its newest), its
-  weight average with `ema`; None when `workdir` holds no readable checkpoint."""
+@dataclasses.dataclass(frozen=True)
+class RunWeights:
+  """The weights a program took from a run, and which checkpoint they came from."""
+  variables: Dict[str, dict]  # {"params", "batch_stats"}
+  kind: str  # best | latest
+  step: int
+  ema: bool
+  skipped: Tuple[str, ...]  # unreadable checkpoints passed over, e.g. ("best/9 unreadable",)
+
+  def describe(self) -> str:
+    what = f"{'weight average of the ' if self.ema else ''}{self.kind} checkpoint, step {self.step}"
+    return what + (f" ({'; '.join(self.skipped)})" if self.skipped else "")
+
+
+def run_variables(workdir: str, where: str, ema: bool = False) -> Optional[RunWeights]:
+  """The weights of a training run's best checkpoint (else its newest readable one), their
+  moving average with `ema`; None when `workdir` holds no readable checkpoint."""
+  skipped = []
   for kind in ("best", "latest"):
     directory = os.path.abspath(os.path.join(workdir, run_files.CHECKPOINTS_DIR, kind))
-    state = restore_raw_state(directory) if os.path.isdir(directory) else None
-    if state is None:
+    restored = restore_raw_state(directory, skipped) if os.path.isdir(directory) else None
+    if restored is None:
       continue
+    state, step = restored
     if ema:
       if not state.get("ema"):
         raise UserError(f"{where}={workdir}: its run kept no weight average "
                         "(config.train.ema_decay was 0)")
       state = state["ema"]
-    return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+    variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+    return RunWeights(variables, kind, step, ema, tuple(skipped))
   return None
 
 

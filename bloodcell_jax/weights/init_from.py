@@ -6,6 +6,7 @@ unless `keep_head` (then it must match too). Anything else is an error that
 names the variables, so a wrong model or file never half-loads.
 """
 
+import logging
 import os
 from typing import Dict, Tuple
 
@@ -31,9 +32,11 @@ def load_variables(path: str, model_name: str, where: str = "config.init.weights
       raise UserError(f"{where}={path}: holds {record.get('model')} weights, "
                       f"config.model.name is {model_name}")
     return variables
-  variables = checkpoint.run_variables(path, where, ema)
-  if variables is not None:
-    return variables
+  weights = checkpoint.run_variables(path, where, ema)
+  if weights is not None:
+    if weights.skipped:
+      logging.warning("%s=%s: took the %s", where, path, weights.describe())
+    return weights.variables
   raise UserError(f"{where}={path}: expected a Keras .h5 file, a directory written by "
                   "bloodcell_jax.weights.keras_port, or a workdir with checkpoints")
 
