@@ -13,7 +13,8 @@ configured size, int32 labels and a stable id per image.
 import dataclasses
 import logging
 import os
-from typing import Callable, Optional, Sequence
+import zipfile
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -151,11 +152,14 @@ def read_image_folder(root: str, image_size: int,
                     ", ".join(not_images[:5]), " ..." if len(not_images) > 5 else "")
   images = np.empty((len(files), image_size, image_size, 3), np.uint8)
   resized = converted = 0
+  sizes = []
   for i, rel in enumerate(files):
-    image, was_resized, was_converted = read_image_file(os.path.join(root, rel), image_size)
+    image, was_resized, was_converted, size = read_image_file(os.path.join(root, rel), image_size)
     images[i] = image
     resized += was_resized
     converted += was_converted
+    sizes.append(size)
+  warn_tiny(root, files, sizes, image_size)
   return ImageSet(images, np.asarray(labels, np.int32), np.asarray(files),
                   class_names, name=os.path.basename(os.path.normpath(root)),
                   num_resized=resized, num_converted=converted)
@@ -174,22 +178,58 @@ def image_files(folder: str):
   return sorted(images), sorted(others)
 
 
-def read_image_file(path: str, image_size: int):
-  """(uint8 RGB image at `image_size`, whether resized, whether converted); transparent
-  pixels are composited on white, as on a slide (and as for .npz sources)."""
+class ReadImage(NamedTuple):
+  image: np.ndarray  # uint8 RGB at the asked size
+  resized: bool
+  converted: bool  # from another mode than 8-bit RGB
+  size: Tuple[int, int]  # (width, height) in the file
+
+
+def read_image_file(path: str, image_size: int) -> ReadImage:
+  """The image at `image_size` as uint8 RGB; transparent pixels are composited on white, as
+  on a slide (and as for .npz sources); 16-bit and floating-point images are scaled to 8 bits,
+  not clipped."""
   try:
     with Image.open(path) as im:
+      size = im.size
       converted = im.mode != "RGB"
       if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)),
                                    im.convert("RGBA"))
+      elif im.mode.startswith(("I", "F")):
+        im = _eight_bit_grey(im)
       im = im.convert("RGB")
       resized = im.size != (image_size, image_size)
       if resized:
         im = im.resize((image_size, image_size), Image.BICUBIC)
-      return np.asarray(im, np.uint8), resized, converted
+      return ReadImage(np.asarray(im, np.uint8), resized, converted, size)
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise UserError(f"{path}: unreadable image ({e})") from None
+
+
+def _eight_bit_grey(im: Image.Image) -> Image.Image:
+  """A 16- or 32-bit integer or a float grey image on the 8-bit scale (Pillow's own conversion
+  clips every value above 255, so a 16-bit image would read as white): 16-bit files by their
+  full range, others by their own (floats in [0, 1] as such)."""
+  values = np.asarray(im, np.float64)
+  if im.mode.startswith("I;16"):
+    top = 65535.0
+  elif im.mode == "F" and values.size and values.max() <= 1.0:
+    top = 1.0
+  else:
+    top = max(255.0, float(values.max()) if values.size else 255.0)
+  return Image.fromarray(np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8), "L")
+
+
+def warn_tiny(where: str, names, sizes, image_size: int) -> None:
+  """A warning naming the images smaller than a quarter of `image_size` on a side: enlarged
+  four times or more, they hold little of what the model was trained to see."""
+  tiny = [f"{name} ({w}x{h})" for name, (w, h) in zip(names, sizes)
+          if min(w, h) < image_size / 4]
+  if tiny:
+    logging.warning("%s: %d image%s smaller than a quarter of image_size=%d, enlarged 4x or "
+                    "more: %s%s", where, len(tiny), "s" if len(tiny) > 1 else "", image_size,
+                    ", ".join(tiny[:5]), " ..." if len(tiny) > 5 else "")
 
 
 def read_npz(path: str, image_size: int, *, split: str = "train",
@@ -199,6 +239,9 @@ def read_npz(path: str, image_size: int, *, split: str = "train",
 
   `labelled=False` (prediction) reads the images alone; labels are then zeros.
   """
+  if os.path.isfile(path) and not zipfile.is_zipfile(path):
+    raise UserError(f"{path}: not an .npz file (an .npz is a zip archive of arrays, written by "
+                    "numpy.savez)")
   try:
     with np.load(path, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}
