@@ -22,7 +22,7 @@ _TEST_SOURCE = flags.DEFINE_string("test_source", "", "A separate test set (else
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "Validation share of the kept images.")
 _TEST_FRACTION = flags.DEFINE_float("test_fraction", 0.1, "Test share (without --test_source).")
 _SEED = flags.DEFINE_integer("seed", 0, "Split seed.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 96, "Square image size.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 96, "Square image size.", lower_bound=16)
 
 
 def main(argv):
@@ -39,7 +39,7 @@ def main(argv):
 
 
 def run():
-  app.run(lambda argv: common.run_reporting_errors(main, argv))
+  common.run_program(main)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import logging
 import sys
 
-from absl import flags
+from absl import app, flags
 
 from bloodcell_jax import runtime
 from bloodcell_jax.config import recipes
@@ -23,9 +23,18 @@ def quiet_library_logs() -> None:
     handler.addFilter(_QuietLibraries())
 
 
-def parse_flags(argv):
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def parse_flags(argv, program: str = "__main__"):
   """absl flag parsing, preceded by the config-key check (for `app.run(flags_parser=...)`);
-  a value that does not parse is a user error like any other (exit code 2)."""
+  a value that does not parse is a user error like any other (exit code 2). --help prints
+  the program's usage (the docstring of its module, `program`) and flags, and exits 0."""
+  if any(arg in _HELP_FLAGS for arg in argv[1:]):
+    module = sys.modules.get(program)
+    print((module.__doc__ or "").strip() + "\n")
+    print(flags.FLAGS.module_help(module) if "--helpfull" not in argv else flags.FLAGS)
+    sys.exit(0)
   try:
     recipes.check_override_keys(argv)
     try:
@@ -43,8 +52,15 @@ def run_reporting_errors(main, argv) -> None:
   quiet_library_logs()
   try:
     main(argv)
-  except UserError as e:
+  except (UserError, app.UsageError) as e:
     _exit_with(e)
+
+
+def run_program(main) -> None:
+  """Every program's entry point: flags parsed by `parse_flags`, `main` run by
+  `run_reporting_errors`."""
+  app.run(lambda argv: run_reporting_errors(main, argv),
+          flags_parser=lambda argv: parse_flags(argv, main.__module__))
 
 
 def _exit_with(error: UserError):

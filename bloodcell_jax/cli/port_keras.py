@@ -9,7 +9,7 @@ How layers map: bloodcell_jax/weights/keras_port.py.
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
 from bloodcell_jax.cli import common
 from bloodcell_jax.errors import UserError
@@ -54,7 +54,7 @@ def main(argv):
 
 
 def run():
-  app.run(lambda argv: common.run_reporting_errors(main, argv))
+  common.run_program(main)
 
 
 if __name__ == "__main__":

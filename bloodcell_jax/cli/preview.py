@@ -68,7 +68,7 @@ def main(argv):
 
 
 def run():
-  app.run(lambda argv: common.run_reporting_errors(main, argv), flags_parser=common.parse_flags)
+  common.run_program(main)
 
 
 if __name__ == "__main__":

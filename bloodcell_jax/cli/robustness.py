@@ -6,7 +6,7 @@
 See bloodcell_jax/evaluation/robustness.py for what it measures and writes.
 """
 
-from absl import app, flags
+from absl import flags
 
 from bloodcell_jax import runtime
 from bloodcell_jax.cli import common
@@ -24,7 +24,7 @@ _ADAPT_BN = flags.DEFINE_bool("adapt_bn", False, "Recompute BatchNorm statistics
                               "shifted set before predicting it (AdaBN).")
 _SHIFTS = flags.DEFINE_list("shifts", [], "Shifts to run (default: all).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the shifts' random placement.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per forward pass.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per forward pass.", lower_bound=1)
 _GRID_IMAGE = flags.DEFINE_integer("grid_image", 0, "Index of the image the PNG grid shows.")
 
 
@@ -40,7 +40,7 @@ def main(argv):
 
 
 def run():
-  app.run(lambda argv: common.run_reporting_errors(main, argv))
+  common.run_program(main)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ checked against them."""
 import difflib
 import os
 import runpy
+import traceback
 
 from bloodcell_jax.config import flat
 from bloodcell_jax.errors import UserError
@@ -15,11 +16,35 @@ def load_config_file(spec: str):
   path, sep, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise UserError(f"--config={path}: no such config file (see configs/)")
-  get_config = runpy.run_path(path)["get_config"]
+  return call_file_function(path, "get_config", "--config", *([arg] if sep else []))
+
+
+def call_file_function(path: str, name: str, flag: str, *args):
+  """`name(*args)` of the Python file `path` (a recipe or a sweep); the file failing to run,
+  lacking `name`, or `name` raising is one UserError naming the file and line."""
+  where = f"{flag}={path}"
   try:
-    return get_config(arg) if sep else get_config()
-  except (OSError, ValueError) as e:
-    raise UserError(f"--config={spec}: {e}") from None
+    namespace = runpy.run_path(path)
+  except SyntaxError as e:
+    raise UserError(f"{where}: line {e.lineno}: {e.msg}") from None
+  except Exception as e:  # pylint: disable=broad-except  (the user's code, at import)
+    raise UserError(f"{where}: {_failure_in(path, e)}") from None
+  if not callable(namespace.get(name)):
+    raise UserError(f"{where}: defines no {name}() (see configs/ for examples)")
+  try:
+    return namespace[name](*args)
+  except UserError as e:
+    raise UserError(f"{where}: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"{where}: {name}() failed: {_failure_in(path, e)}") from None
+
+
+def _failure_in(path: str, error: BaseException) -> str:
+  """`line N: Type: message`, N the deepest line of `path` in the error's traceback."""
+  lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+           if os.path.abspath(frame.filename) == os.path.abspath(path)]
+  message = str(error).splitlines()[0] if str(error) else ""
+  return f"{'line ' + str(lines[-1]) + ': ' if lines else ''}{type(error).__name__}: {message}"
 
 
 def check_override_keys(argv, flag: str = "config") -> None:

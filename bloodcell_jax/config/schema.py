@@ -216,7 +216,7 @@ def errors(config) -> list:
   if not found:
     from bloodcell_jax import models  # pylint: disable=g-import-not-at-top  (JAX)
     from bloodcell_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
-    for check in (lambda: models.build_model(config, num_classes=2),
+    for check in (lambda: models.check_buildable(config, num_classes=2),
                   lambda: evaluators.build(config)):
       try:
         check()

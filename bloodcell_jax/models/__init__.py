@@ -7,6 +7,7 @@ from bloodcell_jax.models.registry import (
                                            KerasPort,
                                            ModelSpec,
                                            build_model,
+                                           check_buildable,
                                            get_model,
                                            get_spec,
                                            keras_ported_names,
@@ -14,6 +15,7 @@ from bloodcell_jax.models.registry import (
                                            register,
 )
 
-__all__ = ["MODELS", "KerasPort", "ModelSpec", "build_model", "get_model", "get_spec",
+__all__ = ["MODELS", "KerasPort", "ModelSpec", "build_model", "check_buildable", "get_model",
+           "get_spec",
            "keras_ported_names", "model_names", "register", "cnn", "convnext", "efficientnet_v2",
            "mobilenet_v3"]

@@ -10,13 +10,14 @@ defined anywhere (a test, a user's script) works once it is registered.
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bloodcell_jax.errors import UserError
+from bloodcell_jax.errors import UserError, innermost_line
 from bloodcell_jax.registry import Registry
 
 
@@ -97,6 +98,52 @@ def build_model(config, num_classes: int, **overrides) -> nn.Module:
   for key in ("dtype", "param_dtype"):
     kwargs[key] = _dtype(key, kwargs.get(key, "float32"))
   return get_model(config.model.name, num_classes=num_classes, **kwargs)
+
+
+def check_buildable(config, num_classes: int) -> None:
+  """`config.model` checked before any data is read: each argument of the type of the model's
+  default for it, and the model's variables shaped (abstractly, no compute) at the config's
+  image size, so that a value no layer accepts is one line here, not a JAX error later."""
+  spec = get_spec(config.model.name)
+  for key, value in config.model.items():
+    if key in spec.defaults and not _same_kind(value, spec.defaults[key]):
+      raise UserError(f"config.model.{key}={value!r}: expected a value like "
+                      f"{spec.defaults[key]!r}")
+  model = build_model(config, num_classes)
+  try:
+    _trace_init(model, config.image_size)
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (whatever the layers raise)
+    changed = ", ".join(f"config.model.{k}={v!r}" for k, v in config.model.items()
+                        if k in spec.defaults and v != spec.defaults[k])
+    raise UserError(f"{changed or 'config.model'}: {config.model.name} cannot be built at "
+                    f"image_size={config.image_size} ({innermost_line(e)})") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _trace_init(model: nn.Module, image_size: int) -> None:
+  """Traces the model's initialisation without computing it (once per model and size: a
+  sweep's runs mostly share theirs)."""
+  rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  jax.eval_shape(lambda x: model.init(rngs, x), images)
+
+
+def _same_kind(value, default) -> bool:
+  """Whether a config value has the type of the model's default (ints pass for floats)."""
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(default, bool)
+  if isinstance(default, int):
+    return isinstance(value, int)
+  if isinstance(default, float):
+    return isinstance(value, (int, float))
+  if isinstance(default, str):
+    return isinstance(value, str)
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list)) and all(
+        _same_kind(v, default[0]) for v in value) if default else isinstance(value, (tuple, list))
+  return True
 
 
 def _dtype(key: str, name) -> jnp.dtype:

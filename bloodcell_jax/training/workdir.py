@@ -38,6 +38,7 @@ def exclusive(workdir: str, holder: bool = True):
   path = os.path.join(workdir, run_files.LOCK)
   record = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+  created = not os.path.isdir(workdir)
   _make_dirs(workdir)
   _acquire(path, record)
   try:
@@ -45,6 +46,8 @@ def exclusive(workdir: str, holder: bool = True):
   finally:
     if _read_lock(path) == record:
       os.remove(path)
+    if created and not os.listdir(workdir):  # refused before writing anything: leave no trace
+      os.rmdir(workdir)
 
 
 def _make_dirs(workdir: str) -> None:
@@ -77,7 +80,8 @@ def _remove_if_stale(path: str) -> None:
     if _age_seconds(path) < _EMPTY_LOCK_GRACE_SECONDS:
       raise UserError(f"--workdir={workdir}: another run is starting in it ({path} was just "
                       "made); use another --workdir")
-    logging.warning("%s: an empty lock file, left by a run that died; taking it over", path)
+    logging.warning("%s: an empty or unreadable lock file, left by a run that died; taking it "
+                    "over", path)
   elif holder.get("host") != socket.gethostname() or _alive(holder.get("pid")):
     raise UserError(
         f"--workdir={workdir}: in use by process {holder.get('pid')} on {holder.get('host')} "

@@ -20,9 +20,10 @@ CLI: python -m bloodcell_jax.weights.keras_port --model=efficientnetv2-s \\
 
 import functools
 import inspect
+import logging
 import os
 import re
-import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -236,11 +237,19 @@ def load_keras_weights(model_name: str, path: str, model_args=None) -> Dict[str,
   return port(model_name, read_keras_weights(model_name, path, model_args), path, model_args)[0]
 
 
+# Every HDF5 file (Keras's .h5 weights) starts with this signature.
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# A download that brings fewer bytes than this in `stall_seconds` has stalled, however
+# steadily it trickles.
+_MIN_BYTES_PER_WINDOW = 64 * 1024
+
+
 def download_keras_weights(model_name: str, include_top: bool, stall_seconds: float = 30.0,
                            mirror: Optional[str] = None, cache_dir: str = CACHE_DIR) -> str:
   """The official ImageNet file, downloaded once into `cache_dir` (from `mirror`, or the
   $BLOODCELL_JAX_KERAS_WEIGHTS_URL mirror, when given). Fails with advice when the server
-  cannot be reached or sends nothing for `stall_seconds`."""
+  cannot be reached, sends less than 64 KiB in any `stall_seconds`, or sends something that
+  is not an HDF5 file (which is then not kept)."""
   url = keras_port(model_name).weights_url(include_top)
   if not url:
     raise UserError(f"--download: no official ImageNet file for {model_name}")
@@ -250,23 +259,50 @@ def download_keras_weights(model_name: str, include_top: bool, stall_seconds: fl
     url = mirror + file_name
   path = os.path.join(cache_dir, file_name)
   if os.path.isfile(path):
-    return path
+    if _is_hdf5(path):
+      return path
+    logging.warning("%s: not an HDF5 file (a damaged earlier download); downloading it again",
+                    path)
   os.makedirs(cache_dir, exist_ok=True)
   partial = f"{path}.{os.getpid()}.partial"
+  advice = f"On a machine with network access, fetch {url} and pass the file with " \
+           "--keras_weights=PATH"
   try:
     with urllib.request.urlopen(url, timeout=stall_seconds) as response, \
         open(partial, "wb") as f:
-      shutil.copyfileobj(response, f, length=1 << 20)
+      _copy_unless_stalled(response, f, stall_seconds)
+    if not _is_hdf5(partial):
+      with open(partial, "rb") as f:
+        start = f.read(40).decode("ascii", "replace").split("\n")[0]
+      raise UserError(f"--download: {urllib.parse.urlparse(url).hostname} answered with "
+                      f"something that is not an HDF5 file (it starts {start!r}). {advice}")
     os.replace(partial, path)
   except (OSError, urllib.error.URLError) as e:  # socket.timeout is an OSError
-    raise UserError(
-        f"--download: no file from {urllib.parse.urlparse(url).hostname} ({e}). On a machine "
-        f"with network access, fetch {url} and pass the file with --keras_weights=PATH"
-    ) from None
+    raise UserError(f"--download: no file from {urllib.parse.urlparse(url).hostname} ({e}). "
+                    f"{advice}") from None
   finally:
     if os.path.exists(partial):
       os.remove(partial)
   return path
+
+
+def _copy_unless_stalled(response, out, stall_seconds: float) -> None:
+  window_start, window_bytes = time.monotonic(), 0
+  while True:
+    chunk = response.read1(1 << 20)  # whatever has arrived, up to 1 MiB
+    if not chunk:
+      return
+    out.write(chunk)
+    window_bytes += len(chunk)
+    if time.monotonic() - window_start >= stall_seconds:
+      if window_bytes < _MIN_BYTES_PER_WINDOW:
+        raise TimeoutError(f"stalled: {window_bytes} bytes in {stall_seconds:.0f} s")
+      window_start, window_bytes = time.monotonic(), 0
+
+
+def _is_hdf5(path: str) -> bool:
+  with open(path, "rb") as f:
+    return f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
 
 
 if __name__ == "__main__":  # the command's old name; the program is bloodcell_jax/cli/port_keras.py
