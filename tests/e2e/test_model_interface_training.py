@@ -35,7 +35,7 @@ def test_a_model_registered_outside_the_library_trains_freezes_and_restores(tmp_
   # Rerunning finds every stage finished: restored from its checkpoints, same results.
   again = train.run_stages(tiny_config(), str(tmp_path))
   assert again["val_accuracy"] == results["val_accuracy"]
-  _, class_names, model, state = inference.load_run(str(tmp_path / "s3_regex"))
+  _, class_names, model, state, _ = inference.load_run(str(tmp_path / "s3_regex"))
   images = np.random.default_rng(0).uniform(0, 255, (3, 16, 16, 3)).astype(np.float32)
   probabilities = inference.predict(model, state, images, batch_size=4)
   assert probabilities.shape == (3, len(class_names))

@@ -3,6 +3,7 @@ made: a run goes on from what is intact, or stops in one line having changed not
 
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -13,10 +14,12 @@ import jax
 import numpy as np
 import pytest
 
+from bloodcell_jax.export import writer
 from bloodcell_jax.training import checkpoint, run_files
 from bloodcell_jax.weights import init_from
 from helpers import ROOT
 from helpers.checkpoints import final_state, finished_steps
+from helpers.images import write_image_folder
 from helpers.runs import TRAINED_RUN_OVERRIDES, run_launch, subprocess_env
 
 pytestmark = pytest.mark.e2e
@@ -69,19 +72,62 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_before_it(tr
   assert_states_equal(trained_run[0], workdir)
 
 
-def test_unreadable_best_checkpoint_falls_back_for_predict_and_init_from(trained_run,
+def run_program(module, *flags):
+  return subprocess.run([sys.executable, "-m", f"bloodcell_jax.{module}", *flags], cwd=ROOT,
+                        capture_output=True, text=True, env=subprocess_env())
+
+
+def test_unreadable_best_checkpoint_falls_back_and_every_program_says_so(trained_run,
                                                                          tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_run[0], workdir)
   best = glob.glob(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "best", "[0-9]*"))[0]
+  best_step = int(os.path.basename(best))
   open(os.path.join(best, "state", "_METADATA"), "w").close()
   before = file_digests(workdir)
 
   variables = init_from.load_variables(workdir, "cnn")
+  exportable = writer.run_exportable(workdir)
+  images = write_image_folder(str(tmp_path / "images"), images_per_class=1, size=32)
+  predicted = run_program("predict", f"--workdir={workdir}", f"--input={images}",
+                          f"--output={tmp_path / 'preds.csv'}")
 
-  newest = checkpoint.restore_raw_state(os.path.join(workdir, run_files.CHECKPOINTS_DIR, "latest"))
+  newest, step = checkpoint.restore_raw_state(
+      os.path.join(workdir, run_files.CHECKPOINTS_DIR, "latest"))
   jax.tree.map(np.testing.assert_array_equal, variables["params"], newest["params"])
+  said = f"latest checkpoint, step {step} (best/{best_step} unreadable)"
+  assert predicted.returncode == 0 and predicted.stdout.strip().endswith(f"; weights: {said}")
+  record = exportable.metadata["checkpoint"]
+  assert (exportable.metadata["weights"], record["described"]) == ("latest checkpoint", said)
+  logged = [json.loads(line) for line in open(os.path.join(workdir, run_files.METRICS))]
+  assert record["val_accuracy"] == next(r["val_accuracy"] for r in logged
+                                        if r.get("step") == step and "val_accuracy" in r)
   assert file_digests(workdir) == before  # reading never moves anything
+
+
+def test_outputs_that_would_replace_inputs_or_each_other_are_refused(trained_run, tmp_path):
+  data = tmp_path / "cells.npz"
+  np.savez(data, images=np.zeros((2, 32, 32, 3), np.uint8), labels=np.zeros(2, np.int64))
+  kept = data.read_bytes()
+  into_input = run_program("predict", f"--workdir={trained_run[0]}", f"--input={data}",
+                           f"--output={data}")
+  same_stem = run_program("robustness", f"--workdir={trained_run[0]}", "--shifts=jpeg",
+                          f"--out={tmp_path / 'rob.md'}")
+  unfinished = tmp_path / "unfinished"
+  shutil.copytree(trained_run[0], unfinished, ignore=shutil.ignore_patterns(
+      run_files.RESULTS, run_files.REPORT))
+  report = run_program("report", f"--workdir={unfinished}")
+
+  assert [r.returncode for r in (into_input, same_stem, report)] == [2, 2, 2]
+  assert into_input.stderr.strip().splitlines()[-1] == (
+      f"error: --output={data}: is --input={data}; writing it would replace the input: "
+      "choose another path")
+  assert data.read_bytes() == kept
+  assert same_stem.stderr.strip().splitlines()[-1].startswith(
+      f"error: --out={tmp_path / 'rob.md'}: the JSON results; expected a name ending in .json")
+  assert report.stderr.strip().splitlines()[-1] == (
+      f"error: --workdir={unfinished}: no results.json; the run has not finished")
+  assert not (unfinished / run_files.REPORT).exists()
 
 
 def test_rerun_with_another_model_or_data_is_refused_and_changes_nothing(trained_run,

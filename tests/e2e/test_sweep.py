@@ -180,7 +180,7 @@ def test_predict_averages_runs_with_tta_and_temperature(sequential, tmp_path):
   _, _, ensemble, _ = predictions.read_probabilities(out)
   each = []
   for run in runs:
-    _, _, model, state = inference.load_run(run)
+    _, _, model, state, _ = inference.load_run(run)
     calibrated = inference.predict(model, state, images, 8, "flips",
                                    inference.run_temperature(run))
     plain = inference.predict(model, state, images, 8, "flips")

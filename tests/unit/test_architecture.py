@@ -88,7 +88,7 @@ def test_the_package_has_no_import_cycle():
 # package spans layers: its schema derives choice lists from the registries above the rest of it.
 LAYERS = (
     ("errors", "config"),
-    ("registry", "runtime", "atomic", "config.flat"),
+    ("registry", "runtime", "atomic", "output_paths", "config.flat"),
     ("config.recorded", "config.stages", "config.recipes"),
     ("models", "augment"),
     ("data",),

@@ -32,3 +32,29 @@ def test_cross_key_rules_and_stages_are_checked():
   config.optim.weight_decay, config.train.max_val_drop, config.data.val_fraction = 0.0, 0.01, 0.0
   with pytest.raises(UserError, match=r"max_val_drop=0.01: needs a validation set"):
     schema.validate(config)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("filters", ("abc",), r"^config\.model\.filters=\('abc',\): expected a value like "
+                          r"\(32, 64, 128, 256\)$"),
+    ("dense_units", -5, r"^config\.model\.dense_units=-5.*: cnn cannot be built at image_size=96 "
+                        r"\(TypeError: "),
+])
+def test_model_arguments_are_checked_before_any_data_is_read(key, value, message):
+  config = recipes.load_config_file(os.path.join(ROOT, "configs", "cnn.py"))
+  config.model[key] = value
+  with pytest.raises(UserError, match=message):
+    schema.validate(config)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def get_config(:\n  pass\n", r"line 1: invalid syntax"),
+    ("x = 1\n", r"defines no get_config\(\) \(see configs/ for examples\)"),
+    ("import math\n\ndef get_config():\n  return math.sqrt(-1)\n",
+     r"get_config\(\) failed: line 4: ValueError: math domain error"),
+])
+def test_a_config_file_that_does_not_load_is_one_line_with_its_line(tmp_path, source, message):
+  path = tmp_path / "recipe.py"
+  path.write_text(source)
+  with pytest.raises(UserError, match=rf"^--config={path}: {message}"):
+    recipes.load_config_file(str(path))

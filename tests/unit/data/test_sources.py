@@ -212,3 +212,32 @@ def test_a_registered_source_kind_is_read_and_named_in_errors(tmp_path, monkeypa
   with pytest.raises(UserError, match=r"cells.txt: unsupported data source \(expected an "
                      r"ImageFolder directory, an .npz file or a .list file\)$"):
     sources.load_source(str(tmp_path / "cells.txt"), 16)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped_to_white(tmp_path):
+  grey = np.linspace(0, 255, 24 * 24).reshape(24, 24).round().astype(np.uint8)
+  Image.fromarray(grey).save(tmp_path / "grey8.png")
+  Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+  eight, sixteen = (sources.read_image_file(str(tmp_path / f"grey{b}.png"), 24)
+                    for b in (8, 16))
+  assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+  np.testing.assert_array_equal(sixteen.image, eight.image)
+  assert sixteen.converted and sixteen.image.min() == 0
+
+
+def test_tiny_images_are_named_in_a_warning(tmp_path, caplog):
+  root = write_image_folder(str(tmp_path / "data"), images_per_class=2, size=24,
+                            classes=("a", "b"))
+  Image.new("RGB", (5, 7), (200, 100, 150)).save(os.path.join(root, "a", "speck.png"))
+  with caplog.at_level("WARNING"):
+    data = sources.read_image_folder(root, image_size=24)
+  assert len(data) == 5  # read, and said
+  assert "1 image smaller than a quarter of image_size=24, enlarged 4x or more: " \
+         f"{os.path.join('a', 'speck.png')} (5x7)" in caplog.text
+
+
+def test_a_file_that_is_not_an_npz_archive_says_so(tmp_path):
+  path = tmp_path / "cells.npz"
+  path.write_text("id,label\n")
+  with pytest.raises(UserError, match=rf"^{path}: not an .npz file \(an .npz is a zip archive"):
+    sources.read_npz(str(path), 24)
