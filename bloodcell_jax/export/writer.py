@@ -259,9 +259,33 @@ def export(exportable: Exportable, export_format: str, out: str,
   return metadata
 
 
+# Scratch folders beside --out are named after their process, so that one left by a killed
+# export (SIGKILL, or SIGTERM during a conversion) is removed by the next export there.
+_SCRATCH_PREFIX = ".bloodcell-export-"
+
+
+def _remove_stale_scratch(directory: str) -> None:
+  for name in os.listdir(directory):
+    pid = name[len(_SCRATCH_PREFIX):].split("-")[0]
+    if name.startswith(_SCRATCH_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
 def _write_format(exportable: Exportable, export_format: str, out: str, weights: str,
                   metadata: dict) -> None:
-  with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as scratch:
+  _remove_stale_scratch(os.path.dirname(out))
+  with tempfile.TemporaryDirectory(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-",
+                                   dir=os.path.dirname(out)) as scratch:
     saved_model = os.path.join(scratch, "saved_model")
     write_saved_model(exportable, saved_model, metadata,
                       for_conversion=export_format != "saved_model")

@@ -284,6 +284,10 @@ class _Runner:
       shown = f", val_accuracy {metric:.4f}" if isinstance(metric, float) else ""
       print(f"[{run.index}] {run.name}: finished in {took}{shown}", flush=True)
       return
+    if state == "running":  # another sweep process took the run first; its child was refused
+      print(f"[{run.index}] {run.name}: being trained by another process "
+            f"({workdir_lib.active_holder(run_dir).get('pid')}), skipped", flush=True)
+      return
     if returncode == 0:  # saved on SIGTERM
       print(f"[{run.index}] {run.name}: interrupted after {took}; rerun to resume", flush=True)
       return

@@ -94,3 +94,12 @@ def test_exporting_over_a_saved_model_replaces_its_files_only(exportable, conver
   assert not stale.exists()  # the model's own folders are replaced whole
   exporting.assert_gives_the_jax_probabilities(exportable, str(out), "saved_model", 1e-5)
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".replaced-")]
+
+
+def test_a_scratch_folder_left_by_a_killed_export_is_removed_by_the_next(tmp_path):
+  left = tmp_path / f".bloodcell-export-{2**22 + 17}-abc"  # above Linux's default pid_max
+  mine = tmp_path / f".bloodcell-export-{os.getpid()}-def"
+  left.mkdir()
+  mine.mkdir()
+  export._remove_stale_scratch(str(tmp_path))
+  assert not left.exists() and mine.exists()
