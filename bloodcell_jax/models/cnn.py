@@ -12,10 +12,18 @@ import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.models.framing import FRAMINGS
-from bloodcell_jax.models.layers import INPUT_NORMS, batch_norm, max_pool_2x2, prepare_input
+from bloodcell_jax.models.layers import (
+  INPUT_NORMS,
+  batch_norm,
+  max_pool_2x2,
+  mix_style,
+  prepare_input,
+)
 from bloodcell_jax.models.registry import register
 
 _ACTIVATIONS = {"relu": nn.relu, "leaky_relu": nn.leaky_relu}
+# MixStyle goes where features still describe style more than class: the early blocks.
+_MIX_STYLE_BLOCKS = 2
 
 
 class CNN(nn.Module):
@@ -35,6 +43,7 @@ class CNN(nn.Module):
   input_norm: str = "none"  # layers.INPUT_NORMS
   framing: str = "none"  # framing.FRAMINGS, before input_norm
   frozen_bn: Tuple[str, ...] = ()  # BatchNorm layers in inference mode while training
+  mix_style: float = 0.0  # probability of MixStyle after the first two blocks (training only)
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -54,6 +63,8 @@ class CNN(nn.Module):
       # memory traffic, not its FLOPs, dominates on CPU).
       x = max_pool_2x2(x)
       x = act(self._normalize(x, train, f"norm{i}"))
+      if train and self.mix_style > 0 and i < _MIX_STYLE_BLOCKS:
+        x = mix_style(x, self.make_rng("dropout"), self.mix_style)
     x = x.reshape(x.shape[0], -1) if self.head == "flatten" else x.mean(axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = act(nn.Dense(self.dense_units, **self._dtypes, name="dense")(x))
@@ -79,6 +90,7 @@ _DEFAULTS = dict(
     head=CNN.head,  # flatten | gap
     input_norm=CNN.input_norm,  # none | grey_world | channel_standardize
     framing="none",  # none | nucleus: re-cut about the nucleus (models/framing.py)
+    mix_style=CNN.mix_style,  # 0..1: probability of mixing feature styles (layers.mix_style)
     dtype="float32",  # compute dtype (bfloat16 on accelerators)
     # float64 (with dtype float64 and JAX_ENABLE_X64=1) makes rounding negligible, for
     # numerical checks across device and process layouts.
@@ -93,6 +105,9 @@ def cnn(num_classes: int = 8, **kwargs) -> CNN:
     value = kwargs.get(key, getattr(CNN, key))
     if value not in allowed:
       raise UserError(f"config.model.{key}='{value}': expected one of {', '.join(allowed)}")
+  if not 0.0 <= kwargs.get("mix_style", 0.0) <= 1.0:
+    raise UserError(f"config.model.mix_style={kwargs['mix_style']}: expected a probability "
+                    "in [0, 1]")
   kwargs["filters"] = tuple(kwargs.get("filters", CNN.filters))
   kwargs["frozen_bn"] = tuple(kwargs.get("frozen_bn", ()))
   return CNN(num_classes=num_classes, **kwargs)

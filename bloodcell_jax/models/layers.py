@@ -125,6 +125,28 @@ def batch_norm(module: nn.Module, x, name: str, train: bool, epsilon: float = 1e
                       **batch_norm_dtypes(module.dtype, module.param_dtype), name=name)(x)
 
 
+# MixStyle's Beta(alpha, alpha) for the mixing weight (Zhou et al. 2021's 0.1: mostly one
+# image's style, sometimes an even blend).
+MIX_STYLE_ALPHA = 0.1
+
+
+def mix_style(x, rng, p: float, alpha: float = MIX_STYLE_ALPHA, epsilon: float = 1e-6):
+  """MixStyle (Zhou et al. 2021): with probability p, each image's feature statistics (per
+  channel mean and standard deviation over its pixels, a proxy for its lab's stain, camera and
+  focus) are replaced by a random blend of its own and another image's of the batch, so that
+  the layers after it learn content under styles the training set never paired with it.
+  Training only; no parameters, so a model with it exports like one without."""
+  mean = jax.lax.stop_gradient(x.mean(axis=(1, 2), keepdims=True))
+  std = jax.lax.stop_gradient(jnp.sqrt(x.var(axis=(1, 2), keepdims=True) + epsilon))
+  weight_key, order_key, apply_key = jax.random.split(rng, 3)
+  weight = jax.random.beta(weight_key, alpha, alpha, mean.shape[:1] + (1, 1, 1)).astype(x.dtype)
+  order = jax.random.permutation(order_key, x.shape[0])
+  mixed_mean = weight * mean + (1 - weight) * mean[order]
+  mixed_std = weight * std + (1 - weight) * std[order]
+  styled = (x - mean) / std * mixed_std + mixed_mean
+  return jnp.where(jax.random.uniform(apply_key) < p, styled, x)
+
+
 class DepthwiseConv(nn.Module):
   """Depthwise k x k convolution, TF "SAME" padding; kernel (k, k, 1, C), optional bias.
 

@@ -11,6 +11,7 @@ from bloodcell_jax import models
 from bloodcell_jax.augment import ops as augment
 from bloodcell_jax.config import recipes
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.models import layers
 from bloodcell_jax.models.layers import max_pool_2x2, normalize_input
 from helpers import ROOT
 
@@ -141,3 +142,32 @@ def test_relative_density_ignores_the_stain_hue_and_keeps_the_cytoplasm_colour()
   assert float(cytoplasm[0]) - float(cytoplasm[1]) > 50
 
 
+
+
+def test_mix_style_swaps_feature_statistics_and_keeps_the_content():
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 8, 8, 4)) * jnp.arange(1.0, 7.0)[:, None,
+                                                                                     None, None]
+  mixed = layers.mix_style(x, jax.random.PRNGKey(1), p=1.0)
+  standardised = lambda a: ((a - a.mean(axis=(1, 2), keepdims=True))
+                            / a.std(axis=(1, 2), keepdims=True))
+  np.testing.assert_allclose(standardised(mixed), standardised(x), atol=1e-3)  # same content
+  std, mixed_std = x.std(axis=(1, 2)), mixed.std(axis=(1, 2))
+  assert not np.allclose(mixed_std, std, rtol=1e-2)  # other styles
+  assert np.all((mixed_std >= std.min() - 1e-4) & (mixed_std <= std.max() + 1e-4))  # blends
+  np.testing.assert_array_equal(layers.mix_style(x, jax.random.PRNGKey(1), p=0.0), x)
+
+
+def test_mix_style_changes_training_only():
+  small = dict(num_classes=3, filters=(4, 8), dense_units=8, norm="batch", head="gap",
+               dropout=0.0)  # no dropout: any difference in training is MixStyle's
+  model = models.get_model("cnn", mix_style=1.0, **small)
+  images = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 3)) * 255
+  variables = model.init(jax.random.PRNGKey(0), images)
+  plain = models.get_model("cnn", **small)
+  np.testing.assert_array_equal(model.apply(variables, images),
+                                plain.apply(variables, images))
+  trained = lambda m: m.apply(variables, images, train=True, mutable=["batch_stats"],
+                              rngs={"dropout": jax.random.PRNGKey(3)})[0]
+  assert not np.allclose(trained(model), trained(plain))
+  with pytest.raises(UserError, match=r"config\.model\.mix_style=1\.5: expected a probability"):
+    models.get_model("cnn", mix_style=1.5)
