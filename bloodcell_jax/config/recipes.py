@@ -16,13 +16,14 @@ def load_config_file(spec: str):
   path, sep, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise UserError(f"--config={path}: no such config file (see configs/)")
-  return call_file_function(path, "get_config", "--config", *([arg] if sep else []))
+  return call_file_function(path, "get_config", f"--config={spec}", *([arg] if sep else []))
 
 
-def call_file_function(path: str, name: str, flag: str, *args):
+def call_file_function(path: str, name: str, where: str, *args):
   """`name(*args)` of the Python file `path` (a recipe or a sweep); the file failing to run,
-  lacking `name`, or `name` raising is one UserError naming the file and line."""
-  where = f"{flag}={path}"
+  lacking `name`, or `name` raising is one UserError starting with `where` and naming the
+  line (an OSError or ValueError that `name` raises on purpose, e.g. a recipe's missing
+  source run, is its message alone)."""
   try:
     namespace = runpy.run_path(path)
   except SyntaxError as e:
@@ -33,7 +34,7 @@ def call_file_function(path: str, name: str, flag: str, *args):
     raise UserError(f"{where}: defines no {name}() (see configs/ for examples)")
   try:
     return namespace[name](*args)
-  except UserError as e:
+  except (UserError, OSError, ValueError) as e:
     raise UserError(f"{where}: {e}") from None
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f"{where}: {name}() failed: {_failure_in(path, e)}") from None

@@ -125,9 +125,9 @@ def check_buildable(config, num_classes: int) -> None:
 def _trace_init(model: nn.Module, image_size: int) -> None:
   """Traces the model's initialisation without computing it (once per model and size: a
   sweep's runs mostly share theirs)."""
-  rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # abstract: no backend is started
   images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  jax.eval_shape(lambda x: model.init(rngs, x), images)
+  jax.eval_shape(lambda k, x: model.init({"params": k, "dropout": k}, x), key, images)
 
 
 def _same_kind(value, default) -> bool:

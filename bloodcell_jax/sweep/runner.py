@@ -47,7 +47,7 @@ class SweepRun:
 
 def load_runs(sweep_file: str, seeds=None) -> List[SweepRun]:
   """The runs of a sweep file's `get_sweep()`, numbered in its order."""
-  runs = recipes.call_file_function(sweep_file, "get_sweep", "--config")
+  runs = recipes.call_file_function(sweep_file, "get_sweep", f"--config={sweep_file}")
   if isinstance(runs, list):
     runs = hyper.named(runs)
   if not isinstance(runs, dict) or not runs:

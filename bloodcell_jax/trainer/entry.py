@@ -16,10 +16,11 @@ def train(config, workdir: str, provenance: Optional[dict] = None,
   jax.distributed.initialize, or None for one process), and trains (or resumes, or
   re-evaluates) it in `workdir` under the workdir's lock; returns the results (with
   `provenance`, e.g. the sweep's record, in results.json)."""
-  schema.validate(config)
-  import jax  # pylint: disable=g-import-not-at-top  (after the config checks: seconds)
-  if processes is not None:
+  if processes is not None:  # before anything starts a JAX backend (the schema's model check)
+    import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize(**processes)
+  schema.validate(config)
+  import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name  (after the checks)
   if jax.process_index() != 0:  # one voice in the logs; other processes speak up on warnings
     logging.set_verbosity(logging.WARNING)
   logging.info("JAX %s: process %d of %d, %d local / %d global devices (%s)", jax.__version__,
