@@ -42,6 +42,7 @@ from bloodcell_jax.config import recorded
 from bloodcell_jax.errors import UserError
 from bloodcell_jax.export import litert_graph, runtimes
 from bloodcell_jax.training import run_files, steps
+from bloodcell_jax.training import workdir as workdir_lib
 
 FORMATS = ("saved_model", "onnx", "tflite")
 TFLITE_WEIGHTS = ("float32", "float16", "int8")
@@ -267,18 +268,9 @@ _SCRATCH_PREFIX = ".bloodcell-export-"
 def _remove_stale_scratch(directory: str) -> None:
   for name in os.listdir(directory):
     pid = name[len(_SCRATCH_PREFIX):].split("-")[0]
-    if name.startswith(_SCRATCH_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+    left = name.startswith(_SCRATCH_PREFIX) and pid.isdigit()
+    if left and not workdir_lib.process_alive(int(pid)):
       shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 def _write_format(exportable: Exportable, export_format: str, out: str, weights: str,

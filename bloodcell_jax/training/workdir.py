@@ -82,7 +82,7 @@ def _remove_if_stale(path: str) -> None:
                       "made); use another --workdir")
     logging.warning("%s: an empty or unreadable lock file, left by a run that died; taking it "
                     "over", path)
-  elif holder.get("host") != socket.gethostname() or _alive(holder.get("pid")):
+  elif holder.get("host") != socket.gethostname() or process_alive(holder.get("pid")):
     raise UserError(
         f"--workdir={workdir}: in use by process {holder.get('pid')} on {holder.get('host')} "
         f"(started {holder.get('started')}); wait for it to end or use another --workdir "
@@ -99,7 +99,7 @@ def active_holder(workdir: str) -> Optional[dict]:
   on another host), else None."""
   holder = _read_lock(os.path.join(workdir, run_files.LOCK))
   if holder is None or (holder.get("host") == socket.gethostname()
-                        and not _alive(holder.get("pid"))):
+                        and not process_alive(holder.get("pid"))):
     return None
   return holder
 
@@ -120,7 +120,8 @@ def _age_seconds(path: str) -> float:
     return 0.0
 
 
-def _alive(pid) -> bool:
+def process_alive(pid) -> bool:
+  """Whether process `pid` runs on this host (a zombie does not)."""
   if not isinstance(pid, int) or pid <= 0:
     return False
   try:
