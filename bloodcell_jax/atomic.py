@@ -1,4 +1,4 @@
-"""Files written whole or not at all, and JSON read back.
+"""Files written whole or not at all (run files are read back by training/run_files.py).
 
 A write that fails (a full disk, a read-only folder) leaves the previous file and no partial
 one, and is a UserError naming the file; the OS error stays behind it (`errors.is_disk_full`).
@@ -40,15 +40,6 @@ def _write(path: str, mode: str, fill) -> None:
 
 def write_json(path: str, payload: dict) -> None:
   write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
-
-
-def read_json(path: str, default=None):
-  """The JSON object in `path`, or `default` when it is missing or unreadable."""
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return default
 
 
 def _jsonable(value):

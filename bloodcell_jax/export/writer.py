@@ -124,18 +124,8 @@ def checkpoint_val_accuracy(workdir: str, weights) -> Optional[float]:
   if weights.kind == "best" and results.get("best_step") in (None, weights.step):
     if results.get(key) is not None:
       return results[key]
-  path = os.path.join(workdir, run_files.METRICS)
-  if not os.path.isfile(path):
-    return None
-  with open(path, errors="replace") as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue  # a line cut short by a kill: the others still count
-      if isinstance(record, dict) and record.get("step") == weights.step and key in record:
-        return record[key]
-  return None
+  return next((record[key] for record in run_files.read_metrics(workdir)
+               if record.get("step") == weights.step and key in record), None)
 
 
 def check_out(out: str, export_format: str, workdir: str) -> str:

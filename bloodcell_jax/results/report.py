@@ -136,27 +136,13 @@ def _stages(workdir: str, results: dict) -> list:
           for name, stage in sorted((results.get("stages") or {}).items())]
 
 
-def _read_metrics(workdir: str) -> list:
-  path = os.path.join(workdir, run_files.METRICS)
-  if not os.path.isfile(path):
-    return []
-  records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except ValueError:  # a line cut short by a kill
-        continue
-  return records
-
-
 def write_run_report(workdir: str) -> str:
   """Writes `workdir`/report.html for a finished run; returns its path."""
   results = run_files.read_json(os.path.join(workdir, run_files.RESULTS))
   if results is None:
     raise UserError(f"--workdir={workdir}: no results.json; the run has not finished")
   curves_path = os.path.join(workdir, run_files.TRAINING_CURVES)
-  if not plots.plot_curves(_read_metrics(workdir), curves_path):
+  if not plots.plot_curves(run_files.read_metrics(workdir), curves_path):
     curves_path = ""
   config_path = os.path.join(workdir, run_files.CONFIG)
   config_text = open(config_path).read() if os.path.isfile(config_path) else "(not recorded)"

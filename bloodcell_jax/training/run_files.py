@@ -53,3 +53,21 @@ def read_json(path: str, required: bool = False) -> Optional[dict]:
   if not isinstance(value, dict):
     raise damaged(path, f"expected a JSON object, found a {type(value).__name__}")
   return value
+
+
+def read_metrics(workdir: str) -> list:
+  """The records of a run's metrics.jsonl ([] when it has none); a line cut short by a kill
+  is skipped, the others still count."""
+  path = os.path.join(workdir, METRICS)
+  if not os.path.isfile(path):
+    return []
+  records = []
+  with open(path, errors="replace") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict):
+        records.append(record)
+  return records

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bloodcell_jax import atomic
 from bloodcell_jax.config import recorded
 from bloodcell_jax.export import runtimes
 from bloodcell_jax.results import predictions
@@ -31,14 +30,14 @@ def test_export_cli_and_predict_model_equal_predict_workdir(trained_run, tmp_pat
                                f"--out={onnx_file}", "--tta=flips", "--calibrated")
   assert code == 0 and "max |difference| to JAX" in stdout
   model = runtimes.load(onnx_file)
-  results = atomic.read_json(os.path.join(workdir, run_files.RESULTS))
+  results = run_files.read_json(os.path.join(workdir, run_files.RESULTS))
   with open(os.path.join(workdir, run_files.CONFIG)) as f:
     config = ml_collections.ConfigDict(recorded.upgrade_recorded(json.load(f)))
   assert model.metadata["val_accuracy"] == results["val_accuracy"]
   assert model.metadata["config_digest"] == recorded.config_digest(config)
   assert model.metadata["source_run"] == os.path.abspath(workdir)
   assert (model.metadata["tta"], model.metadata["temperature"]) == (
-      "flips", atomic.read_json(os.path.join(workdir, run_files.CALIBRATION))["temperature"])
+      "flips", run_files.read_json(os.path.join(workdir, run_files.CALIBRATION))["temperature"])
 
   by_model, by_run = tmp_path / "model.csv", tmp_path / "run.csv"
   assert run_module("bloodcell_jax.predict", f"--model={onnx_file}", f"--input={folder}",

@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 
-from bloodcell_jax import atomic
 from bloodcell_jax.results import predictions
 from bloodcell_jax.training import run_files
 from helpers import ROOT
@@ -70,14 +69,14 @@ def sequential(sweep_file, tmp_path_factory):
 
 
 def read_results(workdir, run):
-  return atomic.read_json(os.path.join(workdir, run, run_files.RESULTS))
+  return run_files.read_json(os.path.join(workdir, run, run_files.RESULTS))
 
 
 def test_sweep_records_each_run_continues_past_a_failure_and_writes_the_table(sequential):
   workdir, result = sequential
   assert "[2] too_big_batch: FAILED" in result.stdout
   assert "config.batch_size=4096: larger than the training set" in result.stdout
-  failure = atomic.read_json(os.path.join(workdir, "too_big_batch", "failure.json"))
+  failure = run_files.read_json(os.path.join(workdir, "too_big_batch", "failure.json"))
   assert failure["error"].startswith("config.batch_size=4096: larger than the training set")
   for seed, run in enumerate(RUNS[:2]):
     record = read_results(workdir, run)["sweep"]

@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 
 from bloodcell_jax import atomic, output_paths  # noqa: E402
 from bloodcell_jax.errors import UserError, is_disk_full  # noqa: E402
+from bloodcell_jax.training import run_files  # noqa: E402
 
 
 def test_an_output_that_is_an_input_is_refused_by_any_name(tmp_path):
@@ -53,7 +54,7 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_partial_one(tmp_pa
                      r"device\)$") as raised:
     atomic.save_figure(figure, str(path), 80)
   assert is_disk_full(raised.value)  # the OS error stays behind it, for the trainer
-  assert atomic.read_json(str(path)) == {"val_accuracy": 0.5}
+  assert run_files.read_json(str(path)) == {"val_accuracy": 0.5}
   assert os.listdir(tmp_path) == ["results.json"]
   with pytest.raises(UserError, match=r"missing/x\.md: could not write it \(No such file or "
                      r"directory\)$"):
