@@ -157,6 +157,10 @@ def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
   config.evals.augmented_val = dict(type="classification", set="val", augment="eval_strong")
   config.evals.test = dict(type="classification", set="test")
   config.evals.calibration = dict(type="calibration", set="val")
+  # When not to trust a prediction: accuracy on the most confident 80/90/95% of validation,
+  # and the out-of-distribution model `predict` flags images with (ood.npz).
+  config.evals.selective = dict(type="selective", set="val")
+  config.evals.ood = dict(type="ood")
 
   # Staged fine-tuning: named stages, run in name order, each a set of overrides
   # of this config, each starting from the previous stage's best checkpoint.

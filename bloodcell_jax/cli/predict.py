@@ -31,6 +31,9 @@ class's probability) and `p_<class>` for every class. A folder may hold images
 directly or in sub-folders (an ImageFolder); every image under it is predicted.
 """
 
+from typing import NamedTuple, Optional
+
+import numpy as np
 from absl import flags
 
 from bloodcell_jax.cli import common
@@ -53,6 +56,8 @@ _CALIBRATED = flags.DEFINE_bool("calibrated", False, "Divide the logits by the t
 _CLASSES = flags.DEFINE_list("classes", [], "Restrict every prediction to these classes "
                              "(comma-separated class names): the others' probabilities are "
                              "set to 0 and the rest renormalised.")
+_ABSTAIN = flags.DEFINE_bool("abstain", False, "Leave `pred` and `pred_name` empty for the "
+                             "images flagged as not to trust (flag other than ok).")
 _ADAPT_BN = flags.DEFINE_bool("adapt_bn", False, "Recompute the BatchNorm statistics on the "
                               "input images before predicting them (AdaBN: for images from "
                               "another microscope, camera or stain; needs a few dozen images "
@@ -66,30 +71,51 @@ def _check_classes(class_names) -> None:
     labelled_set.restriction(class_names, _CLASSES.value)
 
 
-def run_probabilities(workdir: str, input_path: str):
-  """(ids, class names, probabilities, which weights) of one run on `input_path`, as the flags
-  ask."""
-  from bloodcell_jax.evaluation import adaptation, inference  # pylint: disable=g-import-not-at-top
+class Predicted(NamedTuple):
+  """One model's predictions of the input."""
+  ids: list
+  class_names: list
+  probabilities: np.ndarray
+  weights: str  # which weights (or export) they came from
+  trust: Optional[dict]  # ood.OodModel.scores of each image; None without an ood model
+
+
+def run_probabilities(workdir: str, input_path: str) -> Predicted:
+  """One run's predictions of `input_path`, as the flags ask, with its out-of-distribution
+  scores when the run has an ood model."""
+  from bloodcell_jax.evaluation import adaptation, inference, ood  # pylint: disable=g-import-not-at-top
   config, class_names, model, state, weights = inference.load_run(workdir, _EMA.value)
   _check_classes(class_names)
   temperature = inference.run_temperature(workdir, _EMA.value) if _CALIBRATED.value else 1.0
+  ood_model = inference.ood_model(workdir, _EMA.value)
   ids, images = inference.read_unlabelled(input_path, config.image_size)
+  trust, logits = None, None
+  if ood_model is not None:
+    layer = inference.classifier_layer(config)
+    logits, features = (inference.logits_and_features(model, state, images, _BATCH_SIZE.value,
+                                                      layer) if layer else
+                        (np.log(inference.predict(model, state, images, _BATCH_SIZE.value)),
+                         None))
+    trust = ood_model.scores(logits, features, images)
   if _ADAPT_BN.value:
     state = adaptation.adapt_batch_stats(model, state, images, _BATCH_SIZE.value)
-  probabilities = inference.predict(model, state, images, _BATCH_SIZE.value, _TTA.value,
-                                    temperature)
-  return ids, class_names, probabilities, weights.describe()
+  if logits is not None and not _ADAPT_BN.value and not _TTA.value:
+    probabilities = ood.softmax(logits, temperature)  # the forward pass the scores used
+  else:
+    probabilities = inference.predict(model, state, images, _BATCH_SIZE.value, _TTA.value,
+                                      temperature)
+  return Predicted(ids, class_names, probabilities, weights.describe(), trust)
 
 
-def model_probabilities(path: str, input_path: str):
-  """(ids, class names, probabilities, which weights) of an exported model on `input_path`."""
+def model_probabilities(path: str, input_path: str) -> Predicted:
+  """An exported model's predictions of `input_path`."""
   from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.export import runtimes  # pylint: disable=g-import-not-at-top
   model = runtimes.load(path)
   _check_classes(model.metadata["class_names"])
   ids, images = inference.read_unlabelled(input_path, model.metadata["image_size"])
-  return (ids, model.metadata["class_names"], model.predict(images, _BATCH_SIZE.value),
-          runtimes.weights_described(model.metadata))
+  return Predicted(ids, model.metadata["class_names"], model.predict(images, _BATCH_SIZE.value),
+                   runtimes.weights_described(model.metadata), None)
 
 
 def main(argv):
@@ -110,27 +136,64 @@ def main(argv):
     tta.VIEWS.get(_TTA.value, "--tta")
   inputs = [("--input", _INPUT.value)] + [(flag, path) for flag, path, _ in sources]
   output_paths.file_output(_OUTPUT.value, "--output", inputs)
-  (first_flag, first, first_probabilities_of), *rest = sources
-  ids, class_names, total, weights = first_probabilities_of(first, _INPUT.value)
-  used = [weights]
-  for flag, source, probabilities_of in rest:
-    _, names, probabilities, weights = probabilities_of(source, _INPUT.value)
-    used.append(weights)
-    if list(names) != list(class_names):
+  predicted = []
+  for flag, source, probabilities_of in sources:
+    predicted.append(probabilities_of(source, _INPUT.value))
+    first, names = predicted[0].class_names, predicted[-1].class_names
+    if list(names) != list(first):
       raise UserError(f"{flag}={source}: its classes {list(names)} are not those of "
-                      f"{first_flag}={first} {list(class_names)}; an ensemble needs "
+                      f"{sources[0][0]}={sources[0][1]} {list(first)}; an ensemble needs "
                       "the same classes in the same order")
-    total = total + probabilities
-  total = total / len(sources)
+  ids, class_names = predicted[0].ids, predicted[0].class_names
+  total = sum(p.probabilities for p in predicted) / len(predicted)
   restricted = ""
   if _CLASSES.value:
     kept = labelled_set.restriction(class_names, _CLASSES.value)
     total = labelled_set.restrict_probabilities(total, kept)
     restricted = f", restricted to {', '.join(class_names[i] for i in kept)}"
-  predictions.write_probabilities(_OUTPUT.value, ids, total, class_names)
+  trust = trust_of([p.trust for p in predicted])
+  if _ABSTAIN.value and trust is None:
+    raise UserError("--abstain: needs every --workdir run to have an out-of-distribution model "
+                    "(ood.npz, written at the end of training); " + _no_trust(sources, predicted))
+  predictions.write_probabilities(
+      _OUTPUT.value, ids, total, class_names,
+      extra=None if trust is None else {"ood_score": trust["ood_score"],
+                                        "cell_score": trust["cell"], "flag": trust["flag"]},
+      abstain=None if not _ABSTAIN.value else trust["flag"] != "ok")
   runs = f" (mean of {len(sources)} models)" if len(sources) > 1 else ""
-  print(f"wrote {len(ids)} predictions to {_OUTPUT.value}{runs}{restricted}; weights: "
-        + " | ".join(used))
+  print(f"wrote {len(ids)} predictions to {_OUTPUT.value}{runs}{restricted}; "
+        + (_flagged(trust) if trust is not None else _no_trust(sources, predicted))
+        + "; weights: " + " | ".join(p.weights for p in predicted))
+
+
+def trust_of(scores: list) -> Optional[dict]:
+  """The ensemble's ood_score (the mean of its models'), cell score (the largest) and flag
+  (not_a_cell where a model says so, else the flag of the model with the largest ood_score
+  where the mean flags the image); None unless every model has them."""
+  if not scores or any(s is None for s in scores):
+    return None
+  ood_score = np.mean([s["ood_score"] for s in scores], axis=0)
+  cell = np.max([s["cell"] for s in scores], axis=0)
+  worst = np.argmax([s["ood_score"] for s in scores], axis=0)
+  flag = np.array([s["flag"] for s in scores])[worst, np.arange(len(worst))]
+  flag = np.where(ood_score >= 1.0, np.where(flag == "ok", "uncertain", flag), "ok")
+  return {"ood_score": ood_score, "cell": cell,
+          "flag": np.where(cell >= 1.0, "not_a_cell", flag)}
+
+
+def _flagged(trust: dict) -> str:
+  from bloodcell_jax.evaluation import ood  # pylint: disable=g-import-not-at-top
+  flags = trust["flag"]
+  why = ", ".join(f"{int(np.sum(flags == f))} {f}" for f in ood.FLAGS[1:] if np.any(flags == f))
+  return (f"flagged {int(np.sum(flags != 'ok'))} of {len(flags)}" + (f" ({why})" if why else "")
+          + (", left unpredicted (--abstain)" if _ABSTAIN.value else ""))
+
+
+def _no_trust(sources, predicted) -> str:
+  missing = [f"{flag}={source}" for (flag, source, _), p in zip(sources, predicted)
+             if p.trust is None]
+  return (f"no trust flags: no out-of-distribution model for {', '.join(missing)} (a run "
+          "trained before ood.npz existed, or an export)")
 
 
 def run():

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.evaluation import calibration, classification, labelled_set
+from bloodcell_jax.evaluation import calibration, classification, labelled_set, ood, selective
 from bloodcell_jax.registry import Registry
 
 # How a metric reads: higher is better ("accuracy"), lower is better ("error"), or neither.
@@ -73,6 +73,8 @@ class Context:
   outputs: Dict[tuple, tuple] = dataclasses.field(default_factory=dict)
   # Per-image outputs to keep as prediction files: {file name: (log probs, labels, image set)}.
   predictions: Dict[str, tuple] = dataclasses.field(default_factory=dict)
+  # Other files to keep in the workdir (final evaluation only): {file name: contents}.
+  files: Dict[str, bytes] = dataclasses.field(default_factory=dict)
 
   def image_set(self, name: str):
     return getattr(self.data, name)
@@ -320,6 +322,95 @@ class LabelledFolder(Evaluator):
             f"{p}_restricted_per_class_recall": summary["restricted_per_class_recall"]}
 
 
+@EVALUATORS.register("selective")
+class SelectivePrediction(Evaluator):
+  """Selective prediction on a set (selective.py): accuracy on the 80, 90 and 95% of its
+  images the model is most confident of (the top class's probability), and the area under
+  the risk-coverage curve."""
+  options = {"set": "val"}
+
+  def applies(self, data) -> bool:
+    return getattr(data, self.opts["set"], None) is not None
+
+  def metrics(self) -> List[Metric]:
+    s, section = self.opts["set"], "Selective prediction"
+    title = _set_title(s)
+    return [Metric(f"{s}_accuracy_at_{round(100 * c)}",
+                   f"{title} accuracy at {round(100 * c)}% coverage", section=section,
+                   table=c == 0.9) for c in selective.COVERAGES] + [
+        Metric(f"{s}_aurc", f"{title} risk-coverage area", kind="error", section=section)]
+
+  def __call__(self, context: Context) -> dict:
+    log_probs, labels = context.outputs_of(self.opts["set"])
+    return selective.summary(log_probs.max(axis=1), log_probs.argmax(axis=1) == labels,
+                             f"{context.prefix}{self.opts['set']}")
+
+
+@EVALUATORS.register("ood")
+class OutOfDistribution(Evaluator):
+  """The run's out-of-distribution model (ood.py), fitted after training on `train_images`
+  training images (a seeded draw; 0: all) with its thresholds on the validation set, kept as
+  ood.npz for `predict`. `confidence_score`: msp | energy; `feature_score`: mahalanobis | knn
+  (with `k`); `pass_fraction` of the validation images pass. Writes the validation images
+  flagged and the model's description."""
+  options = {"train_images": 5000, "pass_fraction": 0.95, "confidence_score": "msp",
+             "feature_score": "mahalanobis", "k": 10, "batch_size": 256, "seed": 0}
+
+  def __init__(self, name: str, entry: dict, config):
+    super().__init__(name, entry, config)
+    for key, allowed in (("confidence_score", ood.CONFIDENCE_SCORES),
+                         ("feature_score", ood.FEATURE_SCORES)):
+      if self.opts[key] not in allowed:
+        raise UserError(f"{self.where}.{key}={self.opts[key]!r}: expected one of "
+                        f"{', '.join(allowed)}")
+    if not 0.5 <= self.opts["pass_fraction"] < 1.0:
+      raise UserError(f"{self.where}.pass_fraction={self.opts['pass_fraction']!r}: expected a "
+                      "fraction in [0.5, 1)")
+    if self.every_epochs:
+      raise UserError(f"{self.where}.every_epochs={self.every_epochs}: the out-of-distribution "
+                      "model is fitted once, after training (every_epochs=0)")
+
+  def applies(self, data) -> bool:
+    return data.val is not None
+
+  def metrics(self) -> List[Metric]:
+    return [Metric("val_flagged", "val. flagged as not to trust", kind="error",
+                   section="Out-of-distribution")]
+
+  def _outputs(self, context: Context, image_set, layer: str):
+    from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top  (JAX)
+    model, state, batch = context.passes.model, context.state, self.opts["batch_size"]
+    if layer:
+      return inference.logits_and_features(model, state, image_set.images, batch, layer)
+    return np.log(inference.predict(model, state, image_set.images, batch)), None
+
+  def __call__(self, context: Context) -> dict:
+    from bloodcell_jax.data.cleaning import settings as cleaning_settings  # pylint: disable=g-import-not-at-top
+    from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top  (JAX)
+    train, val = context.image_set("train"), context.image_set("val")
+    count = self.opts["train_images"] or len(train)
+    if count < len(train):
+      rng = np.random.default_rng(self.opts["seed"])
+      train = train.subset(np.sort(rng.choice(len(train), count, replace=False)))
+    layer = inference.classifier_layer(self.config)
+    _, train_features = self._outputs(context, train, layer)
+    val_logits, val_features = self._outputs(context, val, layer)
+    val_log_probs = calibration.scaled_log_probabilities(val_logits, 1.0)
+    fitted = ood.fit(train_features, train.labels, val_logits, val_features,
+                     train.images, num_classes=len(train.class_names),
+                     temperature=calibration.fit_temperature(val_log_probs, val.labels),
+                     confidence=self.opts["confidence_score"],
+                     feature=self.opts["feature_score"], pass_fraction=self.opts["pass_fraction"],
+                     k=self.opts["k"], cleaning_settings=cleaning_settings.from_mapping(
+                         self.config.data.get("cleaning", {})))
+    context.files[f"{context.prefix}{ood.FILE}"] = ood.to_bytes(fitted)
+    flags = fitted.scores(val_logits, val_features, val.images)["flag"]
+    p = context.prefix
+    return {f"{p}val_flagged": float(np.mean(flags != "ok")),
+            f"{p}ood": {**fitted.describe(), "fitted_on_train_images": len(train),
+                        "val_flags": {f: int(np.sum(flags == f)) for f in ood.FLAGS}}}
+
+
 def entries(config) -> List[tuple]:
   """(name, entry dict) of `config.evals`, in the order the config wrote them."""
   evals = config.get("evals") or {}
@@ -350,15 +441,17 @@ def declared_metrics(evaluators: List[Evaluator], ema: bool) -> List[Metric]:
 def run_all(evaluators: List[Evaluator], make_context: Callable[[str], Context],
             prefixes=("",), when: Optional[Callable[[Evaluator], bool]] = None):
   """Runs each evaluator (that `when` accepts) for each prefix's state; returns (metrics,
-  {file name: (log probs, labels, image set)} to keep as prediction files)."""
-  metrics, kept = {}, {}
+  {file name: (log probs, labels, image set)} to keep as prediction files, {file name:
+  contents} of the other files to keep)."""
+  metrics, kept, files = {}, {}, {}
   for prefix in prefixes:
     context = make_context(prefix)
     for evaluator in evaluators:
       if when is None or when(evaluator):
         metrics.update(evaluator(context))
     kept.update(context.predictions)
-  return metrics, kept
+    files.update(context.files)
+  return metrics, kept, files
 
 
 def as_records(metrics: List[Metric]) -> List[dict]:

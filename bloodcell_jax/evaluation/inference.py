@@ -97,6 +97,14 @@ def run_temperature(workdir: str, ema: bool = False) -> float:
   return float(record[key])
 
 
+def ood_model(workdir: str, ema: bool = False):
+  """The run's out-of-distribution model (ood.npz, or ema_ood.npz for the weight average);
+  None for a run that has none (trained before it existed, or without a validation set)."""
+  from bloodcell_jax.evaluation import ood  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, ("ema_" if ema else "") + ood.FILE)
+  return ood.from_file(path) if os.path.isfile(path) else None
+
+
 @functools.lru_cache(maxsize=8)
 def _forward(model, mesh, tta: str):
   """The jitted forward pass of `model`, built once: the robustness benchmark predicts
@@ -108,16 +116,43 @@ def predict(model, state, images: np.ndarray, batch_size: int, tta: str = "",
             temperature: float = 1.0) -> np.ndarray:
   """Class probabilities, computed in padded batches on the device mesh; with `tta`,
   averaged over its views; each view's logits divided by `temperature`."""
+  forward = _forward(model, sharding.make_mesh(), tta)
+  return _in_batches(lambda state_, batch: forward(state_, batch, np.float32(temperature)),
+                     state, images, batch_size)
+
+
+def classifier_layer(config) -> str:
+  """The top-level module whose input is the model's penultimate features: the last of its
+  registered head ("" for a model registered without one)."""
+  head = models.get_spec(config.model.name).head
+  return head[-1] if head else ""
+
+
+@functools.lru_cache(maxsize=8)
+def _logits_and_features(model, mesh, layer: str):
+  return steps.jit_logits_and_features(mesh, model=model, layer=layer)
+
+
+def logits_and_features(model, state, images: np.ndarray, batch_size: int, layer: str):
+  """(logits, penultimate features) of every image, the features being the input of the
+  top-level module `layer` (classifier_layer)."""
+  step = _logits_and_features(model, sharding.make_mesh(), layer)
+  return _in_batches(step, state, images, batch_size)
+
+
+def _in_batches(step, state, images: np.ndarray, batch_size: int):
+  """`step(state, batch)` over `images` in padded batches split over the device mesh, each
+  output (one array, or a tuple) concatenated without the padding."""
   mesh = sharding.make_mesh()
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
-  forward = _forward(model, mesh, tta)
   outputs = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size].astype(np.float32)
     valid = len(chunk)
     chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:],
                                             np.float32)])
-    probabilities = forward(state, sharding.global_batch({"image": chunk}, mesh)["image"],
-                            np.float32(temperature))
-    outputs.append(np.asarray(probabilities)[:valid])
-  return np.concatenate(outputs)
+    out = step(state, sharding.global_batch({"image": chunk}, mesh)["image"])
+    outputs.append(tuple(np.asarray(o)[:valid] for o in
+                         (out if isinstance(out, tuple) else (out,))))
+  joined = tuple(np.concatenate(parts) for parts in zip(*outputs))
+  return joined if len(joined) > 1 else joined[0]

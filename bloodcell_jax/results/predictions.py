@@ -11,16 +11,22 @@ from bloodcell_jax.training import run_files
 
 
 def write_probabilities(path: str, ids, probabilities: np.ndarray, class_names,
-                        labels=None) -> None:
-  """One row per image: `id`, (`label`,) `pred`, `pred_name`, `confidence`, `p_<class>`..."""
+                        labels=None, extra=None, abstain=None) -> None:
+  """One row per image: `id`, (`label`,) `pred`, `pred_name`, `confidence`, the `extra`
+  columns ({name: one value per image}, numbers written with 4 decimals), `p_<class>`...;
+  `pred` and `pred_name` are left empty where `abstain` is True."""
+  extra = extra or {}
   out = io.StringIO()
   writer = csv.writer(out)
   writer.writerow(["id"] + ["label"] * (labels is not None) + ["pred", "pred_name", "confidence"]
-                  + [f"p_{c}" for c in class_names])
+                  + list(extra) + [f"p_{c}" for c in class_names])
+  shown = lambda v: f"{v:.4f}" if isinstance(v, (float, np.floating)) else str(v)
   for row, (image_id, probs) in enumerate(zip(ids, probabilities)):
     pred = int(np.argmax(probs))
     label = [int(labels[row])] if labels is not None else []
-    writer.writerow([image_id] + label + [pred, class_names[pred], f"{probs[pred]:.6f}"]
+    answer = ["", ""] if abstain is not None and abstain[row] else [pred, class_names[pred]]
+    writer.writerow([image_id] + label + answer + [f"{probs[pred]:.6f}"]
+                    + [shown(values[row]) for values in extra.values()]
                     + [f"{p:.6f}" for p in probs])
   atomic.write_text(path, out.getvalue())
 

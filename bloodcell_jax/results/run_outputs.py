@@ -14,11 +14,14 @@ from bloodcell_jax.training import run_files
 NUM_WORST_ERRORS = 24
 
 
-def write(workdir: str, run, results: dict, kept: dict, best_step: int) -> None:
+def write(workdir: str, run, results: dict, kept: dict, files: dict, best_step: int) -> None:
   """Writes the run's outputs; `kept` maps a prediction file's name (`<prefix><eval>[_tta]`)
-  to (log probabilities, labels, image set), as the evaluators left them."""
+  to (log probabilities, labels, image set), and `files` other files' names to their
+  contents, as the evaluators left them."""
   class_names = list(run.data.class_names)
   _write_predictions(workdir, kept, class_names)
+  for name, contents in files.items():
+    atomic.write_bytes(os.path.join(workdir, name), contents)
   for key, confusion in results.items():
     if key.endswith("_confusion"):
       name = key.removesuffix("_confusion")

@@ -26,7 +26,7 @@ def evaluate(run: RunContext, state, loop: LoopState) -> dict:
                     loop.best_step)
   evaluators = [e for e in run.evaluators if e.applies(data)]
   states = {"": state, "ema_": state.with_ema_weights() if state.ema else None}
-  metrics, kept = evaluators_lib.run_all(
+  metrics, kept, files = evaluators_lib.run_all(
       evaluators, lambda prefix: evaluators_lib.Context(config, data, states[prefix],
                                                         run.passes, prefix),
       prefixes=("", "ema_") if state.ema else ("",))
@@ -53,7 +53,7 @@ def evaluate(run: RunContext, state, loop: LoopState) -> dict:
   }
   if jax.process_index() == 0:
     atomic.write_json(os.path.join(workdir, run_files.RESULTS), results)
-    run_outputs.write(workdir, run, results, kept, loop.best_step)
+    run_outputs.write(workdir, run, results, kept, files, loop.best_step)
   run.writer.write_scalars(loop.step, {k: v for k, v in results.items()
                                        if k.endswith("accuracy") and isinstance(v, float)})
   if loop.guard:

@@ -139,7 +139,7 @@ def _evaluate_during_training(run: RunContext, state, loop: LoopState) -> None:
   due = lambda e: e.every_epochs and loop.epoch % e.every_epochs == 0 and e.applies(run.data)
   if not any(due(e) for e in run.evaluators):
     return
-  metrics, _ = evaluators_lib.run_all(
+  metrics, _, _ = evaluators_lib.run_all(
       run.evaluators, lambda prefix: evaluators_lib.Context(run.config, run.data, state,
                                                             run.passes, prefix, final=False),
       when=due)

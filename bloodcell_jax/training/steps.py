@@ -241,6 +241,25 @@ def log_probabilities(model, state: TrainState, images, views: Optional[Callable
   return jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0) - jnp.log(logits.shape[0])
 
 
+def logits_and_features(state: TrainState, images, *, model, layer: str):
+  """Logits (N, classes) and penultimate features (N, D) of a batch in inference mode: the
+  features are the input of the top-level module `layer` (the classifier), flattened, caught
+  on their way in so that no model has to return them."""
+  captured = []
+
+  def catch_input(next_call, args, kwargs, context):
+    if context.method_name == "__call__" and context.module.scope.path == (layer,):
+      captured.append(args[0])
+    return next_call(*args, **kwargs)
+
+  with flax.linen.intercept_methods(catch_input):
+    logits, _ = _apply(model, state, state.params, images, False)
+  if not captured:
+    raise ValueError(f"the model has no top-level module {layer!r}")
+  features = captured[-1].reshape(images.shape[0], -1)
+  return logits.astype(jnp.float32), features.astype(jnp.float32)
+
+
 def eval_step(state: TrainState, batch: dict, *, model, views: Optional[Callable] = None):
   """Metrics of one padded evaluation batch (padding masked out); with `views`, of the
   probabilities averaged over them."""
@@ -262,6 +281,12 @@ def predict_step(state: TrainState, images, temperature, *, model,
   """Class probabilities of a batch of images (inference mode), averaged over their `views`,
   with each view's logits divided by `temperature` (1: uncalibrated)."""
   return jnp.exp(log_probabilities(model, state, images, views, temperature))
+
+
+def jit_logits_and_features(mesh, **kwargs):
+  return jax.jit(functools.partial(logits_and_features, **kwargs),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=sharding.replicated(mesh))
 
 
 def jit_train_step(mesh, **kwargs):

@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 
+from bloodcell_jax.data import synthetic
 from bloodcell_jax.data.image_set import PBC_CLASS_NAMES
 from bloodcell_jax.results import predictions
 from bloodcell_jax.training import run_files
@@ -34,6 +36,10 @@ def test_run_leaves_every_artefact(trained_run):
   assert results["test_accuracy"] is None
   assert (results["num_train"], results["num_val"]) == (288, 32)
   assert set(results["per_class_val_accuracy"]) == set(results["class_names"])
+  # When not to trust it: selective prediction, and the model `predict` flags images with.
+  assert results["val_accuracy_at_80"] >= results["val_accuracy_at_95"] - 1e-9
+  assert 0.0 <= results["val_flagged"] <= 0.2 and os.path.isfile(os.path.join(workdir, "ood.npz"))
+  assert results["ood"]["feature_score"] == "mahalanobis" and results["ood"]["knn_bank"] == 288
   assert "SYNTHETIC" in result.stderr
   assert os.path.getsize(os.path.join(workdir, "confusion_val.png")) > 1000
   assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
@@ -82,24 +88,38 @@ def test_predict_writes_one_row_per_image(trained_run, tmp_path):
   workdir, _ = trained_run
   folder = write_image_folder(str(tmp_path / "imgs"), images_per_class=2, size=40,
                               classes=("x", "y"))
+  cells = synthetic.generate(2, 40, seed=5).images  # like the run's (generated) training images
+  for i, cell in enumerate(cells):
+    Image.fromarray(cell).save(os.path.join(folder, "y", f"z_cell{i}.png"))
   out = str(tmp_path / "preds.csv")
-  subprocess.run([sys.executable, "-m", "bloodcell_jax.predict", f"--workdir={workdir}",
-                  f"--input={folder}", f"--output={out}"], cwd=ROOT, check=True,
-                 capture_output=True, env=subprocess_env())
+  done = subprocess.run([sys.executable, "-m", "bloodcell_jax.predict", f"--workdir={workdir}",
+                         f"--input={folder}", f"--output={out}"], cwd=ROOT, check=True,
+                        capture_output=True, text=True, env=subprocess_env())
   rows = list(csv.DictReader(open(out)))
-  assert [r["id"] for r in rows] == [os.path.join(c, f"{c}_{i}.png") for c in "xy"
-                                     for i in range(2)]
+  noise = [os.path.join(c, f"{c}_{i}.png") for c in "xy" for i in range(2)]
+  assert [r["id"] for r in rows] == noise + [os.path.join("y", f"z_cell{i}.png") for i in (0, 1)]
   class_names = json.load(open(os.path.join(workdir, run_files.RESULTS)))["class_names"]
-  assert list(rows[0]) == ["id", "pred", "pred_name", "confidence"] + [f"p_{c}" for c in
-                                                                       class_names]
+  assert list(rows[0]) == ["id", "pred", "pred_name", "confidence", "ood_score", "cell_score",
+                           "flag"] + [f"p_{c}" for c in class_names]
   for row in rows:
     probs = np.array([float(row[f"p_{c}"]) for c in class_names])
     assert abs(probs.sum() - 1.0) < 1e-4
     assert int(row["pred"]) == int(np.argmax(probs))
     assert row["pred_name"] == class_names[int(row["pred"])]
+  # Random pixels are flagged whatever the network says; generated cells are cell images.
+  flags = [r["flag"] for r in rows]
+  assert "ok" not in flags[:4] and "not_a_cell" not in flags[4:]
+  assert all(float(r["ood_score"]) >= 1.0 for r in rows[:4])
+  assert f"flagged {sum(f != 'ok' for f in flags)} of 6 (" in done.stdout
+  subprocess.run([sys.executable, "-m", "bloodcell_jax.predict", f"--workdir={workdir}",
+                  f"--input={folder}", f"--output={out}", "--abstain"], cwd=ROOT, check=True,
+                 capture_output=True, env=subprocess_env())
+  abstained = list(csv.DictReader(open(out)))
+  assert [r["pred"] == "" for r in abstained] == [f != "ok" for f in flags]
   # Adapted to these (random) images, the BatchNorm statistics and the predictions move.
   plain = np.array([[float(r[f"p_{c}"]) for c in class_names] for r in rows])
-  adapted = predicted_probabilities(workdir, folder, out, "--adapt_bn")
+  adapted = predicted_probabilities(workdir, folder, out, "--adapt_bn")[:4]
+  plain = plain[:4]
   assert adapted.shape == plain.shape and not np.allclose(adapted, plain, atol=1e-3)
 
   npz = str(tmp_path / "rows.npz")

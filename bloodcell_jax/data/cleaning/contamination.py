@@ -71,7 +71,7 @@ class Observations:
   """What the model needs of each image, measured once: texture, strokes and colour bins."""
   texture: "Texture"
   bins: np.ndarray  # uint16 (N, 96, 96): colour bin of every pixel
-  strokes: np.ndarray  # float32 (N, 11, 11, F): annotations.stroke_features
+  strokes: Optional[np.ndarray]  # float32 (N, 11, 11, F): annotations.stroke_features
 
   def __len__(self):
     return len(self.bins)
@@ -98,12 +98,15 @@ class Scores:
     return self.score >= 1.0
 
 
-def observe(images: np.ndarray) -> Observations:
-  chunks = [_observe_chunk(fp.at_work_size(images[s:s + fp.CHUNK]))
+def observe(images: np.ndarray, strokes: bool = True) -> Observations:
+  """What the model needs of each image; without `strokes`, none of the writing detector's
+  features (a third of the time: for scoring new images on colour and texture alone)."""
+  chunks = [_observe_chunk(fp.at_work_size(images[s:s + fp.CHUNK]), strokes)
             for s in range(0, len(images), fp.CHUNK)]
-  textures, bins, strokes = zip(*chunks)
+  textures, bins, stroke_features = zip(*chunks)
   return Observations(Texture(*(np.concatenate(field) for field in zip(*textures))),
-                      np.concatenate(bins), np.concatenate(strokes))
+                      np.concatenate(bins),
+                      np.concatenate(stroke_features) if strokes else None)
 
 
 def fit(observed: Observations, settings, images: np.ndarray, seed: int = 0) -> CellModel:
@@ -232,8 +235,8 @@ def evidence(scores: Scores, i: int, settings, image_size: int) -> dict:
   return out
 
 
-def _observe_chunk(images: np.ndarray):
-  """(texture fields, colour bins, stroke features) of images at work size."""
+def _observe_chunk(images: np.ndarray, strokes: bool):
+  """(texture fields, colour bins, stroke features or None) of images at work size."""
   lum = fp.luma(images)
   laplacian = annotations.laplacian_of(lum)
   step = np.zeros_like(lum)
@@ -244,7 +247,7 @@ def _observe_chunk(images: np.ndarray):
   texture = (np.stack([detail, edges], axis=1), lum.std(axis=(1, 2)),
              np.stack([detail_tile, edge_tile], axis=1))
   return (texture, colour_bins(images).astype(np.uint16),
-          annotations.stroke_features(images, lum, laplacian))
+          annotations.stroke_features(images, lum, laplacian) if strokes else None)
 
 
 def _worst_tile(tiles: np.ndarray):
