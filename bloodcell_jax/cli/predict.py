@@ -58,6 +58,9 @@ _CLASSES = flags.DEFINE_list("classes", [], "Restrict every prediction to these 
                              "set to 0 and the rest renormalised.")
 _ABSTAIN = flags.DEFINE_bool("abstain", False, "Leave `pred` and `pred_name` empty for the "
                              "images flagged as not to trust (flag other than ok).")
+_EXPLAIN = flags.DEFINE_string("explain", "", "Also write, for every image, a PNG of it beside "
+                               "a Grad-CAM heat map of where the predicted class came from, "
+                               "into this folder (one --workdir run).")
 _ADAPT_BN = flags.DEFINE_bool("adapt_bn", False, "Recompute the BatchNorm statistics on the "
                               "input images before predicting them (AdaBN: for images from "
                               "another microscope, camera or stain; needs a few dozen images "
@@ -136,6 +139,11 @@ def main(argv):
     tta.VIEWS.get(_TTA.value, "--tta")
   inputs = [("--input", _INPUT.value)] + [(flag, path) for flag, path, _ in sources]
   output_paths.file_output(_OUTPUT.value, "--output", inputs)
+  if _EXPLAIN.value:
+    if len(sources) != 1 or not _WORKDIR.value:
+      raise UserError("--explain: explains one --workdir run's predictions; pass exactly one "
+                      "--workdir (and no --model)")
+    _check_explain_folder(_EXPLAIN.value)
   predicted = []
   for flag, source, probabilities_of in sources:
     predicted.append(probabilities_of(source, _INPUT.value))
@@ -160,10 +168,48 @@ def main(argv):
       extra=None if trust is None else {"ood_score": trust["ood_score"],
                                         "cell_score": trust["cell"], "flag": trust["flag"]},
       abstain=None if not _ABSTAIN.value else trust["flag"] != "ok")
+  explained = ""
+  if _EXPLAIN.value:
+    explained = f"; {write_explanations(_WORKDIR.value[0], ids, total, class_names)}"
   runs = f" (mean of {len(sources)} models)" if len(sources) > 1 else ""
-  print(f"wrote {len(ids)} predictions to {_OUTPUT.value}{runs}{restricted}; "
+  print(f"wrote {len(ids)} predictions to {_OUTPUT.value}{runs}{restricted}{explained}; "
         + (_flagged(trust) if trust is not None else _no_trust(sources, predicted))
         + "; weights: " + " | ".join(p.weights for p in predicted))
+
+
+def _check_explain_folder(path: str) -> None:
+  """--explain: a folder that exists or can be made, outside the input folder (whose images
+  predict would read again next time)."""
+  import os  # pylint: disable=g-import-not-at-top
+
+  from bloodcell_jax import output_paths  # pylint: disable=g-import-not-at-top
+  folder, source = os.path.abspath(path), os.path.abspath(_INPUT.value)
+  if os.path.isdir(source) and (folder == source or folder.startswith(source + os.sep)):
+    raise UserError(f"--explain={path}: inside --input={_INPUT.value}, where its PNGs would be "
+                    "read as images next time; choose a folder outside it")
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise UserError(f"--explain={path}: a file; expected a folder for the PNGs")
+  output_paths.directory_output(folder if os.path.isdir(folder) else os.path.dirname(folder),
+                                "--explain")
+
+
+def write_explanations(workdir: str, ids, probabilities, class_names) -> str:
+  """--explain: a PNG per image of why the run gave it the predicted class; says where."""
+  import os  # pylint: disable=g-import-not-at-top
+
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  from bloodcell_jax.evaluation import explain, inference  # pylint: disable=g-import-not-at-top
+  config, _, model, state, _ = inference.load_run(workdir, _EMA.value)
+  _, images = inference.read_unlabelled(_INPUT.value, config.image_size)
+  predicted = probabilities.argmax(axis=1)
+  maps = explain.explain(model, state, images, predicted)
+  seen = explain.framed(images, config.model.get("framing", "none"))
+  os.makedirs(_EXPLAIN.value, exist_ok=True)
+  for image_id, image, heat, shown, label in zip(ids, images, maps, seen, predicted):
+    path = os.path.join(_EXPLAIN.value, explain.png_name(image_id, class_names[label]))
+    Image.fromarray(explain.overlay(image, heat, shown)).save(path)
+  return f"{len(ids)} Grad-CAM maps in {_EXPLAIN.value}"
 
 
 def trust_of(scores: list) -> Optional[dict]:

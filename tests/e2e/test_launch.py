@@ -16,8 +16,9 @@ from PIL import Image
 
 from bloodcell_jax.data import synthetic
 from bloodcell_jax.data.image_set import PBC_CLASS_NAMES
+from bloodcell_jax.evaluation import explain, inference
 from bloodcell_jax.results import predictions
-from bloodcell_jax.training import run_files
+from bloodcell_jax.training import run_files, steps
 from helpers import ROOT
 from helpers.images import write_image_folder
 from helpers.runs import TRAINED_RUN_OVERRIDES, run_launch, subprocess_env
@@ -111,11 +112,15 @@ def test_predict_writes_one_row_per_image(trained_run, tmp_path):
   assert "ok" not in flags[:4] and "not_a_cell" not in flags[4:]
   assert all(float(r["ood_score"]) >= 1.0 for r in rows[:4])
   assert f"flagged {sum(f != 'ok' for f in flags)} of 6 (" in done.stdout
+  explained = tmp_path / "why"
   subprocess.run([sys.executable, "-m", "bloodcell_jax.predict", f"--workdir={workdir}",
-                  f"--input={folder}", f"--output={out}", "--abstain"], cwd=ROOT, check=True,
-                 capture_output=True, env=subprocess_env())
+                  f"--input={folder}", f"--output={out}", "--abstain", f"--explain={explained}"],
+                 cwd=ROOT, check=True, capture_output=True, env=subprocess_env())
   abstained = list(csv.DictReader(open(out)))
   assert [r["pred"] == "" for r in abstained] == [f != "ok" for f in flags]
+  assert sorted(os.listdir(explained)) == sorted(
+      explain.png_name(r["id"], r["pred_name"]) for r in rows)
+
   # Adapted to these (random) images, the BatchNorm statistics and the predictions move.
   plain = np.array([[float(r[f"p_{c}"]) for c in class_names] for r in rows])
   adapted = predicted_probabilities(workdir, folder, out, "--adapt_bn")[:4]
@@ -128,6 +133,19 @@ def test_predict_writes_one_row_per_image(trained_run, tmp_path):
                   f"--input={npz}", f"--output={out}"], cwd=ROOT, check=True,
                  capture_output=True, env=subprocess_env())
   assert [r["id"] for r in csv.DictReader(open(out))] == ["0", "1", "2"]
+
+
+def test_explanations_of_the_trained_model_are_not_those_of_random_weights(trained_run):
+  """Adebayo et al. 2018: a map that survives randomising the weights explains nothing."""
+  run = inference.load_run(trained_run[0])
+  params, _ = steps.init_variables(run.model, jax.random.PRNGKey(99), run.config.image_size)
+  randomised = run.state.replace(params=params)
+  cells = synthetic.generate(8, run.config.image_size, seed=3)
+  trained = explain.explain(run.model, run.state, cells.images, cells.labels)
+  random_maps = explain.explain(run.model, randomised, cells.images, cells.labels)
+  similarity = [np.corrcoef(a.ravel(), b.ravel())[0, 1] if a.std() and b.std() else 0.0
+                for a, b in zip(trained, random_maps)]
+  assert np.mean(similarity) < 0.5, similarity
 
 
 def test_test_source_and_npz_training_data(tmp_path):
