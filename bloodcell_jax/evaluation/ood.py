@@ -94,17 +94,16 @@ def normalised(features: np.ndarray) -> np.ndarray:
 
 def fit_features(features: np.ndarray, labels: np.ndarray, num_classes: int,
                  k: int = 10) -> FeatureModel:
-  """Class means and one shared covariance, shrunk towards a scaled identity (Ledoit-Wolf)
-  so that it inverts with fewer images than features; a class without images gets the
-  overall mean."""
-  from sklearn import covariance  # pylint: disable=g-import-not-at-top
+  """Class means and the covariance of the features about them, shared by the classes (Lee et
+  al. 2018), inverted with a pseudo-inverse where fewer images than features leave it
+  singular; a class without images gets the overall mean."""
   f = np.asarray(features, np.float64)
   overall = f.mean(axis=0)
   means = np.stack([f[labels == c].mean(axis=0) if np.any(labels == c) else overall
                     for c in range(num_classes)])
   centred = f - means[labels]
-  shrunk = covariance.LedoitWolf(assume_centered=True).fit(centred).covariance_
-  return FeatureModel(means, np.linalg.pinv(shrunk, hermitian=True), normalised(f), int(k))
+  shared = centred.T @ centred / max(len(f), 1)
+  return FeatureModel(means, np.linalg.pinv(shared, hermitian=True), normalised(f), int(k))
 
 
 @dataclasses.dataclass

@@ -20,11 +20,10 @@ a data set of granular cells as on a smooth one.
 
 import dataclasses
 import io
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from sklearn import ensemble
 
 from bloodcell_jax.data.cleaning import fingerprints as fp
 
@@ -52,7 +51,7 @@ class Detector:
   """Two tile classifiers, each fitted on one half of the data and scoring the other half
   (an image a classifier saw as a negative would score low even when written over),
   and the data's scores."""
-  classifiers: Tuple[ensemble.HistGradientBoostingClassifier, ...]
+  classifiers: Tuple[Any, ...]  # sklearn.ensemble.HistGradientBoostingClassifier
   fitted_on: int  # images written over to make positives
   z: np.ndarray  # (N,) each image's score as a robust z among the usable images
   tiles: np.ndarray  # int (N, 2): each image's most written-over tile (row, col)
@@ -174,6 +173,8 @@ def _stroke_like_tiles(stroke: np.ndarray, count: int) -> np.ndarray:
 
 
 def _fit_classifier(negatives, positives, trees, seed):
+  # Imported here: scikit-learn takes seconds to import, and scoring new images needs none of it.
+  from sklearn import ensemble  # pylint: disable=g-import-not-at-top
   classifier = ensemble.HistGradientBoostingClassifier(
       max_iter=trees, learning_rate=0.15, max_leaf_nodes=31, early_stopping=False,
       random_state=seed)
