@@ -108,10 +108,12 @@ def _worst_errors(workdir: str) -> list:
     return []
   with np.load(path) as saved:
     names = list(saved["class_names"])
+    # With Grad-CAM: the image beside where the wrong class came from (explain.py).
+    shown = saved["explained"] if "explained" in saved.files else saved["images"]
     return [{"image": _png_array(image), "id": str(image_id), "true": names[label],
              "predicted": names[predicted], "confidence": f"{confidence:.0%}"}
             for image, image_id, label, predicted, confidence in zip(
-                saved["images"], saved["ids"], saved["labels"], saved["predicted"],
+                shown, saved["ids"], saved["labels"], saved["predicted"],
                 saved["confidence"])]
 
 

@@ -14,10 +14,12 @@ from bloodcell_jax.training import run_files
 NUM_WORST_ERRORS = 24
 
 
-def write(workdir: str, run, results: dict, kept: dict, files: dict, best_step: int) -> None:
+def write(workdir: str, run, results: dict, kept: dict, files: dict, best_step: int,
+          worst_explained=None) -> None:
   """Writes the run's outputs; `kept` maps a prediction file's name (`<prefix><eval>[_tta]`)
   to (log probabilities, labels, image set), and `files` other files' names to their
-  contents, as the evaluators left them."""
+  contents, as the evaluators left them; `worst_explained`: the Grad-CAM pictures of the
+  most confident validation errors (explain.overlay), in `worst_errors` order."""
   class_names = list(run.data.class_names)
   _write_predictions(workdir, kept, class_names)
   for name, contents in files.items():
@@ -32,7 +34,7 @@ def write(workdir: str, run, results: dict, kept: dict, files: dict, best_step: 
   if "val" in kept and "temperature" in results:
     _write_calibration(workdir, results, kept["val"][:2])
   if "val" in kept:
-    _write_worst_errors(workdir, kept["val"][2], *kept["val"][:2], class_names)
+    _write_worst_errors(workdir, kept["val"][2], *kept["val"][:2], class_names, worst_explained)
   if run.config.eval.report:
     _write_preview(workdir, run)
     write_report(workdir)
@@ -76,16 +78,26 @@ def _write_calibration(workdir: str, results: dict, val_outputs) -> None:
                          "validation set, 15 confidence bins")
 
 
-def _write_worst_errors(workdir: str, val, log_probs, labels, class_names) -> None:
-  """The validation images the model got wrong with the highest confidence (for the
-  report's thumbnails)."""
+def worst_errors(log_probs, labels) -> np.ndarray:
+  """Indices of the images predicted wrong with the highest confidence, at most
+  NUM_WORST_ERRORS, most confident first."""
   predicted = log_probs.argmax(axis=1)
-  confidence = np.exp(log_probs.max(axis=1))
+  confidence = log_probs.max(axis=1)
   wrong = np.flatnonzero(predicted != labels)
-  worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:NUM_WORST_ERRORS]
+  return wrong[np.argsort(-confidence[wrong], kind="stable")][:NUM_WORST_ERRORS]
+
+
+def _write_worst_errors(workdir: str, val, log_probs, labels, class_names,
+                        explained=None) -> None:
+  """The validation images the model got wrong with the highest confidence, with their
+  Grad-CAM pictures when given (for the report's thumbnails)."""
+  worst = worst_errors(log_probs, labels)
+  extra = {} if explained is None else {"explained": explained}
   np.savez_compressed(os.path.join(workdir, run_files.WORST_ERRORS), images=val.images[worst],
-                      ids=val.ids[worst], labels=labels[worst], predicted=predicted[worst],
-                      confidence=confidence[worst], class_names=np.array(class_names))
+                      ids=val.ids[worst], labels=labels[worst],
+                      predicted=log_probs.argmax(axis=1)[worst],
+                      confidence=np.exp(log_probs.max(axis=1))[worst],
+                      class_names=np.array(class_names), **extra)
 
 
 def _write_preview(workdir: str, run) -> None:

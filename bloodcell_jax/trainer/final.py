@@ -5,12 +5,29 @@ import logging
 import os
 
 import jax
+import numpy as np
 
 from bloodcell_jax import atomic
 from bloodcell_jax.evaluation import evaluators as evaluators_lib
+from bloodcell_jax.evaluation import explain
 from bloodcell_jax.results import run_outputs
 from bloodcell_jax.trainer.context import LoopState, RunContext
 from bloodcell_jax.training import run_files
+
+
+def _worst_errors_explained(run: RunContext, state, val_outputs):
+  """Grad-CAM pictures (explain.overlay) of the most confident validation errors, for the
+  report; None without a report, a validation set or errors."""
+  if val_outputs is None or not run.config.eval.report:
+    return None
+  log_probs, labels, val = val_outputs
+  worst = run_outputs.worst_errors(log_probs, labels)
+  if not len(worst):
+    return None
+  images, predicted = val.images[worst], log_probs.argmax(axis=1)[worst]
+  maps = explain.explain(run.passes.model, state, images, predicted)
+  seen = explain.framed(images, run.config.model.get("framing", "none"))
+  return np.stack([explain.overlay(i, m, s, scale=1) for i, m, s in zip(images, maps, seen)])
 
 
 def evaluate(run: RunContext, state, loop: LoopState) -> dict:
@@ -51,9 +68,10 @@ def evaluate(run: RunContext, state, loop: LoopState) -> dict:
       **({"self_training": run.self_training} if run.self_training else {}),
       **({"guard": loop.guard} if loop.guard else {}),
   }
+  explained = _worst_errors_explained(run, state, kept.get("val"))  # every process: a jit
   if jax.process_index() == 0:
     atomic.write_json(os.path.join(workdir, run_files.RESULTS), results)
-    run_outputs.write(workdir, run, results, kept, files, loop.best_step)
+    run_outputs.write(workdir, run, results, kept, files, loop.best_step, explained)
   run.writer.write_scalars(loop.step, {k: v for k, v in results.items()
                                        if k.endswith("accuracy") and isinstance(v, float)})
   if loop.guard:
