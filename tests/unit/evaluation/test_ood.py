@@ -7,7 +7,8 @@ import pytest
 from bloodcell_jax.cli import predict
 from bloodcell_jax.data.cleaning import settings
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.evaluation import ood
+from bloodcell_jax.evaluation import evaluators, ood
+from configs import default
 from helpers import cleaning, injection
 
 NUM_CLASSES, DIM = 3, 6
@@ -136,3 +137,18 @@ def test_an_ensemble_flags_by_its_mean_score_and_keeps_the_worst_reason():
   np.testing.assert_allclose(joined["ood_score"], [0.3, 1.2, 0.85, 0.1])
   assert list(joined["flag"]) == ["ok", "unlike_training", "ok", "not_a_cell"]
   assert predict.trust_of([first, None]) is None
+
+
+@pytest.mark.parametrize("entry, message", [
+    (dict(feature_score="cosine"), r"^config.evals.ood.feature_score='cosine': expected one of "
+                                   r"mahalanobis, knn"),
+    (dict(confidence_score="margin"), r"^config.evals.ood.confidence_score='margin': expected"),
+    (dict(pass_fraction=1.0), r"^config.evals.ood.pass_fraction=1.0: expected a fraction"),
+    (dict(every_epochs=2), r"^config.evals.ood.every_epochs=2: the out-of-distribution model is "
+                           r"fitted once"),
+])
+def test_the_ood_evaluators_bad_options_are_one_line_naming_the_key(entry, message):
+  config = default.get_config()
+  config.evals.ood = dict(type="ood", **entry)
+  with pytest.raises(UserError, match=message):
+    evaluators.build(config)
