@@ -18,7 +18,9 @@ false-positive rate at 95% true-positive rate (the share of outside images scori
 score that 95% of held-out images stay under); the share flagged by the run's flag. For the
 labelled folders also: the share of the run's wrong predictions flagged and of its right
 ones passed. And selective prediction on the validation split (accuracy at 80/90/95%
-coverage, AURC). Prints JSON.
+coverage, AURC), and what the scores cost `predict`: the median seconds of 3 passes over
+--timing_images validation images, probabilities alone against probabilities with every
+score (images already in memory: reading them costs both the same). Prints JSON.
 """
 
 import argparse
@@ -59,12 +61,29 @@ def contaminants(cells: np.ndarray, per_kind: int, seed: int = 0) -> np.ndarray:
                    for j in range(per_kind)])
 
 
+def timing(plain, with_scores, images) -> dict:
+  """Median seconds of 3 calls of each (after one to compile), and their ratio."""
+  import time
+  medians = {}
+  for name, fn in (("probabilities", plain), ("with_scores", with_scores)):
+    fn(images)
+    seconds = []
+    for _ in range(3):
+      start = time.perf_counter()
+      fn(images)
+      seconds.append(time.perf_counter() - start)
+    medians[name] = round(float(np.median(seconds)), 3)
+  return {**medians, "images": len(images),
+          "ratio": round(medians["with_scores"] / medians["probabilities"], 2)}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True, help="a trained run with ood.npz")
   parser.add_argument("--sets", default="", help="comma-separated labelled ImageFolders")
   parser.add_argument("--contaminants", type=int, default=20, help="pictures per kind")
   parser.add_argument("--batch_size", type=int, default=256)
+  parser.add_argument("--timing_images", type=int, default=1000)
   parser.add_argument("--out", default="", help="also write the JSON here")
   args = parser.parse_args()
 
@@ -108,6 +127,9 @@ def main():
     found["wrong_flagged"] = round(float(np.mean(flagged[~right])), 4) if (~right).any() else None
     found["right_passed"] = round(float(np.mean(~flagged[right])), 4) if right.any() else None
     report["outside"][os.path.basename(os.path.normpath(folder))] = found
+  report["predict_seconds"] = timing(
+      lambda x: inference.predict(run.model, run.state, x, args.batch_size), scored,
+      val.images[:args.timing_images])
   shift_keys = [k for k in report["outside"] if k.startswith("shift_")]
   report["shifts_mean_auroc"] = {
       name: round(float(np.mean([report["outside"][k][name]["auroc"] for k in shift_keys])), 4)
