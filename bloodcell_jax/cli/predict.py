@@ -27,8 +27,11 @@ readable one when the best is damaged). --output must not be one of the inputs.
 
 Writes one row per image: `id` (path relative to the input folder, or the row
 index of an .npz), `pred` (class index), `pred_name`, `confidence` (the predicted
-class's probability) and `p_<class>` for every class. A folder may hold images
-directly or in sub-folders (an ImageFolder); every image under it is predicted.
+class's probability), for runs with an out-of-distribution model (ood.npz) `ood_score`,
+`cell_score` and `flag` (docs/trust.md), and `p_<class>` for every class. A folder may
+hold images directly or in sub-folders (an ImageFolder); every image under it is predicted.
+--abstain leaves `pred` and `pred_name` empty for flagged images; --explain=DIR writes a
+Grad-CAM PNG per image (one --workdir run).
 """
 
 from typing import NamedTuple, Optional
