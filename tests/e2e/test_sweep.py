@@ -200,8 +200,10 @@ def test_run_and_sweep_reports_render_in_headless_chromium(sequential):
   alts = {image["alt"] for image in run_page["images"]}
   assert {"training curves", "confusion matrix validation", "reliability diagram",
           "augmentation preview"} <= alts
-  thumbnails = [i for i in run_page["images"] if i["width"] == 32]  # the worst errors
+  # The worst errors, each (32 pixels) beside its Grad-CAM map.
+  thumbnails = [i for i in run_page["images"] if i["width"] == 64]
   assert thumbnails and len(thumbnails) <= 24
+  assert "Selective prediction" in run_page["text"] and "Out-of-distribution" in run_page["text"]
   per_class = next(t for t in run_page["tables"] if t[0] == ["class", "precision", "recall",
                                                              "F1", "support"])
   assert len(per_class) == 1 + 8 + 1  # header, the 8 classes, the macro average
