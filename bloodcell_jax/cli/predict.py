@@ -206,12 +206,11 @@ def write_explanations(workdir: str, ids, probabilities, class_names) -> str:
   config, _, model, state, _ = inference.load_run(workdir, _EMA.value)
   _, images = inference.read_unlabelled(_INPUT.value, config.image_size)
   predicted = probabilities.argmax(axis=1)
-  maps = explain.explain(model, state, images, predicted)
-  seen = explain.framed(images, config.model.get("framing", "none"))
+  drawn = explain.pictures(model, state, images, predicted, config.model.get("framing", "none"))
   os.makedirs(_EXPLAIN.value, exist_ok=True)
-  for image_id, image, heat, shown, label in zip(ids, images, maps, seen, predicted):
+  for image_id, picture, label in zip(ids, drawn, predicted):
     path = os.path.join(_EXPLAIN.value, explain.png_name(image_id, class_names[label]))
-    Image.fromarray(explain.overlay(image, heat, shown)).save(path)
+    Image.fromarray(picture).save(path)
   return f"{len(ids)} Grad-CAM maps in {_EXPLAIN.value}"
 
 

@@ -137,6 +137,15 @@ def overlay(image: np.ndarray, heat: np.ndarray, seen: np.ndarray = None,
   return pair.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
+def pictures(model, state, images: np.ndarray, targets: np.ndarray, framing: str,
+             scale: int = 3) -> list:
+  """`overlay` of every image: it beside its Grad-CAM map for its `targets` class, on the
+  image as a model with config.model.framing=`framing` sees it."""
+  maps = explain(model, state, images, targets)
+  return [overlay(image, heat, seen, scale)
+          for image, heat, seen in zip(images, maps, framed(images, framing))]
+
+
 def png_name(image_id: str, class_name: str) -> str:
   """A file name for an image's explanation: its id with folders joined by '__', and the
   class explained."""

@@ -24,10 +24,9 @@ def _worst_errors_explained(run: RunContext, state, val_outputs):
   worst = run_outputs.worst_errors(log_probs, labels)
   if not len(worst):
     return None
-  images, predicted = val.images[worst], log_probs.argmax(axis=1)[worst]
-  maps = explain.explain(run.passes.model, state, images, predicted)
-  seen = explain.framed(images, run.config.model.get("framing", "none"))
-  return np.stack([explain.overlay(i, m, s, scale=1) for i, m, s in zip(images, maps, seen)])
+  return np.stack(explain.pictures(run.passes.model, state, val.images[worst],
+                                   log_probs.argmax(axis=1)[worst],
+                                   run.config.model.get("framing", "none"), scale=1))
 
 
 def evaluate(run: RunContext, state, loop: LoopState) -> dict:
