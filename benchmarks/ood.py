@@ -18,9 +18,10 @@ false-positive rate at 95% true-positive rate (the share of outside images scori
 score that 95% of held-out images stay under); the share flagged by the run's flag. For the
 labelled folders also: the share of the run's wrong predictions flagged and of its right
 ones passed. And selective prediction on the validation split (accuracy at 80/90/95%
-coverage, AURC), and what the scores cost `predict`: the median seconds of 3 passes over
---timing_images validation images, probabilities alone against probabilities with every
-score (images already in memory: reading them costs both the same). Prints JSON.
+coverage, AURC; ranked by the softmax maximum and by the feature margin), and what the
+scores cost `predict`: the median seconds of 3 passes over --timing_images validation
+images, probabilities alone against probabilities with every score (images already in
+memory: reading them costs both the same). Prints JSON.
 """
 
 import argparse
@@ -34,7 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-SCORES = ("msp", "energy", "mahalanobis", "knn", "cell", "colour", "ood_score")
+SCORES = ("msp", "energy", "mahalanobis", "knn", "feature_margin", "cell", "colour",
+          "ood_score")
 
 
 def separation(inside: dict, outside: dict) -> dict:
@@ -109,8 +111,9 @@ def main():
   report = {"workdir": args.workdir, "held_out": f"validation split ({len(val)} images)",
             "model": trust.describe(), "val_flagged": round(float(np.mean(inside["flag"] != "ok")),
                                                             4),
-            "selective": {k: round(v, 4) for k, v in selective.summary(
-                -inside["msp"], correct, "val").items()},
+            "selective": {rank: {k: round(v, 4) for k, v in selective.summary(
+                -inside[rank], correct, "val").items()}
+                          for rank in ("msp", "feature_margin") if rank in inside},
             "outside": {}}
   for name in shifts.SHIFTS.names():
     uniforms = robustness.shift_uniforms(name, len(val), seed=0)

@@ -93,6 +93,29 @@ class Context:
     return self.outputs[key]
 
 
+  def logits_and_features(self, set_name: str, count: int = 0, seed: int = 0,
+                          batch_size: int = 256):
+    """(image set, logits, penultimate features) of a set, or of a seeded draw of `count` of
+    its images, computed once per context; the features are None for a model registered
+    without a classifier layer (inference.classifier_layer)."""
+    key = ("features", set_name, count, seed, batch_size)
+    if key not in self.outputs:
+      from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top  (JAX)
+      images = self.image_set(set_name)
+      if 0 < count < len(images):
+        draw = np.random.default_rng(seed).choice(len(images), count, replace=False)
+        images = images.subset(np.sort(draw))
+      model, layer = self.passes.model, inference.classifier_layer(self.config)
+      if layer:
+        logits, features = inference.logits_and_features(model, self.state, images.images,
+                                                         batch_size, layer)
+      else:
+        logits = np.log(inference.predict(model, self.state, images.images, batch_size))
+        features = None
+      self.outputs[key] = (images, logits, features)
+    return self.outputs[key]
+
+
 class Evaluator:
   """One entry of `config.evals`: `options` are the entry's keys besides `type` and
   `every_epochs`, with their defaults; an entry's unknown key is an error."""
@@ -325,10 +348,19 @@ class LabelledFolder(Evaluator):
 @EVALUATORS.register("selective")
 class SelectivePrediction(Evaluator):
   """Selective prediction on a set (selective.py): accuracy on the 80, 90 and 95% of its
-  images the model is most confident of (the top class's probability at the temperature
-  fitted on the set, as `predict --calibrated` and the ood model use it: it ranks better than
-  the raw softmax), and the area under the risk-coverage curve."""
-  options = {"set": "val"}
+  images the model is surest of, and the area under the risk-coverage curve. `rank`:
+  feature_margin (ood.feature_margin, with class means and covariance from `train_images`
+  training images, a seeded draw as the ood evaluator's) or confidence (the top class's
+  probability at the temperature fitted on the set); a model without a registered classifier
+  layer is ranked by confidence. Writes which one ranked."""
+  options = {"set": "val", "rank": "feature_margin", "train_images": 5000, "seed": 0}
+  RANKS = ("feature_margin", "confidence")
+
+  def __init__(self, name: str, entry: dict, config):
+    super().__init__(name, entry, config)
+    if self.opts["rank"] not in self.RANKS:
+      raise UserError(f"{self.where}.rank={self.opts['rank']!r}: expected one of "
+                      f"{', '.join(self.RANKS)}")
 
   def applies(self, data) -> bool:
     return getattr(data, self.opts["set"], None) is not None
@@ -341,12 +373,28 @@ class SelectivePrediction(Evaluator):
                    table=c == 0.9) for c in selective.COVERAGES] + [
         Metric(f"{s}_aurc", f"{title} risk-coverage area", kind="error", section=section)]
 
+  def _feature_margin(self, context: Context):
+    """(minus the feature margin, whether each image is right), or None without features."""
+    train, _, train_features = context.logits_and_features(
+        "train", self.opts["train_images"], self.opts["seed"])
+    if train_features is None:
+      return None
+    images, logits, features = context.logits_and_features(self.opts["set"])
+    means = ood.fit_features(train_features, train.labels, len(train.class_names))
+    predicted = np.argmax(logits, axis=1)
+    return (-ood.feature_margin(means.class_distances(features), predicted),
+            predicted == images.labels)
+
   def __call__(self, context: Context) -> dict:
-    log_probs, labels = context.outputs_of(self.opts["set"])
-    scaled = calibration.scaled_log_probabilities(
-        log_probs, calibration.fit_temperature(log_probs, labels))
-    return selective.summary(scaled.max(axis=1), log_probs.argmax(axis=1) == labels,
-                             f"{context.prefix}{self.opts['set']}")
+    ranked = self.opts["rank"] == "feature_margin" and self._feature_margin(context)
+    rank = "feature_margin" if ranked else "confidence"
+    if not ranked:
+      log_probs, labels = context.outputs_of(self.opts["set"])
+      scaled = calibration.scaled_log_probabilities(
+          log_probs, calibration.fit_temperature(log_probs, labels))
+      ranked = scaled.max(axis=1), log_probs.argmax(axis=1) == labels
+    prefix = f"{context.prefix}{self.opts['set']}"
+    return {**selective.summary(*ranked, prefix), f"{prefix}_selective_rank": rank}
 
 
 @EVALUATORS.register("ood")
@@ -380,24 +428,12 @@ class OutOfDistribution(Evaluator):
     return [Metric("val_flagged", "val. flagged as not to trust", kind="error",
                    section="Out-of-distribution")]
 
-  def _outputs(self, context: Context, image_set, layer: str):
-    from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top  (JAX)
-    model, state, batch = context.passes.model, context.state, self.opts["batch_size"]
-    if layer:
-      return inference.logits_and_features(model, state, image_set.images, batch, layer)
-    return np.log(inference.predict(model, state, image_set.images, batch)), None
-
   def __call__(self, context: Context) -> dict:
     from bloodcell_jax.data.cleaning import settings as cleaning_settings  # pylint: disable=g-import-not-at-top
-    from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top  (JAX)
-    train, val = context.image_set("train"), context.image_set("val")
-    count = self.opts["train_images"] or len(train)
-    if count < len(train):
-      rng = np.random.default_rng(self.opts["seed"])
-      train = train.subset(np.sort(rng.choice(len(train), count, replace=False)))
-    layer = inference.classifier_layer(self.config)
-    _, train_features = self._outputs(context, train, layer)
-    val_logits, val_features = self._outputs(context, val, layer)
+    train, _, train_features = context.logits_and_features(
+        "train", self.opts["train_images"], self.opts["seed"], self.opts["batch_size"])
+    val, val_logits, val_features = context.logits_and_features(
+        "val", batch_size=self.opts["batch_size"])
     val_log_probs = calibration.scaled_log_probabilities(val_logits, 1.0)
     fitted = ood.fit(train_features, train.labels, val_logits, val_features,
                      train.images, num_classes=len(train.class_names),

@@ -7,7 +7,9 @@ Three views, each higher for images less like the training data:
 - the penultimate features (the classifier's input): the smallest class-conditional
   Mahalanobis distance with one covariance shared by the classes (`mahalanobis`, Lee et al.
   2018), or the distance to the k-th nearest training image after L2 normalisation (`knn`,
-  Sun et al. 2022);
+  Sun et al. 2022); and how much nearer the predicted class's mean is than the next class's
+  (`feature_margin`), which says how sure rather than how unfamiliar: selective prediction
+  ranks by it;
 - the cleaning model's measures (bloodcell_jax/data/cleaning/contamination.py), fitted on the
   training images: texture and blankness (`cell`; 1 or more: not a cell image), so that a
   photo, a screenshot or a page of text is flagged whatever the network says, and colours
@@ -64,14 +66,18 @@ class FeatureModel:
   bank: np.ndarray  # (M, D) L2-normalised features of training images, for knn
   k: int
 
-  def mahalanobis(self, features: np.ndarray) -> np.ndarray:
-    """The smallest squared Mahalanobis distance to a class mean."""
+  def class_distances(self, features: np.ndarray) -> np.ndarray:
+    """(N, C): the squared Mahalanobis distance of each image to each class mean."""
     f = np.asarray(features, np.float64)
     projected = f @ self.precision
     cross = projected @ self.means.T
     own = np.einsum("nd,nd->n", projected, f)
     means = np.einsum("cd,de,ce->c", self.means, self.precision, self.means)
-    return np.maximum(own[:, None] - 2 * cross + means[None], 0.0).min(axis=1)
+    return np.maximum(own[:, None] - 2 * cross + means[None], 0.0)
+
+  def mahalanobis(self, features: np.ndarray) -> np.ndarray:
+    """The smallest squared Mahalanobis distance to a class mean."""
+    return self.class_distances(features).min(axis=1)
 
   def knn(self, features: np.ndarray) -> np.ndarray:
     """Distance to the k-th nearest training image, features L2-normalised."""
@@ -85,6 +91,19 @@ class FeatureModel:
 
   def score(self, name: str, features: np.ndarray) -> np.ndarray:
     return self.mahalanobis(features) if name == "mahalanobis" else self.knn(features)
+
+
+def feature_margin(class_distances: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+  """How much farther the features are from the predicted class's mean than from the nearest
+  other class's (root Mahalanobis distances): the trust score of Jiang et al. 2018 as a
+  difference, negated so that higher is less sure. It ranks a run's own validation errors
+  last better than the softmax does (docs/trust.md)."""
+  distances = np.sqrt(np.asarray(class_distances, np.float64))
+  rows = np.arange(len(distances))
+  own = distances[rows, predicted]
+  others = distances.copy()
+  others[rows, predicted] = np.inf
+  return own - others.min(axis=1)
 
 
 def normalised(features: np.ndarray) -> np.ndarray:
@@ -181,8 +200,10 @@ class OodModel:
              for name in CONFIDENCE_SCORES}
     parts = [self.confidence_scales(found[self.confidence])]
     if self.features is not None and features is not None:
-      for name in FEATURE_SCORES:
-        found[name] = self.features.score(name, features)
+      distances = self.features.class_distances(features)
+      found["mahalanobis"] = distances.min(axis=1)
+      found["knn"] = self.features.knn(features)
+      found["feature_margin"] = feature_margin(distances, np.argmax(logits, axis=1))
       parts.append(self.feature_scales(found[self.feature]))
     found.update(self.appearance(images))
     model_part = np.max(parts, axis=0) / self.threshold

@@ -39,6 +39,7 @@ def test_run_leaves_every_artefact(trained_run):
   assert set(results["per_class_val_accuracy"]) == set(results["class_names"])
   # When not to trust it: selective prediction, and the model `predict` flags images with.
   assert results["val_accuracy_at_80"] >= results["val_accuracy_at_95"] - 1e-9
+  assert results["val_selective_rank"] == "feature_margin"
   assert 0.0 <= results["val_flagged"] <= 0.2 and os.path.isfile(os.path.join(workdir, "ood.npz"))
   assert results["ood"]["feature_score"] == "mahalanobis" and results["ood"]["knn_bank"] == 288
   assert "SYNTHETIC" in result.stderr

@@ -51,6 +51,21 @@ def test_mahalanobis_is_the_smallest_distance_to_a_class_mean_under_the_shared_p
   assert model.mahalanobis(model.means[1:2] + 10.0) > 10 * model.mahalanobis(model.means[1:2])
 
 
+def test_the_feature_margin_is_low_near_the_predicted_class_and_high_between_or_beyond_it():
+  rng = np.random.default_rng(4)
+  features, labels, _ = blobs(300, rng)
+  model = ood.fit_features(features, labels, NUM_CLASSES)
+  at_class_1 = model.means[1:2]
+  between_1_and_2 = (model.means[1:2] + model.means[2:3]) / 2
+  distances = model.class_distances(np.concatenate([at_class_1, between_1_and_2, at_class_1]))
+  np.testing.assert_allclose(distances.min(axis=1), model.mahalanobis(
+      np.concatenate([at_class_1, between_1_and_2, at_class_1])))
+  margin = ood.feature_margin(distances, np.array([1, 1, 0]))
+  assert margin[0] < -1.0  # at its class's mean, far from the others'
+  assert abs(margin[1]) < 0.3 * abs(margin[0])  # halfway: either class is as near
+  assert margin[2] == pytest.approx(-margin[0])  # predicted 0 while at class 1's mean
+
+
 def test_knn_is_the_distance_to_the_kth_nearest_normalised_training_feature():
   rng = np.random.default_rng(2)
   features, labels, _ = blobs(50, rng)
@@ -114,7 +129,7 @@ def test_the_written_model_scores_like_the_fitted_one(fitted, cell_images, tmp_p
   again = ood.from_file(str(path))
   before = model.scores(logits[:20], features[:20], cell_images[:20])
   after = again.scores(logits[:20], features[:20], cell_images[:20])
-  for key in ("ood_score", "mahalanobis", "knn", "cell", "colour"):
+  for key in ("ood_score", "mahalanobis", "knn", "feature_margin", "cell", "colour"):
     np.testing.assert_allclose(after[key], before[key], rtol=1e-5, atol=1e-6)
   assert list(after["flag"]) == list(before["flag"])
 
