@@ -70,7 +70,7 @@ def random_exportable(name, image_size):
   params = {**params, head: {k: v * factor for k, v in params[head].items()}}
   metadata = {"class_names": list(image_set.PBC_CLASS_NAMES), "image_size": image_size,
               "model": name, "source_run": None, "val_accuracy": None}
-  return model, export.Exportable(export.probability_function(model),
+  return model, export.Exportable(export.output_function(model),
                                   jax.device_get({"params": params, "batch_stats": batch_stats}),
                                   image_size, metadata)
 
@@ -90,7 +90,9 @@ def jax2onnx_file(exportable, path):
   from jax2onnx import to_onnx
   size = exportable.image_size
   with contextlib.redirect_stdout(io.StringIO()):  # it prints its module patches
-    model = to_onnx(functools.partial(export.with_standard_ops(exportable.probabilities),
+    probabilities = lambda variables, images: exportable.outputs(variables, images)[
+        "probabilities"]
+    model = to_onnx(functools.partial(export.with_standard_ops(probabilities),
                                       exportable.variables),
                     [jax.ShapeDtypeStruct(("B", size, size, 3), jnp.uint8)], opset=21)
   import onnx

@@ -114,14 +114,19 @@ def run_probabilities(workdir: str, input_path: str) -> Predicted:
 
 
 def model_probabilities(path: str, input_path: str) -> Predicted:
-  """An exported model's predictions of `input_path`."""
+  """An exported model's predictions of `input_path`, with its out-of-distribution scores
+  when it carries the run's ood model."""
   from bloodcell_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
   from bloodcell_jax.export import runtimes  # pylint: disable=g-import-not-at-top
   model = runtimes.load(path)
   _check_classes(model.metadata["class_names"])
   ids, images = inference.read_unlabelled(input_path, model.metadata["image_size"])
-  return Predicted(ids, model.metadata["class_names"], model.predict(images, _BATCH_SIZE.value),
-                   runtimes.weights_described(model.metadata), None)
+  outputs = model.outputs(images, _BATCH_SIZE.value)
+  trust = None
+  if model.ood is not None:
+    trust = model.ood.scores(outputs["logits"], outputs.get("features"), images)
+  return Predicted(ids, model.metadata["class_names"], outputs["probabilities"],
+                   runtimes.weights_described(model.metadata), trust)
 
 
 def main(argv):
@@ -241,7 +246,7 @@ def _no_trust(sources, predicted) -> str:
   missing = [f"{flag}={source}" for (flag, source, _), p in zip(sources, predicted)
              if p.trust is None]
   return (f"no trust flags: no out-of-distribution model for {', '.join(missing)} (a run "
-          "trained before ood.npz existed, or an export)")
+          "trained before ood.npz existed, or a file exported from one)")
 
 
 def run():

@@ -202,7 +202,8 @@ class OodModel:
     if self.features is not None and features is not None:
       distances = self.features.class_distances(features)
       found["mahalanobis"] = distances.min(axis=1)
-      found["knn"] = self.features.knn(features)
+      if len(self.features.bank):  # an exported model keeps none unless it flags with kNN
+        found["knn"] = self.features.knn(features)
       found["feature_margin"] = feature_margin(distances, np.argmax(logits, axis=1))
       parts.append(self.feature_scales(found[self.feature]))
     found.update(self.appearance(images))
@@ -267,11 +268,19 @@ def to_bytes(model: OodModel) -> bytes:
   return out.getvalue()
 
 
-def from_file(path: str) -> OodModel:
-  """An OodModel written by `to_bytes`; a damaged or foreign file is a run_files.DamagedFile."""
-  from bloodcell_jax.training import run_files  # pylint: disable=g-import-not-at-top
+def for_export(model: OodModel) -> OodModel:
+  """The model an exported file carries: without the kNN bank (thousands of training images'
+  features) unless kNN is the feature score it flags with."""
+  if model.features is None or model.feature == "knn":
+    return model
+  empty = np.zeros((0, model.features.bank.shape[1]))
+  return dataclasses.replace(model, features=dataclasses.replace(model.features, bank=empty))
+
+
+def from_bytes(data: bytes) -> OodModel:
+  """An OodModel written by `to_bytes`; ValueError for anything else."""
   try:
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
       a = {name: z[name] for name in z.files}
     features, feature_scales = None, None
     if "means" in a:
@@ -284,4 +293,14 @@ def from_file(path: str) -> OodModel:
                     Scales(*map(float, a["confidence_scales"])), feature_scales,
                     float(a["threshold"]), float(a["pass_fraction"]))
   except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
-    raise run_files.damaged(path, f"{type(e).__name__}: {e}") from None
+    raise ValueError(f"{type(e).__name__}: {e}") from None
+
+
+def from_file(path: str) -> OodModel:
+  """An OodModel written by `to_bytes`; a damaged or foreign file is a run_files.DamagedFile."""
+  from bloodcell_jax.training import run_files  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path, "rb") as f:
+      return from_bytes(f.read())
+  except (OSError, ValueError) as e:
+    raise run_files.damaged(path, str(e)) from None

@@ -9,7 +9,12 @@ and returns class probabilities (N, classes): the cast to float and the model's 
 scaling are inside, BatchNorm runs on its running statistics, dropout is off, and --tta and
 --calibrated are baked in. The best checkpoint is exported (--ema: its weight average).
 Class names, image size, the source run, its config digest and validation accuracy travel
-inside the file (`metadata`).
+inside the file (`metadata`). A run with an out-of-distribution model (ood.npz) also gives
+the untransformed image's `logits` and penultimate `features`, and the file carries the
+model itself (without its kNN bank unless it flags with kNN), so that `predict --model`
+flags images as `predict --workdir` does: an `ood.npz` asset of a SavedModel, a base64
+`bloodcell_jax_ood` entry of an ONNX file's metadata_props, a `bloodcell_jax_ood` buffer of a
+LiteRT file.
 
 Routes, each the one that converts every registered model on the pinned versions:
 * SavedModel: jax2tf (jax.experimental), which serialises the model as StableHLO inside an
@@ -26,6 +31,7 @@ After writing, the file is run on generated cells at batch sizes 1 and 7 and com
 the JAX model; a larger difference than the format's tolerance is an error.
 """
 
+import base64
 import dataclasses
 import datetime
 import json
@@ -56,28 +62,36 @@ TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "int8": None}  # int8: reported, 
 
 @dataclasses.dataclass
 class Exportable:
-  """A pure function of (variables, uint8 images) to class probabilities, with its weights
-  and what the exported file says about itself."""
-  probabilities: Callable[[Any, Any], Any]
+  """A pure function of (variables, uint8 images) to the exported outputs ({name: array}),
+  with its weights, what the exported file says about itself, and the out-of-distribution
+  model it carries (ood.to_bytes; empty: none)."""
+  outputs: Callable[[Any, Any], Any]
   variables: Any
   image_size: int
   metadata: dict
+  ood: bytes = b""
 
 
-def probability_function(model, tta: str = "", temperature: float = 1.0):
-  """(variables, uint8 images) -> class probabilities."""
+def output_function(model, tta: str = "", temperature: float = 1.0, layer: str = ""):
+  """(variables, uint8 images) -> {"probabilities"}, and with `layer` (the classifier) the
+  untransformed image's "logits" and "features", which the out-of-distribution model scores."""
   import jax.numpy as jnp
 
   from bloodcell_jax.evaluation import tta as tta_lib
   views = tta_lib.views_of(tta, "--tta")
 
-  def probabilities(variables, images):
+  def outputs(variables, images):
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                              batch_stats=variables.get("batch_stats", {}), opt_state=(),
                              rng=None)
-    return steps.predict_step(state, images.astype(jnp.float32), temperature, model=model,
-                              views=views)
-  return probabilities
+    images = images.astype(jnp.float32)
+    found = {"probabilities": steps.predict_step(state, images, temperature, model=model,
+                                                 views=views)}
+    if layer:
+      found["logits"], found["features"] = steps.logits_and_features(state, images, model=model,
+                                                                     layer=layer)
+    return found
+  return outputs
 
 
 def with_standard_ops(function):
@@ -94,10 +108,13 @@ def run_exportable(workdir: str, ema: bool = False, tta: str = "",
   """The best checkpoint of a training run, ready to export."""
   import jax
 
-  from bloodcell_jax.evaluation import inference
+  from bloodcell_jax.evaluation import inference, ood
   config, class_names, model, state, weights = inference.load_run(workdir, ema)
   temperature = inference.run_temperature(workdir, ema) if calibrated else 1.0
   accuracy = checkpoint_val_accuracy(workdir, weights)
+  trust = inference.ood_model(workdir, ema)
+  layer = inference.classifier_layer(config) if trust is not None and trust.features else ""
+  trust = trust if layer else None  # scores need the logits and features of a known layer
   metadata = {
       "class_names": list(class_names), "image_size": int(config.image_size),
       "model": config.model.name, "source_run": os.path.abspath(workdir),
@@ -107,10 +124,12 @@ def run_exportable(workdir: str, ema: bool = False, tta: str = "",
                      "val_accuracy": accuracy, "skipped": list(weights.skipped),
                      "described": weights.describe()},
       "tta": tta or "none", "temperature": temperature,
+      "ood": trust.describe() if trust is not None else None,
   }
   variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-  return Exportable(probability_function(model, tta, temperature), variables,
-                    int(config.image_size), metadata)
+  return Exportable(output_function(model, tta, temperature, layer), variables,
+                    int(config.image_size), metadata,
+                    ood.to_bytes(ood.for_export(trust)) if trust is not None else b"")
 
 
 def checkpoint_val_accuracy(workdir: str, weights) -> Optional[float]:
@@ -149,14 +168,17 @@ def check_out(out: str, export_format: str, workdir: str) -> str:
 def _full_metadata(exportable: Exportable, export_format: str, weights: str) -> dict:
   return {**exportable.metadata, "format": export_format, "tflite_weights": weights,
           "input": f"uint8 RGB images [N, {exportable.image_size}, {exportable.image_size}, 3]",
-          "output": "class probabilities [N, classes]",
+          "output": "class probabilities [N, classes]" + (
+              "; logits [N, classes] and penultimate features [N, D] of the untransformed "
+              "image, for the out-of-distribution model" if exportable.ood else ""),
           "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def write_saved_model(exportable: Exportable, out: str, metadata: dict,
                       for_conversion: bool = False) -> None:
-  """A SavedModel whose `serving_default` maps `images` to `probabilities`; the metadata is
-  the asset `assets/metadata.json` and the function `metadata()`.
+  """A SavedModel whose `serving_default` maps `images` to `probabilities` (and `logits` and
+  `features` with an ood model); the metadata is the asset `assets/metadata.json` and the
+  function `metadata()`, the ood model the asset `assets/ood.npz`.
 
   For serving, the model runs on CPU, CUDA and TPU with each platform's own ops (XLA:CPU's
   grouped convolution would make EfficientNetV2 3 to 5x slower on CPU). `for_conversion` traces
@@ -168,7 +190,7 @@ def write_saved_model(exportable: Exportable, out: str, metadata: dict,
   size = exportable.image_size
   module = tf.Module()
   module.variables_ = tf.nest.map_structure(tf.Variable, exportable.variables)
-  function = exportable.probabilities
+  function = exportable.outputs
   if for_conversion:
     function, platforms = with_standard_ops(function), None
   else:
@@ -180,44 +202,59 @@ def write_saved_model(exportable: Exportable, out: str, metadata: dict,
   @tf.function(autograph=False, input_signature=[
       tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])
   def serve(images):
-    return {"probabilities": converted(module.variables_, images)}
+    return converted(module.variables_, images)
 
   with tempfile.TemporaryDirectory() as scratch:
     asset_path = os.path.join(scratch, runtimes.METADATA_FILE)
     atomic.write_json(asset_path, metadata)
     module.metadata_asset = tf.saved_model.Asset(asset_path)
+    if exportable.ood:
+      ood_path = os.path.join(scratch, runtimes.OOD_FILE)
+      atomic.write_bytes(ood_path, exportable.ood)
+      module.ood_asset = tf.saved_model.Asset(ood_path)
     text = json.dumps(metadata)
     module.metadata = tf.function(lambda: tf.constant(text), input_signature=[])
     module.serve = serve
     tf.saved_model.save(module, out, signatures={"serving_default": serve})
 
 
-def tflite_model(saved_model: str, weights: str, metadata: dict) -> bytes:
-  """The LiteRT flatbuffer of a SavedModel, with the metadata as a named buffer."""
+def tflite_model(saved_model: str, weights: str, metadata: dict, ood: bytes = b"") -> bytes:
+  """The LiteRT flatbuffer of a SavedModel, with the metadata and the ood model as named
+  buffers."""
   import tensorflow as tf
   converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
   if weights in ("float16", "int8"):
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if weights == "float16":
     converter.target_spec.supported_types = [tf.float16]
-  return runtimes.with_tflite_metadata(
-      litert_graph.without_redundant_broadcasts(converter.convert()), metadata)
+  buffers = {runtimes.METADATA_KEY: json.dumps(metadata).encode()}
+  if ood:
+    buffers[runtimes.OOD_KEY] = ood
+  return runtimes.with_tflite_buffers(
+      litert_graph.without_redundant_broadcasts(converter.convert()), buffers)
 
 
-def onnx_model(tflite_path: str, metadata: dict):
-  """The ONNX model of a float32 LiteRT file: input `images`, output `probabilities`, a
-  dynamic `batch` dimension and the metadata in `metadata_props`."""
+def onnx_model(tflite_path: str, metadata: dict, ood: bytes = b""):
+  """The ONNX model of a float32 LiteRT file: input `images`, outputs named as the LiteRT
+  signature names them (`probabilities`, ...), a dynamic `batch` dimension, and the metadata
+  and the ood model (base64) in `metadata_props`."""
   import onnx
   from tf2onnx import convert
   with warnings.catch_warnings():  # tf2onnx reads the file with TensorFlow's own interpreter
     warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
     model, _ = convert.from_tflite(tflite_path, opset=ONNX_OPSET)
+  with open(tflite_path, "rb") as f:
+    names = runtimes.tflite_output_names(f.read())
   _rename_value(model, model.graph.input[0].name, "images")
-  _rename_value(model, model.graph.output[0].name, "probabilities")
-  for value in (model.graph.input[0], model.graph.output[0]):
+  for output in list(model.graph.output):
+    _rename_value(model, output.name, names[output.name])
+  for value in (model.graph.input[0], *model.graph.output):
     value.type.tensor_type.shape.dim[0].dim_param = "batch"
   model.producer_name = "bloodcell_jax.export (tf2onnx from LiteRT)"
-  onnx.helper.set_model_props(model, {runtimes.METADATA_KEY: json.dumps(metadata)})
+  props = {runtimes.METADATA_KEY: json.dumps(metadata)}
+  if ood:
+    props[runtimes.OOD_KEY] = base64.b64encode(ood).decode()
+  onnx.helper.set_model_props(model, props)
   onnx.checker.check_model(model)
   return model
 
@@ -276,10 +313,10 @@ def _write_format(exportable: Exportable, export_format: str, out: str, weights:
     else:
       written = os.path.join(scratch, "model.tflite")
       with open(written, "wb") as f:
-        f.write(tflite_model(saved_model, weights, metadata))
+        f.write(tflite_model(saved_model, weights, metadata, exportable.ood))
       if export_format == "onnx":
         import onnx
-        model = onnx_model(written, metadata)
+        model = onnx_model(written, metadata, exportable.ood)
         written = os.path.join(scratch, "model.onnx")
         onnx.save(model, written)
     _replace(written, out)
@@ -308,18 +345,22 @@ def _replace(new: str, out: str) -> None:
 
 
 def check_equal_to_jax(exportable: Exportable, path: str, tolerance) -> float:
-  """Largest |exported - JAX| probability on generated cells at batch sizes 1 and 7; an
-  error above `tolerance` (None: reported only)."""
+  """Largest difference of the exported outputs from the JAX model's on generated cells at
+  batch sizes 1 and 7, relative to each output's largest magnitude where that is over 1 (the
+  probabilities' is absolute); an error above `tolerance` (None: reported only)."""
   import jax
 
   from bloodcell_jax.data import synthetic
   images = synthetic.generate(7, exportable.image_size, seed=1).images
-  want = np.asarray(jax.jit(exportable.probabilities)(exportable.variables, images))
+  want = jax.device_get(jax.jit(exportable.outputs)(exportable.variables, images))
   model = runtimes.load(path)
-  difference = max(float(np.abs(model.predict(images[:1]) - want[:1]).max()),
-                   float(np.abs(model.predict(images) - want).max()))
+  got = [model.outputs(images[:1]), model.outputs(images)]
+  if set(got[0]) != set(want):
+    raise UserError(f"--out={path}: gives {sorted(got[0])}, not the JAX model's {sorted(want)}")
+  difference = max(float(np.abs(g[name] - want[name][:len(g[name])]).max())
+                   / max(1.0, float(np.abs(want[name]).max())) for g in got for name in want)
   if tolerance is not None and not difference <= tolerance:
-    raise UserError(f"--out={path}: its probabilities differ from the JAX model's by "
+    raise UserError(f"--out={path}: its outputs differ from the JAX model's by "
                     f"{difference:.2e} (more than {tolerance:g}); the file is kept for "
                     "inspection, do not deploy it")
   return difference

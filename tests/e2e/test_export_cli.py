@@ -1,6 +1,7 @@
 """The export program on a trained run: `predict --model` on its file gives what
 `predict --workdir` gives on the run."""
 
+import csv
 import json
 import os
 
@@ -48,6 +49,13 @@ def test_export_cli_and_predict_model_equal_predict_workdir(trained_run, tmp_pat
   want_ids, _, want, want_names = predictions.read_probabilities(str(by_run))
   assert (ids, names) == (want_ids, want_names) and len(ids) == 16
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # 6 decimals in the CSVs
+  # The file carries the run's out-of-distribution model: the same scores and flags.
+  assert model.ood is not None and model.metadata["ood"]["feature_score"] == "mahalanobis"
+  with open(by_model) as f, open(by_run) as g:
+    rows, want_rows = list(csv.DictReader(f)), list(csv.DictReader(g))
+  assert [r["flag"] for r in rows] == [r["flag"] for r in want_rows]
+  np.testing.assert_allclose([float(r["ood_score"]) for r in rows],
+                             [float(r["ood_score"]) for r in want_rows], rtol=1e-3, atol=1e-4)
 
   assert run_module("bloodcell_jax.predict", f"--model={onnx_file}", "--tta=d4",
                     f"--input={folder}")[2] == [

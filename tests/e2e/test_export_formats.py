@@ -72,10 +72,10 @@ def test_convnext_traced_with_standard_ops_is_the_same_function_and_exports_to_l
   assert not names & {"erf", "erfc", "gather", "platform_index"}
   assert all(max(ranks) <= 2 for name, ranks in used if name == "dot_general")
 
-  exportable = export.Exportable(export.probability_function(model), variables, SIZE,
+  exportable = export.Exportable(export.output_function(model), variables, SIZE,
                                  {"class_names": list(image_set.PBC_CLASS_NAMES),
                                   "image_size": SIZE, "model": "convnext-tiny"})
   export.export(exportable, "tflite", str(tmp_path / "convnext.tflite"))
-  want = np.asarray(jax.jit(exportable.probabilities)(variables, images))
+  want = np.asarray(jax.jit(exportable.outputs)(variables, images)["probabilities"])
   got = runtimes.load(str(tmp_path / "convnext.tflite")).predict(images, 7)
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)

@@ -11,6 +11,8 @@ import pytest
 
 from bloodcell_jax import models
 from bloodcell_jax.data import image_set
+from bloodcell_jax.data.cleaning import settings
+from bloodcell_jax.evaluation import ood
 from bloodcell_jax.export import runtimes
 from bloodcell_jax.export import writer as export
 from bloodcell_jax.training import steps
@@ -50,15 +52,26 @@ def with_logit_scale(model, variables, head: str, images, scale: float = 3.0):
   return {**variables, "params": {**variables["params"], head: layer}}
 
 
-def exportable(name: str, **model_args) -> export.Exportable:
+def exportable(name: str, with_ood: bool = False, **model_args) -> export.Exportable:
   """The model `name` (8 classes, SIZE pixels, built with `model_args`) with host-drawn
-  variables, scaled logits and a run's metadata."""
+  variables, scaled logits and a run's metadata; `with_ood`: also its logits and features,
+  and an out-of-distribution model fitted on them for sixteen cells."""
   model = models.get_model(name, num_classes=8, **model_args)
-  variables = with_logit_scale(model, host_variables(model), models.get_spec(name).head[-1],
-                               sixteen_cells(SIZE).astype(np.float32))
+  layer = models.get_spec(name).head[-1]
+  cells = sixteen_cells(SIZE)
+  variables = with_logit_scale(model, host_variables(model), layer, cells.astype(np.float32))
   metadata = {"class_names": list(image_set.PBC_CLASS_NAMES), "image_size": SIZE,
               "model": name, "val_accuracy": 0.5}
-  return export.Exportable(export.probability_function(model), variables, SIZE, metadata)
+  outputs = export.output_function(model, layer=layer if with_ood else "")
+  if not with_ood:
+    return export.Exportable(outputs, variables, SIZE, metadata)
+  found = jax.jit(outputs)(variables, cells)
+  fitted = ood.fit(found["features"], np.arange(16) % 8, found["logits"], found["features"],
+                   cells, num_classes=8, temperature=1.0, confidence="msp",
+                   feature="mahalanobis", pass_fraction=0.9, k=3,
+                   cleaning_settings=settings.CleaningSettings())
+  return export.Exportable(outputs, variables, SIZE, metadata,
+                           ood.to_bytes(ood.for_export(fitted)))
 
 
 def convert(exportable, directory) -> dict:
@@ -71,9 +84,11 @@ def convert(exportable, directory) -> dict:
   for weights in ("float32", "float16"):
     paths["tflite", weights] = str(directory / f"{weights}.tflite")
     with open(paths["tflite", weights], "wb") as f:
-      f.write(export.tflite_model(saved_model, weights, {**metadata, "tflite_weights": weights}))
+      f.write(export.tflite_model(saved_model, weights, {**metadata, "tflite_weights": weights},
+                                  exportable.ood))
   paths["onnx", "float32"] = str(directory / "model.onnx")
-  onnx.save(export.onnx_model(paths["tflite", "float32"], {**metadata, "format": "onnx"}),
+  onnx.save(export.onnx_model(paths["tflite", "float32"], {**metadata, "format": "onnx"},
+                              exportable.ood),
             paths["onnx", "float32"])
   paths["saved_model", "float32"] = str(directory / "saved_model")
   export.export(exportable, "saved_model", paths["saved_model", "float32"])
@@ -81,15 +96,27 @@ def convert(exportable, directory) -> dict:
 
 
 def assert_gives_the_jax_probabilities(exportable, path, export_format, tolerance):
-  """The file at `path` gives `exportable`'s probabilities at batch sizes 1 and 7, carries its
-  metadata, and refuses images of another dtype."""
+  """The file at `path` gives `exportable`'s outputs at batch sizes 1 and 7 (probabilities
+  within `tolerance`, logits and features within it relative to their largest magnitude),
+  scores them with its ood model as the run's would, carries its metadata, and refuses images
+  of another dtype."""
   images = sixteen_cells(SIZE)
-  want = np.asarray(jax.jit(exportable.probabilities)(exportable.variables, images))
+  want = jax.device_get(jax.jit(exportable.outputs)(exportable.variables, images))
   # Confident, unsaturated outputs: a wrong export could not pass by chance.
-  assert want.max() > 0.6 and np.median(want.max(axis=1)) < 0.999
+  probabilities = want["probabilities"]
+  assert probabilities.max() > 0.6 and np.median(probabilities.max(axis=1)) < 0.999
   model = runtimes.load(path)
   for batch_size in (1, 7):  # one file, a dynamic batch dimension
-    np.testing.assert_allclose(model.predict(images, batch_size), want, rtol=0, atol=tolerance)
+    got = model.outputs(images, batch_size)
+    assert set(got) == set(want)
+    for name, value in want.items():
+      scale = 1.0 if name == "probabilities" else max(1.0, float(np.abs(value).max()))
+      np.testing.assert_allclose(got[name], value, rtol=0, atol=tolerance * scale, err_msg=name)
+  assert (model.ood is None) == (not exportable.ood)
+  if exportable.ood:
+    scored = model.ood.scores(got["logits"], got["features"], images)
+    expected = ood.from_bytes(exportable.ood).scores(want["logits"], want["features"], images)
+    np.testing.assert_allclose(scored["ood_score"], expected["ood_score"], rtol=100 * tolerance)
   assert model.metadata["class_names"] == list(image_set.PBC_CLASS_NAMES)
   assert (model.metadata["image_size"], model.metadata["model"], model.metadata["format"]) == (
       SIZE, exportable.metadata["model"], export_format)

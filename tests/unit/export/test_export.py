@@ -21,7 +21,8 @@ from helpers import exporting
 
 @pytest.fixture(scope="module", params=["cnn"])
 def exportable(request):
-  return exporting.exportable(request.param, framing="nucleus", input_norm="stain_density")
+  return exporting.exportable(request.param, with_ood=True, framing="nucleus",
+                              input_norm="stain_density")
 
 
 @pytest.fixture(scope="module")
