@@ -92,7 +92,6 @@ class Context:
           seed=self.config.data.split_seed, tta=tta)
     return self.outputs[key]
 
-
   def logits_and_features(self, set_name: str, count: int = 0, seed: int = 0,
                           batch_size: int = 256):
     """(image set, logits, penultimate features) of a set, or of a seeded draw of `count` of
