@@ -7,9 +7,9 @@ differently from it (granules, red cells, the blue cytoplasm of young cells) kee
 That colour is what PBC's platelets, erythroblasts and immature granulocytes differ by, and it
 differs between labs' stains too: alone, this run is accurate on PBC and weak on other labs;
 beside the grey run the two make up for each other.
-20 epochs, about 36 minutes on 2 CPU cores. Measured on pbc96 (seed 0, 2026-12-06): PBC
-validation 97.6%; zero-shot LISC 26.5% / 46.0%, Bio-Net 1.4% / 35.9% (8-class / restricted:
-other labs' white cells read as erythroblasts).
+20 epochs at 64x64, about 32 minutes on one of 2 CPU cores. Measured on pbc96 (seed 0,
+2026-12-06): PBC validation 97.5%; zero-shot LISC 36.5% / 52.8%, Bio-Net 7.4% / 69.5%
+(8-class / restricted: other labs' white cells read as erythroblasts).
 """
 
 from configs import cnn_xsite

@@ -2,6 +2,7 @@
 
   bloodcell-robustness --workdir=DIR [--input=PATH [--classes=a,b,...]] [--out=FILE] [--ema]
       [--adapt_bn] [--shifts=defocus,stain,...] [--seed=0]
+  bloodcell-robustness --workdir=DIR1 --workdir=DIR2 --out=pair.json  # the runs averaged
 
 See bloodcell_jax/evaluation/robustness.py for what it measures and writes.
 """
@@ -12,7 +13,8 @@ from bloodcell_jax import runtime
 from bloodcell_jax.cli import common
 from bloodcell_jax.errors import UserError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
+_WORKDIR = flags.DEFINE_multi_string("workdir", None, "A training run's workdir; repeat it to "
+                                     "measure the runs' averaged probabilities (with --out).")
 _INPUT = flags.DEFINE_string("input", "", "Labelled ImageFolder or .npz to evaluate instead of "
                              "the run's validation split; it may hold some of the run's "
                              "classes only.")

@@ -92,6 +92,14 @@ class Context:
           seed=self.config.data.split_seed, tta=tta)
     return self.outputs[key]
 
+  def temperature(self, set_name: str) -> float:
+    """The temperature fitted on a set's outputs (calibration.py), once per context: the
+    calibration, selective and ood evaluators share it."""
+    key = ("temperature", set_name)
+    if key not in self.outputs:
+      self.outputs[key] = calibration.fit_temperature(*self.outputs_of(set_name))
+    return self.outputs[key]
+
   def logits_and_features(self, set_name: str, count: int = 0, seed: int = 0,
                           batch_size: int = 256):
     """(image set, logits, penultimate features) of a set, or of a seeded draw of `count` of
@@ -237,7 +245,7 @@ class Calibration(Evaluator):
   def __call__(self, context: Context) -> dict:
     s = self.opts["set"]
     log_probs, labels = context.outputs_of(s)
-    temperature = calibration.fit_temperature(log_probs, labels)
+    temperature = context.temperature(s)
     return {f"{context.prefix}temperature": temperature,
             **calibration.summary(log_probs, labels, temperature, f"{context.prefix}{s}")}
 
@@ -389,8 +397,8 @@ class SelectivePrediction(Evaluator):
     rank = "feature_margin" if ranked else "confidence"
     if not ranked:
       log_probs, labels = context.outputs_of(self.opts["set"])
-      scaled = calibration.scaled_log_probabilities(
-          log_probs, calibration.fit_temperature(log_probs, labels))
+      scaled = calibration.scaled_log_probabilities(log_probs,
+                                                    context.temperature(self.opts["set"]))
       ranked = scaled.max(axis=1), log_probs.argmax(axis=1) == labels
     prefix = f"{context.prefix}{self.opts['set']}"
     return {**selective.summary(*ranked, prefix), f"{prefix}_selective_rank": rank}
@@ -433,10 +441,9 @@ class OutOfDistribution(Evaluator):
         "train", self.opts["train_images"], self.opts["seed"], self.opts["batch_size"])
     val, val_logits, val_features = context.logits_and_features(
         "val", batch_size=self.opts["batch_size"])
-    val_log_probs = calibration.scaled_log_probabilities(val_logits, 1.0)
     fitted = ood.fit(train_features, train.labels, val_logits, val_features,
                      train.images, num_classes=len(train.class_names),
-                     temperature=calibration.fit_temperature(val_log_probs, val.labels),
+                     temperature=context.temperature("val"),
                      confidence=self.opts["confidence_score"],
                      feature=self.opts["feature_score"], pass_fraction=self.opts["pass_fraction"],
                      k=self.opts["k"], cleaning_settings=cleaning_settings.from_mapping(

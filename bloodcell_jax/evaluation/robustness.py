@@ -8,7 +8,10 @@ validation split, or on a labelled --input (ImageFolder or .npz), clean and unde
 shift of `bloodcell_jax.data.shifts` at severities 1 to 5, with fixed seeds: each image
 gets the same random placement of a shift at every severity, and the same on every
 run. --adapt_bn recomputes the BatchNorm statistics on each shifted set before
-predicting it (AdaBN; test-time adaptation without labels).
+predicting it (AdaBN; test-time adaptation without labels). Several --workdir runs (an
+ensemble, such as configs/sweeps/xsite_pair.py's) are measured on their averaged
+probabilities, each adapted on its own with --adapt_bn; they must have the same classes,
+image size and validation split, and --out is then required.
 
 With --input, the clean images' balanced accuracy over the classes present and per-class
 recall are written too (key `labelled_set`), with the model choosing among all the run's classes
@@ -177,36 +180,66 @@ def _outputs(workdir: str, out: str, input_path: str):
   return out, stem
 
 
-def run(workdir: str, input_path: str = "", out: str = "", ema: bool = False,
+def _loaded_runs(workdirs, ema: bool, input_path: str):
+  """inference.load_run of each workdir; several must agree on classes and image size, and
+  (without --input) on their validation split, which is the first run's."""
+  runs = [inference.load_run(w, ema) for w in workdirs]
+  first = runs[0]
+  for workdir, loaded in zip(workdirs[1:], runs[1:]):
+    if (list(loaded.class_names), loaded.config.image_size) != (
+        list(first.class_names), first.config.image_size):
+      raise UserError(f"--workdir={workdir}: its classes and image size differ from "
+                      f"--workdir={workdirs[0]}'s; averaged runs need the same")
+    if not input_path and _val_ids(workdir) != _val_ids(workdirs[0]):
+      raise UserError(f"--workdir={workdir}: its validation split is not --workdir="
+                      f"{workdirs[0]}'s; pass labelled images with --input")
+  return runs
+
+
+def _val_ids(workdir: str):
+  manifest = run_files.read_json(os.path.join(workdir, run_files.SPLIT_MANIFEST)) or {}
+  return (manifest.get("val") or {}).get("ids")
+
+
+def run(workdirs, input_path: str = "", out: str = "", ema: bool = False,
         adapt_bn: bool = False, names=(), seed: int = 0, batch_size: int = 256,
         grid_image: int = 0, classes=()) -> dict:
+  workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
   names = list(names) or shifts.SHIFTS.names()
   for name in names:
     shifts.SHIFTS.get(name, "--shifts")
   if classes and not input_path:
     raise UserError(f"--classes={','.join(classes)}: needs --input (a labelled folder or .npz)")
-  out, stem = _outputs(workdir, out, input_path)
-  config, class_names, model, state, _ = inference.load_run(workdir, ema)
+  if len(workdirs) > 1 and not out:
+    raise UserError("--out: required with several --workdir runs (the results are those of "
+                    "their average, not of one run's workdir)")
+  out, stem = _outputs(workdirs[0], out, input_path)
+  runs = _loaded_runs(workdirs, ema, input_path)
+  config, class_names = runs[0].config, runs[0].class_names
   if classes:
     labelled_set.restriction(class_names, classes)
   images, labels, described = _labelled_images(config, class_names, input_path)
   if not 0 <= grid_image < len(images):
     raise UserError(f"--grid_image={grid_image}: expected an index below {len(images)}")
-  logging.info("robustness of %s on %d images (%s), %d shifts x %d severities%s", workdir,
-               len(images), described, len(names), len(shifts.SEVERITIES),
-               ", BatchNorm adapted to each set" if adapt_bn else "")
-  predict_fn = lambda x: inference.predict(model, state, x, batch_size)
+  logging.info("robustness of %s on %d images (%s), %d shifts x %d severities%s",
+               " + ".join(workdirs), len(images), described, len(names),
+               len(shifts.SEVERITIES), ", BatchNorm adapted to each set" if adapt_bn else "")
+  predict_fn = lambda x: np.mean([inference.predict(r.model, r.state, x, batch_size)
+                                  for r in runs], axis=0)
   adapt = None
   if adapt_bn:
-    adapt = lambda x: (lambda y: inference.predict(
-        model, adaptation.adapt_batch_stats(model, state, x, batch_size), y, batch_size))
+    adapt = lambda x: (lambda y: np.mean([inference.predict(
+        r.model, adaptation.adapt_batch_stats(r.model, r.state, x, batch_size), y, batch_size)
+        for r in runs], axis=0))
   started = time.perf_counter()
   clean = (adapt(images) if adapt else predict_fn)(images)
   results = evaluate(predict_fn, images, labels, names, seed, adapt, clean)
   summary = None
   if input_path:  # the labelled set's own numbers, on the clean images
     summary = labelled_set.summarize(clean, labels, class_names, list(classes) or None)
-  results.update(workdir=os.path.abspath(workdir), data=described, num_images=len(images),
+  results.update(workdir=os.path.abspath(workdirs[0]),
+                 workdirs=[os.path.abspath(w) for w in workdirs], data=described,
+                 num_images=len(images),
                  ema=ema, adapt_bn=adapt_bn, seed=seed,
                  seconds=round(time.perf_counter() - started, 1))
   if summary is not None:

@@ -40,6 +40,15 @@ def test_robustness_command_on_a_tiny_run(trained_run, tmp_path):
   assert "| defocus | focus |" in table and "mean corruption accuracy" in result.stdout
   assert (tmp_path / "robust_grid.png").stat().st_size > 10000
 
+  # Two runs are measured on their averaged probabilities: the same run twice is that run.
+  pair = tmp_path / "pair.json"
+  subprocess.run([sys.executable, "-m", "bloodcell_jax.robustness", f"--workdir={workdir}",
+                  f"--workdir={workdir}", f"--out={pair}", "--shifts=defocus,jpeg"], cwd=ROOT,
+                 check=True, capture_output=True, env=subprocess_env())
+  averaged = json.loads(pair.read_text())
+  assert averaged["shifts"] == {n: results["shifts"][n] for n in ("defocus", "jpeg")}
+  assert averaged["workdirs"] == [os.path.abspath(workdir)] * 2
+
   adapted = tmp_path / "adapted.json"
   subprocess.run([sys.executable, "-m", "bloodcell_jax.robustness", f"--workdir={workdir}",
                   f"--out={adapted}", "--shifts=dimmer", "--adapt_bn"], cwd=ROOT, check=True,
@@ -54,3 +63,14 @@ def test_unknown_shift_is_a_one_line_error(trained_run):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith(
       "error: --shifts='warp': unknown shift (known: brighter, ")
+
+
+def test_several_runs_need_an_out_file(trained_run):
+  result = subprocess.run([sys.executable, "-m", "bloodcell_jax.robustness",
+                           f"--workdir={trained_run[0]}", f"--workdir={trained_run[0]}",
+                           "--shifts=defocus"], cwd=ROOT, capture_output=True, text=True,
+                          env=subprocess_env())
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: --out: required with several --workdir runs (the results are those of their "
+      "average, not of one run's workdir)")
