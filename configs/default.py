@@ -157,8 +157,9 @@ def get_config(model: str = "cnn") -> ml_collections.ConfigDict:
   config.evals.augmented_val = dict(type="classification", set="val", augment="eval_strong")
   config.evals.test = dict(type="classification", set="test")
   config.evals.calibration = dict(type="calibration", set="val")
-  # When not to trust a prediction: accuracy on the most confident 80/90/95% of validation,
-  # and the out-of-distribution model `predict` flags images with (ood.npz).
+  # When not to trust a prediction: accuracy on the 80/90/95% of validation the model is
+  # surest of (ranked by the feature margin, docs/trust.md), and the out-of-distribution model
+  # `predict` flags images with (ood.npz).
   config.evals.selective = dict(type="selective", set="val")
   config.evals.ood = dict(type="ood")
 
