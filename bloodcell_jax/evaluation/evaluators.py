@@ -393,9 +393,9 @@ class SelectivePrediction(Evaluator):
             predicted == images.labels)
 
   def __call__(self, context: Context) -> dict:
-    ranked = self.opts["rank"] == "feature_margin" and self._feature_margin(context)
-    rank = "feature_margin" if ranked else "confidence"
-    if not ranked:
+    ranked = self._feature_margin(context) if self.opts["rank"] == "feature_margin" else None
+    rank = "confidence" if ranked is None else "feature_margin"
+    if ranked is None:
       log_probs, labels = context.outputs_of(self.opts["set"])
       scaled = calibration.scaled_log_probabilities(log_probs,
                                                     context.temperature(self.opts["set"]))

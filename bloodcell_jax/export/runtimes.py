@@ -37,10 +37,10 @@ class ExportedModel:
     self.ood = self._ood_model()
 
   def _ood_model(self):
-    from bloodcell_jax.evaluation import ood  # pylint: disable=g-import-not-at-top
     data = self._read_ood()
     if not data:
       return None
+    from bloodcell_jax.evaluation import ood  # pylint: disable=g-import-not-at-top
     try:
       return ood.from_bytes(data)
     except ValueError as e:

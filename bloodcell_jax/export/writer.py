@@ -112,9 +112,9 @@ def run_exportable(workdir: str, ema: bool = False, tta: str = "",
   config, class_names, model, state, weights = inference.load_run(workdir, ema)
   temperature = inference.run_temperature(workdir, ema) if calibrated else 1.0
   accuracy = checkpoint_val_accuracy(workdir, weights)
-  trust = inference.ood_model(workdir, ema)
-  layer = inference.classifier_layer(config) if trust is not None and trust.features else ""
-  trust = trust if layer else None  # scores need the logits and features of a known layer
+  trust, layer = inference.ood_model(workdir, ema), inference.classifier_layer(config)
+  if trust is None or trust.features is None or not layer:
+    trust, layer = None, ""  # the scores need the logits and features of a known layer
   metadata = {
       "class_names": list(class_names), "image_size": int(config.image_size),
       "model": config.model.name, "source_run": os.path.abspath(workdir),
