@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from bloodcell_jax.models import framing
+from bloodcell_jax.models.batch_norm import BatchNorm
 from bloodcell_jax.models.depthwise import depthwise_conv2d
 
 # Keras's usual BatchNorm momentum (MobileNetV3 sets 0.999).
@@ -104,8 +105,8 @@ def prepare_input(x, framing_method: str, input_norm: str, dtype):
 
 
 def batch_norm_dtypes(dtype, param_dtype) -> dict:
-  """nn.BatchNorm's dtype arguments. Its running statistics stay float32 unless the
-  parameters are float64: flax would otherwise create them float32 and the first
+  """BatchNorm's dtype arguments. Its running statistics stay float32 unless the
+  parameters are float64: they would otherwise be created float32 and the first
   float64 update would change their dtype."""
   return {"dtype": dtype, "param_dtype": param_dtype,
           "force_float32_reductions": jnp.dtype(param_dtype) != jnp.float64}
@@ -120,9 +121,9 @@ def batch_norm(module: nn.Module, x, name: str, train: bool, epsilon: float = 1e
   own within the model's variables.
   """
   path = "/".join((*module.scope.path, name))
-  return nn.BatchNorm(use_running_average=not train or path in frozen,
-                      momentum=momentum, epsilon=epsilon,
-                      **batch_norm_dtypes(module.dtype, module.param_dtype), name=name)(x)
+  return BatchNorm(use_running_average=not train or path in frozen, momentum=momentum,
+                   epsilon=epsilon, **batch_norm_dtypes(module.dtype, module.param_dtype),
+                   name=name)(x)
 
 
 # MixStyle's Beta(alpha, alpha) for the mixing weight (Zhou et al. 2021's 0.1: mostly one
