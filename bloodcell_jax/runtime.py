@@ -13,8 +13,16 @@ the tests' conftest), never by importing the library.
 
 `keep_tensorflow_on_host()` (imports TensorFlow, so called where the pipeline is about to run):
 TensorFlow sees no GPU or TPU, whose memory belongs to JAX.
+
+`restart_with_tcmalloc()` (the programs' entry point, before anything heavy is imported):
+XLA:CPU executables allocate and free their temporary buffers on every step; glibc's malloc
+hands large ones back to the kernel and page-faults them in again, tcmalloc keeps them. Where
+tcmalloc is installed (Debian/Ubuntu: libtcmalloc-minimal4) and not loaded yet, the program
+starts again with it preloaded, unless BLOODCELL_JAX_ALLOCATOR=system. `allocator()` says
+which one runs, for the log.
 """
 
+import ctypes.util
 import importlib.metadata
 import os
 import sys
@@ -55,3 +63,34 @@ def keep_tensorflow_on_host() -> None:
       tf.config.set_visible_devices([], kind)
     except (ValueError, RuntimeError):  # a kind TensorFlow does not know, or already in use
       pass
+
+
+_ALLOCATOR_ENV = "BLOODCELL_JAX_ALLOCATOR"
+_TCMALLOC = "tcmalloc_minimal"
+
+
+def allocator() -> str:
+  """'tcmalloc' when it serves this process's memory, else 'system'."""
+  try:
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+      return "tcmalloc" if "libtcmalloc" in maps.read() else "system"
+  except OSError:  # not Linux
+    return "system"
+
+
+def restart_with_tcmalloc() -> None:
+  """Replaces this process by the same command with tcmalloc preloaded, where that applies
+  (module docstring); returns where it does not. Only for a program's entry point."""
+  if os.environ.get(_ALLOCATOR_ENV) or not sys.platform.startswith("linux"):
+    return  # asked for, or already restarted (the variable says which allocator was chosen)
+  library = ctypes.util.find_library(_TCMALLOC)
+  if not library or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+    return
+  env = {**os.environ, _ALLOCATOR_ENV: "tcmalloc",
+         "LD_PRELOAD": " ".join(filter(None, (os.environ.get("LD_PRELOAD"), library)))}
+  sys.stdout.flush()
+  sys.stderr.flush()
+  try:
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+  except OSError:
+    pass  # the program goes on with the system allocator; allocator() says so

@@ -57,8 +57,10 @@ def run_reporting_errors(main, argv) -> None:
 
 
 def run_program(main) -> None:
-  """Every program's entry point: flags parsed by `parse_flags`, `main` run by
+  """Every program's entry point: the process restarted with tcmalloc where it is installed
+  (`runtime.restart_with_tcmalloc`), flags parsed by `parse_flags`, `main` run by
   `run_reporting_errors`."""
+  runtime.restart_with_tcmalloc()
   app.run(lambda argv: run_reporting_errors(main, argv),
           flags_parser=lambda argv: parse_flags(argv, main.__module__))
 

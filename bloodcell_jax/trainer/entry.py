@@ -23,9 +23,10 @@ def train(config, workdir: str, provenance: Optional[dict] = None,
   import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name  (after the checks)
   if jax.process_index() != 0:  # one voice in the logs; other processes speak up on warnings
     logging.set_verbosity(logging.WARNING)
-  logging.info("JAX %s: process %d of %d, %d local / %d global devices (%s)", jax.__version__,
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count(), jax.devices()[0].platform)
+  logging.info("JAX %s: process %d of %d, %d local / %d global devices (%s), %s memory "
+               "allocator", jax.__version__, jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform,
+               runtime.allocator())
   # One run per workdir; the processes of a multi-process run share process 0's lock.
   with workdir_lib.exclusive(workdir, holder=jax.process_index() == 0):
     runtime.keep_tensorflow_on_host()
