@@ -12,8 +12,8 @@ hand-written VJP:
   copy of x (padding inside the fusion makes every tap a masked load, 2x
   slower); for stride 2 each tap's strided slice is padded inside the fusion,
   which is cheaper than a copy there.
-* input gradient: the same taps scattered back, each a padded (for stride 2
-  interior-padded) slice of the output gradient, summed in one fused loop.
+* input gradient: one copy of the output gradient, spread out by the stride
+  and padded, whose taps with the kernel flipped are summed like the forward's.
 * kernel gradient: output positions are cut into blocks of at most 6x6. One
   fused loop adds up, per block position, the k x k input window times the
   output gradient, leaving an (N, blocks, k, k, C) array that a plain
@@ -97,21 +97,40 @@ def _wide(dtype):
 def _cpu_forward(x, kernel, stride):
   v, kernel = x.astype(_wide(x.dtype)), kernel.astype(_wide(x.dtype))
   if stride == 1:
-    k = kernel.shape[0]
-    padded = _padded_input(v, k, 1)
-    n, h, w, c = v.shape
-    out = _tree_sum([lax.slice(padded, (0, i, j, 0), (n, i + h, j + w, c)) * kernel[i, j]
-                     for i in range(k) for j in range(k)])
+    out = _taps_of_padded(_padded_input(v, kernel.shape[0], 1), kernel, v.shape[1:3])
   else:
-    out = _shifted_sum(v, kernel, stride, v.shape[1:3], transpose=False)
+    out = _strided_taps(v, kernel, stride)
   return out.astype(x.dtype)
+
+
+def _taps_of_padded(padded, kernel, out_hw):
+  """Stride-1 correlation of an already padded array with `kernel`, over `out_hw` outputs."""
+  k = kernel.shape[0]
+  n, c = padded.shape[0], padded.shape[-1]
+  return _tree_sum([lax.slice(padded, (0, i, j, 0), (n, i + out_hw[0], j + out_hw[1], c))
+                    * kernel[i, j] for i in range(k) for j in range(k)])
 
 
 def _cpu_backward(x, kernel, g, stride):
   g = g.astype(_wide(g.dtype))
-  dx = _shifted_sum(g, kernel.astype(g.dtype), stride, x.shape[1:3], transpose=True)
+  dx = _input_grad(g, kernel.astype(g.dtype), stride, x.shape[1:3])
   dk = _kernel_grad(x.astype(g.dtype), g, kernel.shape[0], stride)
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+def _input_grad(g, kernel, stride, in_hw):
+  """The transpose of the strided "SAME" convolution: g spread out with stride - 1 zeros
+  between its values and padded, in one copy, then a stride-1 correlation with the kernel
+  flipped. XLA:CPU computes that copy once; as padded slices, each tap would recompute
+  whatever produced g (a BatchNorm's and an activation's gradients)."""
+  k = kernel.shape[0]
+  config = [(0, 0, 0)]
+  for size, out_size in zip(in_hw, g.shape[1:3]):
+    low = k - 1 - _same_pad_before(size, k, stride)
+    high = size + k - 1 - low - ((out_size - 1) * stride + 1)
+    config.append((low, high, stride - 1))
+  spread = lax.pad(g, jnp.zeros((), g.dtype), config + [(0, 0, 0)])
+  return _taps_of_padded(spread, kernel[::-1, ::-1], in_hw)
 
 
 def _same_pad_before(size, k, stride):
@@ -152,15 +171,12 @@ def _tap_range(size, out_size, offset, stride):
   return lo, hi
 
 
-def _shifted_sum(v, kernel, stride, in_hw, transpose):
-  """sum over taps (i, j) of kernel[i, j] times the input shifted by that tap.
-
-  Forward (`transpose=False`): v is x, the result is y. Transposed: v is the
-  output gradient, the result is the input gradient (the same taps scattered
-  back, with stride - 1 zeros between them). Each term is a padded slice, so
-  the border handling happens inside the one fused loop.
-  """
+def _strided_taps(x, kernel, stride):
+  """The strided forward: sum over taps (i, j) of kernel[i, j] times x's strided slice for that
+  tap, each padded to the output's size, so that the border handling happens inside the one
+  fused loop."""
   k = kernel.shape[0]
+  in_hw = x.shape[1:3]
   out_size = tuple(-(-n // stride) for n in in_hw)
   pads = tuple(_same_pad_before(n, k, stride) for n in in_hw)
   terms = []
@@ -170,14 +186,9 @@ def _shifted_sum(v, kernel, stride, in_hw, transpose):
       if any(hi <= lo for lo, hi in ranges):
         continue
       starts = [lo * stride + (i, j)[d] - pads[d] for d, (lo, _) in enumerate(ranges)]
-      if not transpose:
-        window = v[:, starts[0]:starts[0] + (ranges[0][1] - ranges[0][0] - 1) * stride + 1:stride,
-                   starts[1]:starts[1] + (ranges[1][1] - ranges[1][0] - 1) * stride + 1:stride]
-        config = [(lo, out_size[d] - hi, 0) for d, (lo, hi) in enumerate(ranges)]
-      else:
-        window = v[:, ranges[0][0]:ranges[0][1], ranges[1][0]:ranges[1][1]]
-        config = [(start, in_hw[d] - start - (hi - lo - 1) * stride - 1, stride - 1)
-                  for d, (start, (lo, hi)) in enumerate(zip(starts, ranges))]
+      window = x[:, starts[0]:starts[0] + (ranges[0][1] - ranges[0][0] - 1) * stride + 1:stride,
+                 starts[1]:starts[1] + (ranges[1][1] - ranges[1][0] - 1) * stride + 1:stride]
+      config = [(lo, out_size[d] - hi, 0) for d, (lo, hi) in enumerate(ranges)]
       term = window * kernel[i, j]
       terms.append(lax.pad(term, jnp.zeros((), term.dtype), [(0, 0, 0), *config, (0, 0, 0)]))
   return _tree_sum(terms)

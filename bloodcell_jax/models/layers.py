@@ -113,17 +113,18 @@ def batch_norm_dtypes(dtype, param_dtype) -> dict:
 
 
 def batch_norm(module: nn.Module, x, name: str, train: bool, epsilon: float = 1e-3,
-               frozen: Tuple[str, ...] = (), momentum: float = BATCH_NORM_MOMENTUM):
+               frozen: Tuple[str, ...] = (), momentum: float = BATCH_NORM_MOMENTUM,
+               product_gradient: bool = True):
   """Keras's BatchNorm (momentum 0.9 unless the model says otherwise) as `module`'s child.
 
   `frozen` holds module paths ("block2b/expand_bn") of BatchNorm layers that run on their
   running statistics even while training (Keras's frozen layers); the path is this layer's
-  own within the model's variables.
+  own within the model's variables. `product_gradient`: see models/batch_norm.py.
   """
   path = "/".join((*module.scope.path, name))
   return BatchNorm(use_running_average=not train or path in frozen, momentum=momentum,
                    epsilon=epsilon, **batch_norm_dtypes(module.dtype, module.param_dtype),
-                   name=name)(x)
+                   product_gradient=product_gradient, name=name)(x)
 
 
 # MixStyle's Beta(alpha, alpha) for the mixing weight (Zhou et al. 2021's 0.1: mostly one

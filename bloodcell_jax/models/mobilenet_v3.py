@@ -123,7 +123,10 @@ def _conv(module, width, name, bias=False):
 
 
 def _bn(module, x, name, train):
-  return batch_norm(module, x, name, train, BN_EPSILON, module.frozen_bn, BN_MOMENTUM)
+  # JAX's derivative: the gradients reaching these BatchNorms are hard-swish and
+  # squeeze-excitation fusions (models/batch_norm.py).
+  return batch_norm(module, x, name, train, BN_EPSILON, module.frozen_bn, BN_MOMENTUM,
+                    product_gradient=False)
 
 
 class Block(nn.Module):

@@ -34,15 +34,16 @@ def train_step_outputs(module, x, g, params):
   return y, new_stats, grads[0], grads[1]
 
 
+@pytest.mark.parametrize("product_gradient", [True, False])
 @pytest.mark.parametrize("shape", [(16, 12, 12, 32), (8, 3, 3, 256)])
-def test_training_mode_matches_flax(shape):
+def test_training_mode_matches_flax(shape, product_gradient):
   keys = jax.random.split(jax.random.PRNGKey(1), 2)
   x = 2.0 * jax.random.normal(keys[0], shape) + 0.7
   g = jax.random.normal(keys[1], shape)
   c = shape[-1]
   params = {"scale": jnp.linspace(0.5, 1.5, c), "bias": jnp.linspace(-1.0, 1.0, c)}
   kwargs = dict(use_running_average=False, momentum=0.9, epsilon=1e-3)
-  ours = train_step_outputs(BatchNorm(**kwargs), x, g, params)
+  ours = train_step_outputs(BatchNorm(**kwargs, product_gradient=product_gradient), x, g, params)
   theirs = train_step_outputs(nn.BatchNorm(**kwargs), x, g, params)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
     np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(b))))
