@@ -105,9 +105,8 @@ def prepare_input(x, framing_method: str, input_norm: str, dtype):
 
 
 def batch_norm_dtypes(dtype, param_dtype) -> dict:
-  """BatchNorm's dtype arguments. Its running statistics stay float32 unless the
-  parameters are float64: they would otherwise be created float32 and the first
-  float64 update would change their dtype."""
+  """BatchNorm's dtype arguments: statistics and running averages in float32, or in float64
+  when the parameters are (numerical checks with JAX_ENABLE_X64)."""
   return {"dtype": dtype, "param_dtype": param_dtype,
           "force_float32_reductions": jnp.dtype(param_dtype) != jnp.float64}
 
