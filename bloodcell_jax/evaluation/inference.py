@@ -9,7 +9,6 @@ from typing import Any, List, NamedTuple
 import jax
 import ml_collections
 import numpy as np
-import optax
 
 from bloodcell_jax import models
 from bloodcell_jax.config import recorded
@@ -42,16 +41,16 @@ def load_run(workdir: str, ema: bool = False) -> LoadedRun:
     raise run_files.damaged(manifest_path, "no class_names list")
   mesh = sharding.make_mesh()
   model = models.build_model(config, len(class_names))
-  state, _ = steps.create_train_state(model, lambda p: optax.identity(),
-                                      jax.random.PRNGKey(0), config.image_size, mesh)
   weights = checkpoint.run_variables(workdir, "--workdir", ema=ema)
   if weights is None:
     raise UserError(f"--workdir={workdir}: no readable checkpoint in {workdir}/checkpoints")
   if weights.skipped:
     logging.warning("--workdir=%s: using the %s", workdir, weights.describe())
-  state = jax.device_put(state.replace(params=weights.variables["params"],
-                                       batch_stats=weights.variables["batch_stats"]),
-                         sharding.replicated(mesh))
+  try:
+    state = steps.inference_state(model, weights.variables, config.image_size, mesh)
+  except ValueError as e:
+    raise UserError(f"--workdir={workdir}: its {weights.describe()} does not fit the model "
+                    f"its config.json describes: {e}") from None
   return LoadedRun(config, class_names, model, state, weights)
 
 

@@ -82,6 +82,26 @@ def create_train_state(model, tx_factory, rng, image_size: int, mesh, *,
   return state, tx
 
 
+def inference_state(model, variables: dict, image_size: int, mesh) -> TrainState:
+  """A state holding restored `variables` ({"params", "batch_stats"}) for evaluation, replicated
+  on the mesh: no optimizer, and no initialisation to compile (a second or more of a short
+  prediction's time). A tree that is not `model`'s raises ValueError naming the first
+  difference."""
+  leaf_shapes = lambda tree: {jax.tree_util.keystr(path): np.shape(leaf)
+                              for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  expected = dict(zip(("params", "batch_stats"), variable_shapes(model, image_size)))
+  for collection, shapes in expected.items():
+    want, got = leaf_shapes(shapes), leaf_shapes(variables.get(collection) or {})
+    for path in sorted(want.keys() | got.keys()):
+      if want.get(path) != got.get(path):
+        raise ValueError(f"{collection}{path}: {got.get(path, 'missing')} in the checkpoint, "
+                         f"{want.get(path, 'absent')} in the model")
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                     batch_stats=variables.get("batch_stats") or {}, opt_state=(),
+                     rng=jax.random.PRNGKey(0))
+  return jax.device_put(state, sharding.replicated(mesh))
+
+
 def _ema_start(params, batch_stats) -> dict:
   return {"params": params, "batch_stats": batch_stats}
 
