@@ -143,6 +143,7 @@ def _in_batches(step, state, images: np.ndarray, batch_size: int):
   """`step(state, batch)` over `images` in padded batches split over the device mesh, each
   output (one array, or a tuple) concatenated without the padding."""
   mesh = sharding.make_mesh()
+  batch_size = max(1, min(batch_size, len(images)))  # a few images: one small batch, not padded
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
   outputs = []
   for start in range(0, len(images), batch_size):
