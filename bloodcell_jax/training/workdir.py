@@ -151,13 +151,13 @@ def check_identity(workdir: str, config: dict, manifest: dict, warn: bool = True
   manifest_path = os.path.join(workdir, run_files.SPLIT_MANIFEST)
   if not os.path.isfile(config_path):
     return
-  before = flat.leaves(recorded.upgrade_recorded(_read_json(config_path)))
+  before = flat.leaves(recorded.upgrade_recorded(run_files.read_json(config_path)))
   now = flat.leaves(config)
   changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
   defining = [k for k in changed if (k == "image_size" or k.startswith("model."))
               and k not in _MODEL_KEYS_FREE_ON_RESUME]
   if os.path.isfile(manifest_path):
-    defining += _data_differences(_read_json(manifest_path), manifest)
+    defining += _data_differences(run_files.read_json(manifest_path), manifest)
   if defining:
     raise UserError(f"--workdir={workdir}: holds a run of another model or data set "
                     f"({'; '.join(_describe(k, before, now) for k in defining)}); its "
@@ -183,12 +183,3 @@ def _describe(key: str, recorded: dict, now: dict) -> str:
   if key in recorded or key in now:
     return f"{key}: {recorded.get(key)!r} -> {now.get(key)!r}"
   return f"{key} differ"
-
-
-def _read_json(path: str) -> dict:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(f"{path}: unreadable ({e}); it records what the workdir holds: restore it "
-                    "or use a new --workdir") from None
