@@ -84,6 +84,7 @@ class Predicted(NamedTuple):
   probabilities: np.ndarray
   weights: str  # which weights (or export) they came from
   trust: Optional[dict]  # ood.OodModel.scores of each image; None without an ood model
+  images: np.ndarray  # as read for the model, at its image size
 
 
 def run_probabilities(workdir: str, input_path: str) -> Predicted:
@@ -110,7 +111,7 @@ def run_probabilities(workdir: str, input_path: str) -> Predicted:
   else:
     probabilities = inference.predict(model, state, images, _BATCH_SIZE.value, _TTA.value,
                                       temperature)
-  return Predicted(ids, class_names, probabilities, weights.describe(), trust)
+  return Predicted(ids, class_names, probabilities, weights.describe(), trust, images)
 
 
 def model_probabilities(path: str, input_path: str) -> Predicted:
@@ -126,7 +127,7 @@ def model_probabilities(path: str, input_path: str) -> Predicted:
   if model.ood is not None:
     trust = model.ood.scores(outputs["logits"], outputs.get("features"), images)
   return Predicted(ids, model.metadata["class_names"], outputs["probabilities"],
-                   runtimes.weights_described(model.metadata), trust)
+                   runtimes.weights_described(model.metadata), trust, images)
 
 
 def main(argv):
@@ -178,7 +179,8 @@ def main(argv):
       abstain=None if not _ABSTAIN.value else trust["flag"] != "ok")
   explained = ""
   if _EXPLAIN.value:
-    explained = f"; {write_explanations(_WORKDIR.value[0], ids, total, class_names)}"
+    explained = "; " + write_explanations(_WORKDIR.value[0], ids, predicted[0].images, total,
+                                          class_names)
   runs = f" (mean of {len(sources)} models)" if len(sources) > 1 else ""
   print(f"wrote {len(ids)} predictions to {_OUTPUT.value}{runs}{restricted}{explained}; "
         + (_flagged(trust) if trust is not None else _no_trust(sources, predicted))
@@ -201,7 +203,7 @@ def _check_explain_folder(path: str) -> None:
                                 "--explain")
 
 
-def write_explanations(workdir: str, ids, probabilities, class_names) -> str:
+def write_explanations(workdir: str, ids, images, probabilities, class_names) -> str:
   """--explain: a PNG per image of why the run gave it the predicted class; says where."""
   import os  # pylint: disable=g-import-not-at-top
 
@@ -209,7 +211,6 @@ def write_explanations(workdir: str, ids, probabilities, class_names) -> str:
 
   from bloodcell_jax.evaluation import explain, inference  # pylint: disable=g-import-not-at-top
   config, _, model, state, _ = inference.load_run(workdir, _EMA.value)
-  _, images = inference.read_unlabelled(_INPUT.value, config.image_size)
   predicted = probabilities.argmax(axis=1)
   drawn = explain.pictures(model, state, images, predicted, config.model.get("framing", "none"))
   os.makedirs(_EXPLAIN.value, exist_ok=True)
