@@ -4,11 +4,12 @@ against flax.linen.BatchNorm in the same model, both measured against float64.
   python benchmarks/gradient_precision.py [--config=configs/cnn.py] [--batch=64] [--seed=0]
 
 One batch of uniform random images and labels, the recipe's model with its initial weights
-and without dropout (whose float32 and float64 masks differ), and the gradient of the
-cross-entropy with respect to every parameter, three times: in float32 with each BatchNorm,
-and in float64 (the reference; both BatchNorms agree there to 1e-13). Prints one JSON line per
-parameter, {"bench": "gradient_precision", "param", "ours", "flax"}: the relative L2 error
-|g32 - g64| / |g64|, then a summary line with the largest of each.
+and without dropout or stochastic depth (whose float32 and float64 masks differ), and the
+gradient of the cross-entropy with respect to every parameter, three times: in float32 with
+each BatchNorm, and in float64 (the reference; both BatchNorms agree there to 1e-13).
+
+Prints one JSON line per parameter, {"bench": "gradient_precision", "param", "ours", "flax"}:
+the relative L2 error |g32 - g64| / |g64|; then a summary line with the largest of each.
 """
 
 import argparse
@@ -42,7 +43,9 @@ def recipe(path: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  config.model.dropout = 0.0
+  for key in config.model:  # dropout, top_dropout, drop_connect_rate, ...
+    if "drop" in key:
+      config.model[key] = 0.0
   return config
 
 
