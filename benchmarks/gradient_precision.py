@@ -13,14 +13,10 @@ the relative L2 error |g32 - g64| / |g64|; then a summary line with the largest 
 """
 
 import argparse
-import importlib.util
 import json
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+import step_setup  # pylint: disable=g-bad-import-order  (puts the project on sys.path)
 
 from bloodcell_jax import runtime  # pylint: disable=g-bad-import-order
 
@@ -39,10 +35,7 @@ NUM_CLASSES = 8
 
 
 def recipe(path: str):
-  spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = step_setup.load_config(path)
   for key in config.model:  # dropout, top_dropout, drop_connect_rate, ...
     if "drop" in key:
       config.model[key] = 0.0
@@ -77,17 +70,15 @@ def relative_errors(approximate, exact) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/cnn.py")
+  parser.add_argument("--config", default=os.path.join(step_setup.ROOT, "configs", "cnn.py"))
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   config = recipe(args.config)
   params, batch_stats = jax.device_get(steps.init_variables(
       models.build_model(config, NUM_CLASSES), jax.random.PRNGKey(args.seed), config.image_size))
-  rng = np.random.default_rng(args.seed)
-  images = rng.uniform(0, 255, (args.batch, config.image_size, config.image_size, 3))
-  labels = rng.integers(0, NUM_CLASSES, args.batch)
-  images = images.astype(np.float32)  # the same values in both precisions
+  images, labels = step_setup.random_batch(args.batch, config.image_size, NUM_CLASSES,
+                                           args.seed)  # float32 values, the same in float64
   with jax.enable_x64():
     exact = gradients(config, params, batch_stats, images, labels, jnp.float64)
   ours = relative_errors(gradients(config, params, batch_stats, images, labels, jnp.float32),

@@ -27,9 +27,13 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import step_setup  # pylint: disable=g-bad-import-order  (puts the project on sys.path)
+
+from bloodcell_jax.data.sources import IMAGE_EXTENSIONS  # pylint: disable=g-import-not-at-top
+
+ROOT = step_setup.ROOT
 PROGRAM = [sys.executable, "-m", "bloodcell_jax.cli.predict"]
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+JAX = "jax (--workdir)"
 
 
 def copy_images(source: str, count: int, destination: str) -> int:
@@ -98,7 +102,7 @@ def main():
   with tempfile.TemporaryDirectory(prefix="bloodcell_predict_bench_") as scratch:
     folder = os.path.join(scratch, "images")
     count = copy_images(args.input, args.images, folder)
-    sources = {"jax (--workdir)": f"--workdir={workdir}"}
+    sources = {JAX: f"--workdir={workdir}"}
     for export_format in args.formats.split(","):
       path = os.path.join(scratch, f"model.{export_format}")
       seconds = export(workdir, export_format, path)
@@ -111,7 +115,7 @@ def main():
     for _ in range(args.repeats):
       for name, flag in sources.items():
         times[name].append(predict_seconds(flag, folder, outputs[name], args.batch_size))
-    reference = read_rows(outputs["jax (--workdir)"])
+    reference = read_rows(outputs[JAX])
     medians = {}
     for name, seconds in times.items():
       medians[name] = statistics.median(seconds)
@@ -120,11 +124,11 @@ def main():
                         "images_per_s": round(count / medians[name], 1),
                         "all_seconds": [round(s, 2) for s in seconds],
                         **agreement(reference, read_rows(outputs[name]))}), flush=True)
-  exported = {name: s for name, s in medians.items() if name != "jax (--workdir)"}
+  exported = {name: s for name, s in medians.items() if name != JAX}
   fastest = min(exported, key=exported.get)
   print(json.dumps({"bench": "predict", "summary": "exported runtimes' fastest / jax",
                     "fastest_export": fastest,
-                    "ratio": round(exported[fastest] / medians["jax (--workdir)"], 3)}))
+                    "ratio": round(exported[fastest] / medians[JAX], 3)}))
 
 
 if __name__ == "__main__":
