@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.models import pooling
 from bloodcell_jax.models.framing import FRAMINGS
 from bloodcell_jax.models.layers import (
   INPUT_NORMS,
@@ -56,12 +57,17 @@ class CNN(nn.Module):
     act = _ACTIVATIONS[self.activation]
     x = prepare_input(x, self.framing, self.input_norm, self.dtype) / 255.0
     for i, features in enumerate(self.filters):
-      x = nn.Conv(features, (self.kernel_size, self.kernel_size), padding="SAME",
-                  use_bias=self.norm == "none", **self._dtypes, name=f"conv{i}")(x)
       # Pool first: for a monotone activation max-pooling commutes with it, and the
       # normalisation and activation then touch 4x fewer values (the step's
       # memory traffic, not its FLOPs, dominates on CPU).
-      x = max_pool_2x2(x)
+      if not train and pooling.fuses(x.shape[-1], self.kernel_size):
+        # The same parameters, convolution and pooling in one loop on CPU (pooling.py).
+        x = pooling.ConvMaxPool(features, self.kernel_size, use_bias=self.norm == "none",
+                                **self._dtypes, name=f"conv{i}")(x)
+      else:
+        x = max_pool_2x2(nn.Conv(features, (self.kernel_size, self.kernel_size), padding="SAME",
+                                 use_bias=self.norm == "none", **self._dtypes,
+                                 name=f"conv{i}")(x))
       x = act(self._normalize(x, train, f"norm{i}"))
       if train and self.mix_style > 0 and i < _MIX_STYLE_BLOCKS:
         x = mix_style(x, self.make_rng("dropout"), self.mix_style)

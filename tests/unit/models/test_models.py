@@ -11,7 +11,7 @@ from bloodcell_jax import models
 from bloodcell_jax.augment import ops as augment
 from bloodcell_jax.config import recipes
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import layers
+from bloodcell_jax.models import layers, pooling, portable
 from bloodcell_jax.models.layers import max_pool_2x2, normalize_input
 from helpers import ROOT
 
@@ -28,6 +28,33 @@ def test_max_pool_and_its_gradient_match_reduce_window(shape):
   ours = jax.grad(lambda x: jnp.vdot(max_pool_2x2(x), cotangent))(x)
   reference = jax.grad(lambda x: jnp.vdot(reference_pool(x), cotangent))(x)
   np.testing.assert_allclose(ours, reference, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, kernel_size", [((2, 9, 7, 3), 3), ((1, 8, 8, 1), 5)])
+def test_fused_conv_max_pool_equals_the_convolution_then_the_pooling(shape, kernel_size):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (kernel_size, kernel_size, shape[3], 16))
+  assert pooling.fuses(shape[3], kernel_size)
+  unfused = max_pool_2x2(jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                                      dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  fused = jax.jit(pooling.conv_max_pool)(x, kernel)
+  assert fused.shape == (shape[0], shape[1] // 2, shape[2] // 2, 16)
+  np.testing.assert_allclose(fused, unfused, rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), fused.shape)
+  gradients = lambda f: jax.grad(lambda x, k: jnp.vdot(f(x, k), cotangent), argnums=(0, 1))
+  for ours, reference in zip(gradients(pooling.conv_max_pool)(x, kernel),
+                             gradients(pooling._unfused)(x, kernel)):
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_cnn_trains_unfused_and_predicts_fused_with_the_same_parameters():
+  model = models.get_model("cnn", num_classes=3, filters=(4, 8), dense_units=6, norm="batch")
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3), maxval=255.0)
+  initialised = [model.init(jax.random.PRNGKey(1), x, train=train) for train in (False, True)]
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), *initialised))
+  with portable.standard_ops():  # the unfused convolution and pooling, as exported
+    unfused = model.apply(initialised[0], x)
+  np.testing.assert_allclose(model.apply(initialised[0], x), unfused, rtol=1e-5, atol=1e-6)
 
 
 def test_cnn_without_norm_equals_the_study_block_order():
