@@ -95,10 +95,18 @@ def run_probabilities(workdir: str, input_path: str) -> Predicted:
   _check_classes(class_names)
   temperature = inference.run_temperature(workdir, _EMA.value) if _CALIBRATED.value else 1.0
   ood_model = inference.ood_model(workdir, _EMA.value)
-  ids, images = inference.read_unlabelled(input_path, config.image_size)
+  layer = inference.classifier_layer(config) if ood_model is not None else ""
+  ahead = []  # the forward pass compiling while the images are decoded (the common case)
+
+  def compile_ahead(count):
+    ahead.append(inference.compile_ahead(inference.features_step(model, layer), state, count,
+                                         _BATCH_SIZE.value, config.image_size))
+  ids, images = inference.read_unlabelled(input_path, config.image_size,
+                                          compile_ahead if layer else None)
+  for thread in ahead:
+    thread.join()
   trust, logits = None, None
   if ood_model is not None:
-    layer = inference.classifier_layer(config)
     logits, features = (inference.logits_and_features(model, state, images, _BATCH_SIZE.value,
                                                       layer) if layer else
                         (np.log(inference.predict(model, state, images, _BATCH_SIZE.value)),

@@ -4,7 +4,8 @@ of image arrays computed on the device mesh (shared by predict, robustness and t
 import functools
 import logging
 import os
-from typing import Any, List, NamedTuple
+import threading
+from typing import Any, Callable, List, NamedTuple, Optional
 
 import jax
 import ml_collections
@@ -54,19 +55,25 @@ def load_run(workdir: str, ema: bool = False) -> LoadedRun:
   return LoadedRun(config, class_names, model, state, weights)
 
 
-def read_unlabelled(path: str, image_size: int):
-  """(ids, uint8 images) for every image under a folder, or every row of an .npz."""
+def read_unlabelled(path: str, image_size: int,
+                    listed: Optional[Callable[[int], Any]] = None):
+  """(ids, uint8 images) for every image under a folder, or every row of an .npz. `listed` is
+  called with the number of images before a folder's images are decoded."""
   if not os.path.exists(path):
     raise UserError(f"{path}: no such file or directory")
   if os.path.isdir(path):
     ids, _ = sources.image_files(path)
     if not ids:
       raise UserError(f"{path}: no {'/'.join(sources.IMAGE_EXTENSIONS)} images found")
+    if listed:
+      listed(len(ids))
     read = [sources.read_image_file(os.path.join(path, i), image_size) for i in ids]
     sources.warn_tiny(path, ids, [r.size for r in read], image_size)
     return ids, np.stack([r.image for r in read])
   if path.endswith(".npz"):
     data = sources.read_npz(path, image_size, split="test", labelled=False)
+    if listed:
+      listed(len(data.ids))
     return data.ids.tolist(), data.images
   raise UserError(f"{path}: expected an image folder or an .npz file")
 
@@ -139,12 +146,42 @@ def logits_and_features(model, state, images: np.ndarray, batch_size: int, layer
   return _in_batches(step, state, images, batch_size)
 
 
+def features_step(model, layer: str):
+  """The jitted step of `logits_and_features`, for `compile_ahead`."""
+  return _logits_and_features(model, sharding.make_mesh(), layer)
+
+
+def compile_ahead(step, state, count: int, batch_size: int, image_size: int) -> threading.Thread:
+  """Starts compiling `step(state, batch)` for the batches `_in_batches` will give it for
+  `count` images, in a thread: XLA releases Python's lock while it compiles, so this overlaps
+  reading the images (0.2-0.4 s of a short prediction). join() it before the first batch; a
+  failure is left to that batch to report."""
+  mesh = sharding.make_mesh()
+  batch = jax.ShapeDtypeStruct((_padded_batch_size(batch_size, count), image_size, image_size, 3),
+                               np.float32, sharding=sharding.batch_sharded(mesh))
+
+  def compile_quietly():
+    try:
+      step.lower(state, batch).compile()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+  thread = threading.Thread(target=compile_quietly, daemon=True)
+  thread.start()
+  return thread
+
+
+def _padded_batch_size(batch_size: int, count: int) -> int:
+  """A few images run as one small batch, not padded; a batch splits evenly over the devices."""
+  batch_size = max(1, min(batch_size, count))
+  return -(-batch_size // jax.device_count()) * jax.device_count()
+
+
 def _in_batches(step, state, images: np.ndarray, batch_size: int):
   """`step(state, batch)` over `images` in padded batches split over the device mesh, each
   output (one array, or a tuple) concatenated without the padding."""
   mesh = sharding.make_mesh()
-  batch_size = max(1, min(batch_size, len(images)))  # a few images: one small batch, not padded
-  batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+  batch_size = _padded_batch_size(batch_size, len(images))
   outputs = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size].astype(np.float32)
