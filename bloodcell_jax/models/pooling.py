@@ -6,15 +6,16 @@ With 3 input channels a 3x3 convolution has 27 products per output, too few for 
 convolution to be anything but memory-bound, and the full-resolution map it writes is read
 again by the pooling that quarters it. On CPU it is one fused loop instead: for each of the
 four positions of a pooling window, the k*k*C taps (strided slices of the padded input) times
-the kernel, summed; the largest of the four is kept with its position, and the
-full-resolution map never reaches memory. At batch 256 and 96x96 that is 3x faster than the
-convolution and the pooling (30 against 95-110 ms, 2 CPU cores).
+the kernel, summed; the largest of the four is kept, and the full-resolution map never
+reaches memory. At batch 256 and 96x96 that is 3x faster than the convolution and the
+pooling (30 against 95-110 ms, 2 CPU cores).
 
-Its gradient, by JAX's autodiff of those sums and maxima, is slower than the unfused pair's,
-so training keeps the pair (nn.Conv, then max_pool_2x2) and evaluation and prediction use the
-fused loop (`ConvMaxPool`, the same parameters). Other platforms, and `portable.standard_ops()`
-(export), run the convolution and then `max_pool_2x2`. Both pool VALID: an odd last row or
-column is dropped, as in Keras.
+A gradient written for it (each output gradient routed to its window's maximum, then XLA's
+convolution gradients) was no faster than the unfused pair's, so training keeps the pair
+(nn.Conv, then max_pool_2x2), and evaluation and prediction use the fused loop (`ConvMaxPool`,
+the same parameters); JAX differentiates the loop where a gradient is taken. Other platforms,
+and `portable.standard_ops()` (export), run the convolution and then `max_pool_2x2`. Both
+pool VALID: an odd last row or column is dropped, as in Keras.
 """
 
 import functools
