@@ -65,8 +65,11 @@ def exportable(name: str, with_ood: bool = False, **model_args) -> export.Export
   outputs = export.output_function(model, layer=layer if with_ood else "")
   if not with_ood:
     return export.Exportable(outputs, variables, SIZE, metadata)
-  found = jax.jit(outputs)(variables, cells)
-  fitted = ood.fit(found["features"], np.arange(16) % 8, found["logits"], found["features"],
+  # Scales fitted on the training cells themselves would have no spread (every distance the
+  # same), and any rounding difference between runtimes would be amplified 1e12-fold: the
+  # cells turned upside down stand for validation images.
+  found, flipped = (jax.jit(outputs)(variables, c) for c in (cells, cells[:, ::-1]))
+  fitted = ood.fit(found["features"], np.arange(16) % 8, flipped["logits"], flipped["features"],
                    cells, num_classes=8, temperature=1.0, confidence="msp",
                    feature="mahalanobis", pass_fraction=0.9, k=3,
                    cleaning_settings=settings.CleaningSettings())
