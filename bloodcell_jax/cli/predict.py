@@ -91,20 +91,20 @@ def run_probabilities(workdir: str, input_path: str) -> Predicted:
   """One run's predictions of `input_path`, as the flags ask, with its out-of-distribution
   scores when the run has an ood model."""
   from bloodcell_jax.evaluation import adaptation, inference, ood  # pylint: disable=g-import-not-at-top
-  config, class_names, model, state, weights = inference.load_run(workdir, _EMA.value)
+  opened = inference.open_run(workdir)
+  config, class_names, model = opened
   _check_classes(class_names)
   temperature = inference.run_temperature(workdir, _EMA.value) if _CALIBRATED.value else 1.0
   ood_model = inference.ood_model(workdir, _EMA.value)
+  unlabelled = inference.open_unlabelled(input_path, config.image_size)
   layer = inference.classifier_layer(config) if ood_model is not None else ""
-  ahead = []  # the forward pass compiling while the images are decoded (the common case)
-
-  def compile_ahead(count):
-    ahead.append(inference.compile_ahead(inference.features_step(model, layer), state, count,
-                                         _BATCH_SIZE.value, config.image_size))
-  ids, images = inference.read_unlabelled(input_path, config.image_size,
-                                          compile_ahead if layer else None)
-  for thread in ahead:
-    thread.join()
+  # The common case's forward pass compiles while the checkpoint and the images are read.
+  ahead = (inference.compile_ahead(inference.features_step(model, layer), opened,
+                                   len(unlabelled.ids), _BATCH_SIZE.value) if layer else None)
+  state, weights = inference.restore_run(workdir, opened, _EMA.value)
+  ids, images = unlabelled.ids, unlabelled.read()
+  if ahead:
+    ahead.join()
   trust, logits = None, None
   if ood_model is not None:
     logits, features = (inference.logits_and_features(model, state, images, _BATCH_SIZE.value,

@@ -5,7 +5,7 @@ import functools
 import logging
 import os
 import threading
-from typing import Any, Callable, List, NamedTuple, Optional
+from typing import Any, Callable, List, NamedTuple
 
 import jax
 import ml_collections
@@ -19,6 +19,12 @@ from bloodcell_jax.evaluation import tta as tta_lib
 from bloodcell_jax.training import checkpoint, run_files, sharding, steps
 
 
+class OpenedRun(NamedTuple):
+  config: ml_collections.ConfigDict
+  class_names: List[str]
+  model: Any
+
+
 class LoadedRun(NamedTuple):
   config: ml_collections.ConfigDict
   class_names: List[str]
@@ -30,6 +36,12 @@ class LoadedRun(NamedTuple):
 def load_run(workdir: str, ema: bool = False) -> LoadedRun:
   """The best checkpoint in `workdir` (its weight average with `ema`; the newest readable one
   when the best is unreadable, and `weights` says so), with the run's config and classes."""
+  opened = open_run(workdir)
+  return LoadedRun(*opened, *restore_run(workdir, opened, ema))
+
+
+def open_run(workdir: str) -> OpenedRun:
+  """The run's config, class names and model, from its config.json and split manifest."""
   for name in (run_files.CONFIG, run_files.SPLIT_MANIFEST):
     if not os.path.isfile(os.path.join(workdir, name)):
       raise UserError(f"{os.path.join(workdir, name)}: missing; --workdir must be a training "
@@ -40,42 +52,55 @@ def load_run(workdir: str, ema: bool = False) -> LoadedRun:
   class_names = run_files.read_json(manifest_path).get("class_names")
   if not (isinstance(class_names, list) and class_names):
     raise run_files.damaged(manifest_path, "no class_names list")
-  mesh = sharding.make_mesh()
-  model = models.build_model(config, len(class_names))
+  return OpenedRun(config, class_names, models.build_model(config, len(class_names)))
+
+
+def restore_run(workdir: str, opened: OpenedRun, ema: bool = False):
+  """(state, weights) of `load_run` for a run opened with `open_run`."""
   weights = checkpoint.run_variables(workdir, "--workdir", ema=ema)
   if weights is None:
     raise UserError(f"--workdir={workdir}: no readable checkpoint in {workdir}/checkpoints")
   if weights.skipped:
     logging.warning("--workdir=%s: using the %s", workdir, weights.describe())
   try:
-    state = steps.inference_state(model, weights.variables, config.image_size, mesh)
+    state = steps.inference_state(opened.model, weights.variables, opened.config.image_size,
+                                  sharding.make_mesh())
   except ValueError as e:
     raise UserError(f"--workdir={workdir}: its {weights.describe()} does not fit the model "
                     f"its config.json describes: {e}") from None
-  return LoadedRun(config, class_names, model, state, weights)
+  return state, weights
 
 
-def read_unlabelled(path: str, image_size: int,
-                    listed: Optional[Callable[[int], Any]] = None):
-  """(ids, uint8 images) for every image under a folder, or every row of an .npz. `listed` is
-  called with the number of images before a folder's images are decoded."""
+class Unlabelled(NamedTuple):
+  ids: List[str]  # paths relative to the folder, or an .npz's row ids
+  read: Callable[[], np.ndarray]  # the uint8 images, decoded when called
+
+
+def open_unlabelled(path: str, image_size: int) -> Unlabelled:
+  """Every image under a folder, or every row of an .npz: their ids now, the images when
+  `read()` (a folder's are decoded then)."""
   if not os.path.exists(path):
     raise UserError(f"{path}: no such file or directory")
   if os.path.isdir(path):
     ids, _ = sources.image_files(path)
     if not ids:
       raise UserError(f"{path}: no {'/'.join(sources.IMAGE_EXTENSIONS)} images found")
-    if listed:
-      listed(len(ids))
-    read = [sources.read_image_file(os.path.join(path, i), image_size) for i in ids]
-    sources.warn_tiny(path, ids, [r.size for r in read], image_size)
-    return ids, np.stack([r.image for r in read])
+
+    def read():
+      decoded = [sources.read_image_file(os.path.join(path, i), image_size) for i in ids]
+      sources.warn_tiny(path, ids, [r.size for r in decoded], image_size)
+      return np.stack([r.image for r in decoded])
+    return Unlabelled(ids, read)
   if path.endswith(".npz"):
     data = sources.read_npz(path, image_size, split="test", labelled=False)
-    if listed:
-      listed(len(data.ids))
-    return data.ids.tolist(), data.images
+    return Unlabelled(data.ids.tolist(), lambda: data.images)
   raise UserError(f"{path}: expected an image folder or an .npz file")
+
+
+def read_unlabelled(path: str, image_size: int):
+  """(ids, uint8 images) for every image under a folder, or every row of an .npz."""
+  unlabelled = open_unlabelled(path, image_size)
+  return unlabelled.ids, unlabelled.read()
 
 
 def read_labelled(path: str, image_size: int, class_names, where: str):
@@ -151,13 +176,14 @@ def features_step(model, layer: str):
   return _logits_and_features(model, sharding.make_mesh(), layer)
 
 
-def compile_ahead(step, state, count: int, batch_size: int, image_size: int) -> threading.Thread:
-  """Starts compiling `step(state, batch)` for the batches `_in_batches` will give it for
-  `count` images, in a thread: XLA releases Python's lock while it compiles, so this overlaps
-  reading the images (0.2-0.4 s of a short prediction). join() it before the first batch; a
-  failure is left to that batch to report."""
-  mesh = sharding.make_mesh()
-  batch = jax.ShapeDtypeStruct((_padded_batch_size(batch_size, count), image_size, image_size, 3),
+def compile_ahead(step, opened: OpenedRun, count: int, batch_size: int) -> threading.Thread:
+  """Starts compiling `step(state, batch)` for the opened run's state and the batches
+  `_in_batches` will give it for `count` images, in a thread: XLA releases Python's lock while
+  it compiles (0.2-0.4 s), so this overlaps restoring the checkpoint and reading the images.
+  join() it before the first batch; a failure is left to that batch to report."""
+  mesh, size = sharding.make_mesh(), opened.config.image_size
+  state = steps.inference_state_shapes(opened.model, size, mesh)
+  batch = jax.ShapeDtypeStruct((_padded_batch_size(batch_size, count), size, size, 3),
                                np.float32, sharding=sharding.batch_sharded(mesh))
 
   def compile_quietly():

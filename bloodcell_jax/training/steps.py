@@ -50,10 +50,16 @@ def init_variables(model, rng, image_size: int):
   return variables["params"], variables.get("batch_stats", {})
 
 
+def _key_shape():
+  """A PRNG key's shape and dtype; making a key would compile and run XLA programs."""
+  return jax.eval_shape(jax.random.PRNGKey, 0)
+
+
+@functools.lru_cache(maxsize=8)
 def variable_shapes(model, image_size: int):
-  """(params, batch_stats) as shapes (no computation)."""
+  """(params, batch_stats) as shapes (no computation; a trace of the model, kept)."""
   return jax.eval_shape(functools.partial(init_variables, model, image_size=image_size),
-                        jax.random.PRNGKey(0))
+                        _key_shape())
 
 
 def param_shapes(model, image_size: int):
@@ -96,10 +102,26 @@ def inference_state(model, variables: dict, image_size: int, mesh) -> TrainState
       if want.get(path) != got.get(path):
         raise ValueError(f"{collection}{path}: {got.get(path, 'missing')} in the checkpoint, "
                          f"{want.get(path, 'absent')} in the model")
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                     batch_stats=variables.get("batch_stats") or {}, opt_state=(),
-                     rng=jax.random.PRNGKey(0))
-  return jax.device_put(state, sharding.replicated(mesh))
+  return jax.device_put(_inference_state(variables["params"], variables.get("batch_stats") or {},
+                                         np.zeros), sharding.replicated(mesh))
+
+
+def inference_state_shapes(model, image_size: int, mesh) -> TrainState:
+  """The shapes and shardings of the state `inference_state` makes for `model`, to compile
+  for before the checkpoint is read."""
+  replicated = sharding.replicated(mesh)
+  params, batch_stats = variable_shapes(model, image_size)
+  state = _inference_state(params, batch_stats, jax.ShapeDtypeStruct)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                      state)
+
+
+def _inference_state(params, batch_stats, array) -> TrainState:
+  """A state of `params` and `batch_stats` with `array(shape, dtype)` for the step and the
+  key, which evaluation does not use (numpy zeros: making a key would compile programs)."""
+  key = _key_shape()
+  return TrainState(step=array((), np.int32), params=params, batch_stats=batch_stats,
+                    opt_state=(), rng=array(key.shape, key.dtype))
 
 
 def _ema_start(params, batch_stats) -> dict:
