@@ -102,7 +102,7 @@ def main():
   def scored(images):
     logits, features = inference.logits_and_features(run.model, run.state, images,
                                                      args.batch_size, layer)
-    return logits, trust.scores(logits, features, images)
+    return logits, trust.scores(logits, features, images, every=True)
 
   val = splits.load_splits(run.config.data, run.config.image_size,
                            run.config.data.split_seed).val

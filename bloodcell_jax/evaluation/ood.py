@@ -193,16 +193,18 @@ class OodModel:
   pass_fraction: float
 
   def scores(self, logits: np.ndarray, features: Optional[np.ndarray],
-             images: np.ndarray) -> Dict[str, np.ndarray]:
-    """Every score of each image: msp, energy, the feature scores, cell, colour, and the
-    combined `ood_score` (1 or more: flagged) with its `flag`."""
+             images: np.ndarray, every: bool = False) -> Dict[str, np.ndarray]:
+    """The scores of each image: msp, energy, the feature scores, cell, colour, and the
+    combined `ood_score` (1 or more: flagged) with its `flag`. The kNN distance (a search of
+    the training features) only where it flags, or with `every`."""
     found = {name: confidence_score(name, logits, self.temperature)
              for name in CONFIDENCE_SCORES}
     parts = [self.confidence_scales(found[self.confidence])]
     if self.features is not None and features is not None:
       distances = self.features.class_distances(features)
       found["mahalanobis"] = distances.min(axis=1)
-      if len(self.features.bank):  # an exported model keeps none unless it flags with kNN
+      # An exported model keeps no bank unless it flags with kNN.
+      if len(self.features.bank) and (every or self.feature == "knn"):
         found["knn"] = self.features.knn(features)
       found["feature_margin"] = feature_margin(distances, np.argmax(logits, axis=1))
       parts.append(self.feature_scales(found[self.feature]))

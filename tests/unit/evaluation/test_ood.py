@@ -127,11 +127,14 @@ def test_the_written_model_scores_like_the_fitted_one(fitted, cell_images, tmp_p
   path = tmp_path / ood.FILE
   path.write_bytes(ood.to_bytes(model))
   again = ood.from_file(str(path))
-  before = model.scores(logits[:20], features[:20], cell_images[:20])
-  after = again.scores(logits[:20], features[:20], cell_images[:20])
+  before = model.scores(logits[:20], features[:20], cell_images[:20], every=True)
+  after = again.scores(logits[:20], features[:20], cell_images[:20], every=True)
   for key in ("ood_score", "mahalanobis", "knn", "feature_margin", "cell", "colour"):
     np.testing.assert_allclose(after[key], before[key], rtol=1e-5, atol=1e-6)
   assert list(after["flag"]) == list(before["flag"])
+  flagging = again.scores(logits[:20], features[:20], cell_images[:20])  # mahalanobis flags
+  assert "knn" not in flagging and list(flagging["flag"]) == list(after["flag"])
+  np.testing.assert_array_equal(flagging["ood_score"], after["ood_score"])
 
 
 @pytest.mark.parametrize("contents", [b"", b"PK\x03\x04 cut short", b"not an npz at all"])
