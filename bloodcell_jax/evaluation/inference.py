@@ -167,8 +167,7 @@ def _logits_and_features(model, mesh, layer: str):
 def logits_and_features(model, state, images: np.ndarray, batch_size: int, layer: str):
   """(logits, penultimate features) of every image, the features being the input of the
   top-level module `layer` (classifier_layer)."""
-  step = _logits_and_features(model, sharding.make_mesh(), layer)
-  return _in_batches(step, state, images, batch_size)
+  return _in_batches(features_step(model, layer), state, images, batch_size)
 
 
 def features_step(model, layer: str):

@@ -60,14 +60,12 @@ class CNN(nn.Module):
       # Pool first: for a monotone activation max-pooling commutes with it, and the
       # normalisation and activation then touch 4x fewer values (the step's
       # memory traffic, not its FLOPs, dominates on CPU).
+      conv = {"use_bias": self.norm == "none", "name": f"conv{i}", **self._dtypes}
       if not train and pooling.fuses(x.shape[-1], self.kernel_size):
         # The same parameters, convolution and pooling in one loop on CPU (pooling.py).
-        x = pooling.ConvMaxPool(features, self.kernel_size, use_bias=self.norm == "none",
-                                **self._dtypes, name=f"conv{i}")(x)
+        x = pooling.ConvMaxPool(features, self.kernel_size, **conv)(x)
       else:
-        x = max_pool_2x2(nn.Conv(features, (self.kernel_size, self.kernel_size), padding="SAME",
-                                 use_bias=self.norm == "none", **self._dtypes,
-                                 name=f"conv{i}")(x))
+        x = max_pool_2x2(nn.Conv(features, (self.kernel_size,) * 2, padding="SAME", **conv)(x))
       x = act(self._normalize(x, train, f"norm{i}"))
       if train and self.mix_style > 0 and i < _MIX_STYLE_BLOCKS:
         x = mix_style(x, self.make_rng("dropout"), self.mix_style)
