@@ -16,7 +16,6 @@ from bloodcell_jax.models.framing import FRAMINGS
 from bloodcell_jax.models.layers import (
   INPUT_NORMS,
   batch_norm,
-  max_pool_2x2,
   mix_style,
   prepare_input,
 )
@@ -60,12 +59,9 @@ class CNN(nn.Module):
       # Pool first: for a monotone activation max-pooling commutes with it, and the
       # normalisation and activation then touch 4x fewer values (the step's
       # memory traffic, not its FLOPs, dominates on CPU).
-      conv = {"use_bias": self.norm == "none", "name": f"conv{i}", **self._dtypes}
-      if not train and pooling.fuses(x.shape[-1], self.kernel_size):
-        # The same parameters, convolution and pooling in one loop on CPU (pooling.py).
-        x = pooling.ConvMaxPool(features, self.kernel_size, **conv)(x)
-      else:
-        x = max_pool_2x2(nn.Conv(features, (self.kernel_size,) * 2, padding="SAME", **conv)(x))
+      # nn.Conv's parameters; the convolution and the pooling fused on CPU (pooling.py).
+      x = pooling.ConvMaxPool(features, self.kernel_size, use_bias=self.norm == "none",
+                              name=f"conv{i}", **self._dtypes)(x, train)
       x = act(self._normalize(x, train, f"norm{i}"))
       if train and self.mix_style > 0 and i < _MIX_STYLE_BLOCKS:
         x = mix_style(x, self.make_rng("dropout"), self.mix_style)

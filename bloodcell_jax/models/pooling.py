@@ -1,21 +1,25 @@
 """2x2 max pooling, alone and fused with the convolution before it.
 
-`max_pool_2x2` pools any map. `conv_max_pool` is a stride-1 "SAME" convolution of an input
-with few channels followed by that pooling (the custom CNN's first block: RGB in, 32 maps out).
-With 3 input channels a 3x3 convolution has 27 products per output, too few for XLA:CPU's
-convolution to be anything but memory-bound, and the full-resolution map it writes is read
-again by the pooling that quarters it. On CPU it is one fused loop instead: for each of the
-four positions of a pooling window, the k*k*C taps (strided slices of the padded input) times
-the kernel, summed; the largest of the four is kept, and the full-resolution map never
-reaches memory. At batch 256 and 96x96 that is 3x faster than the convolution and the
-pooling (30 against 95-110 ms, 2 CPU cores).
+`max_pool_2x2` pools any map. `conv_max_pool` is a stride-1 "SAME" convolution followed by that
+pooling (each block of the custom CNN). On CPU it runs in one of three ways (`cpu_method`):
 
-A gradient written for it (each output gradient routed to its window's maximum, then XLA's
-convolution gradients) was no faster than the unfused pair's, so training keeps the pair
-(nn.Conv, then max_pool_2x2), and evaluation and prediction use the fused loop (`ConvMaxPool`,
-the same parameters); JAX differentiates the loop where a gradient is taken. Other platforms,
-and `portable.standard_ops()` (export), run the convolution and then `max_pool_2x2`. Both
-pool VALID: an odd last row or column is dropped, as in Keras.
+* "taps", for an input with few channels (the first block: RGB in, 32 maps out), when no
+  gradient is needed. With 3 input channels a 3x3 convolution has 27 products per output, too
+  few for XLA:CPU's convolution to be anything but memory-bound, and the full-resolution map it
+  writes is read again by the pooling that quarters it. Here it is one fused loop instead: for
+  each of the four positions of a pooling window, the k*k*C taps (strided slices of the padded
+  input) times the kernel, summed; the largest of the four is kept, and the full-resolution map
+  never reaches memory. At batch 256 and 96x96 that is 3x faster than the convolution and the
+  pooling (30 against 95-110 ms, 2 CPU cores). A gradient written for it (each output gradient
+  routed to its window's maximum, then XLA's convolution gradients) was no faster than the
+  unfused pair's, so training runs the pair there; JAX differentiates the loop where a
+  gradient of an inference pass is taken.
+* "winograd", for a 3x3 kernel on 64 or more input channels, in training and inference:
+  `winograd.conv_max_pool`, fewer products for convolutions that run at the CPU's peak.
+* "unfused": `lax.conv_general_dilated`, then `max_pool_2x2`.
+
+Other platforms, and `portable.standard_ops()` (export), run the convolution and then
+`max_pool_2x2`. All pool VALID: an odd last row or column is dropped, as in Keras.
 """
 
 import functools
@@ -25,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bloodcell_jax.models import portable
+from bloodcell_jax.models import portable, winograd
 
 
 def _windows_2x2(x):
@@ -67,24 +71,35 @@ max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 # Input channels * taps up to which the fused loop beats XLA:CPU's convolution (27 for RGB).
 MAX_FUSED_PRODUCTS = 27
+# Input channels from which Winograd's fewer products outweigh its transforms' memory traffic
+# (benchmarks/winograd.py: 0.6-0.75x the time at 64 and 128 channels, 1.1x at 32).
+MIN_WINOGRAD_CHANNELS = 64
 
 
-def fuses(in_channels: int, kernel_size: int) -> bool:
-  """Whether conv_max_pool runs as one fused loop on CPU for this shape."""
-  return in_channels * kernel_size * kernel_size <= MAX_FUSED_PRODUCTS
+def cpu_method(shape, kernel_size: int, train: bool) -> str:
+  """How conv_max_pool runs on CPU for an input of `shape` (N, H, W, C_in): "taps",
+  "winograd" or "unfused" (module docstring)."""
+  in_channels = shape[3]
+  if not train and in_channels * kernel_size * kernel_size <= MAX_FUSED_PRODUCTS:
+    return "taps"
+  if kernel_size == 3 and in_channels >= MIN_WINOGRAD_CHANNELS and min(shape[1:3]) >= 2:
+    return "winograd"
+  return "unfused"
 
 
-def conv_max_pool(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+def conv_max_pool(x: jnp.ndarray, kernel: jnp.ndarray, train: bool = False) -> jnp.ndarray:
   """max_pool_2x2(conv(x, kernel)) for a stride-1 "SAME" convolution with an odd square
-  kernel (k, k, C_in, C_out) and x (N, H, W, C_in); (N, H // 2, W // 2, C_out)."""
+  kernel (k, k, C_in, C_out) and x (N, H, W, C_in); (N, H // 2, W // 2, C_out). `train`: a
+  gradient will be taken (the fused taps are left out, their gradient being slow)."""
   k = kernel.shape[0]
   if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[1] != k or k % 2 == 0 \
       or kernel.shape[2] != x.shape[3]:
     raise ValueError(f"conv_max_pool: need x (N, H, W, C) and an odd square kernel (k, k, C, "
                      f"F), got {x.shape} and {kernel.shape}")
-  if portable.enabled() or not fuses(x.shape[3], k):
+  method = _CPU_METHODS[cpu_method(x.shape, k, train)]
+  if portable.enabled() or method is _unfused:
     return _unfused(x, kernel)
-  return lax.platform_dependent(x, kernel, cpu=_fused, default=_unfused)
+  return lax.platform_dependent(x, kernel, cpu=method, default=_unfused)
 
 
 def _unfused(x, kernel):
@@ -107,14 +122,26 @@ def _phases(x, kernel):
   return phases
 
 
-def _fused(x, kernel):
-  wide = jnp.promote_types(x.dtype, jnp.float32)
-  return functools.reduce(jnp.maximum, _phases(x.astype(wide), kernel.astype(wide))).astype(x.dtype)
+def _in_float32(method):
+  """`method` computed in float32 at least, its result in x's dtype."""
+  def wide(x, kernel):
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    return method(x.astype(dtype), kernel.astype(dtype)).astype(x.dtype)
+  return wide
+
+
+def _taps(x, kernel):
+  return functools.reduce(jnp.maximum, _phases(x, kernel))
+
+
+_CPU_METHODS = {"taps": _in_float32(_taps), "winograd": _in_float32(winograd.conv_max_pool),
+                "unfused": _unfused}
 
 
 class ConvMaxPool(nn.Module):
   """nn.Conv (stride 1, "SAME", optional bias) followed by `max_pool_2x2`, with nn.Conv's
-  parameters (`kernel` (k, k, C_in, F), `bias` (F,)), computed by `conv_max_pool`."""
+  parameters (`kernel` (k, k, C_in, F), `bias` (F,)), computed by `conv_max_pool`; `train`
+  when a gradient will be taken."""
   features: int
   kernel_size: int = 3
   use_bias: bool = True
@@ -122,11 +149,11 @@ class ConvMaxPool(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features),
                         self.param_dtype)
-    y = conv_max_pool(x.astype(self.dtype), kernel.astype(self.dtype))
+    y = conv_max_pool(x.astype(self.dtype), kernel.astype(self.dtype), train)
     if self.use_bias:  # after the pooling: max(a + b, c + b) = max(a, c) + b
       y = y + self.param("bias", nn.initializers.zeros, (self.features,),
                          self.param_dtype).astype(self.dtype)

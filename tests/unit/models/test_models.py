@@ -11,7 +11,7 @@ from bloodcell_jax import models
 from bloodcell_jax.augment import ops as augment
 from bloodcell_jax.config import recipes
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import layers, pooling, portable
+from bloodcell_jax.models import layers, pooling, portable, winograd
 from bloodcell_jax.models.layers import max_pool_2x2, normalize_input
 from helpers import ROOT
 
@@ -30,24 +30,47 @@ def test_max_pool_and_its_gradient_match_reduce_window(shape):
   np.testing.assert_allclose(ours, reference, rtol=1e-6)
 
 
+def assert_same_values_and_gradients(ours, reference, x, kernel, tolerance):
+  expected = reference(x, kernel)
+  got = jax.jit(ours)(x, kernel)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance)
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), expected.shape)
+  gradients = lambda f: jax.jit(jax.grad(lambda x, k: jnp.vdot(f(x, k), cotangent),
+                                         argnums=(0, 1)))
+  for got, expected in zip(gradients(ours)(x, kernel), gradients(reference)(x, kernel)):
+    np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance)
+
+
 @pytest.mark.parametrize("shape, kernel_size", [((2, 9, 7, 3), 3), ((1, 8, 8, 1), 5)])
 def test_fused_conv_max_pool_equals_the_convolution_then_the_pooling(shape, kernel_size):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   kernel = jax.random.normal(jax.random.PRNGKey(1), (kernel_size, kernel_size, shape[3], 16))
-  assert pooling.fuses(shape[3], kernel_size)
-  unfused = pooling._unfused(x, kernel)  # the convolution, then max_pool_2x2
-  fused = jax.jit(pooling.conv_max_pool)(x, kernel)
-  assert fused.shape == (shape[0], shape[1] // 2, shape[2] // 2, 16)
-  np.testing.assert_allclose(fused, unfused, rtol=1e-5, atol=1e-5)
-  cotangent = jax.random.normal(jax.random.PRNGKey(2), fused.shape)
-  gradients = lambda f: jax.grad(lambda x, k: jnp.vdot(f(x, k), cotangent), argnums=(0, 1))
-  for ours, reference in zip(gradients(pooling.conv_max_pool)(x, kernel),
-                             gradients(pooling._unfused)(x, kernel)):
-    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+  assert pooling.cpu_method(shape, kernel_size, train=False) == "taps"
+  # pooling._unfused: the convolution, then max_pool_2x2
+  assert_same_values_and_gradients(pooling.conv_max_pool, pooling._unfused, x, kernel, 1e-4)
 
 
-def test_cnn_trains_unfused_and_predicts_fused_with_the_same_parameters():
-  model = models.get_model("cnn", num_classes=3, filters=(4, 8), dense_units=6, norm="batch")
+@pytest.mark.parametrize("shape", [(2, 8, 6, 5), (1, 7, 9, 4), (1, 2, 3, 2)])
+def test_winograd_conv_max_pool_equals_the_convolution_then_the_pooling(shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, shape[3], 6))
+  assert_same_values_and_gradients(winograd.conv_max_pool, pooling._unfused, x, kernel, 1e-5)
+
+
+def test_conv_max_pool_takes_winograd_for_wide_inputs_in_training_and_inference():
+  shape = (2, 6, 6, pooling.MIN_WINOGRAD_CHANNELS)
+  assert [pooling.cpu_method(shape, 3, train) for train in (True, False)] == ["winograd"] * 2
+  assert pooling.cpu_method(shape[:3] + (3,), 3, train=True) == "unfused"
+  assert pooling.cpu_method(shape, 5, train=True) == "unfused"
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, shape[3], 8)) / 8
+  train = lambda x, k: pooling.conv_max_pool(x, k, train=True)
+  assert_same_values_and_gradients(train, pooling._unfused, x, kernel, 1e-5)
+
+
+def test_cnn_trains_and_predicts_with_the_same_parameters():
+  model = models.get_model("cnn", num_classes=3, filters=(4, 64, 8), dense_units=6, norm="batch")
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3), maxval=255.0)
   initialised = [model.init(jax.random.PRNGKey(1), x, train=train) for train in (False, True)]
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), *initialised))
