@@ -11,7 +11,10 @@ from hypothesis import settings
 from bloodcell_jax import runtime
 from helpers import PBC96, ROOT, runs
 
-runtime.set_up()  # the test process runs the library as the entry points do
+# The test process runs the library as the entry points do, without their compilation cache
+# in the user's folder (its subprocesses share one of their own: helpers/runs.py).
+os.environ.setdefault("BLOODCELL_JAX_COMPILATION_CACHE", "off")
+runtime.set_up()
 
 # Property-based tests search new cases on every local run; in CI they replay a fixed search,
 # so that a landing never depends on luck (a failure found locally is kept in .hypothesis/).
