@@ -2,7 +2,7 @@
 against the same run exported to ONNX Runtime and LiteRT (`--model`).
 
   python benchmarks/predict.py --workdir=RUN [--input=../shared/data/pbc96] [--images=1000]
-      [--repeats=5] [--formats=onnx,tflite] [--batch_size=256]
+      [--repeats=5] [--formats=onnx,tflite] [--batch_size=128]
 
 It copies the first --images images of --input (the same number from each class folder, in
 name order) into a scratch ImageFolder, exports the run's best checkpoint to each format (float32
@@ -95,8 +95,8 @@ def main():
   parser.add_argument("--images", type=int, default=1000)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--formats", default="onnx,tflite")
-  parser.add_argument("--batch_size", type=int, default=256, help="predict's --batch_size "
-                      "(its default: 256), for every source")
+  parser.add_argument("--batch_size", type=int, default=128, help="predict's --batch_size "
+                      "(its default: 128), for every source")
   args = parser.parse_args()
   workdir = os.path.abspath(args.workdir)
   with tempfile.TemporaryDirectory(prefix="bloodcell_predict_bench_") as scratch:
