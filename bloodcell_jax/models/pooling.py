@@ -109,14 +109,18 @@ def _unfused(x, kernel):
 
 def _phases(x, kernel):
   """The convolution at the four positions (a, b) of every 2x2 pooling window, in the order
-  (0, 0), (0, 1), (1, 0), (1, 1): each a fused sum of k*k*C shifted, strided slices."""
+  (0, 0), (0, 1), (1, 0), (1, 1): each a fused sum of k*k*C shifted, strided slices. (lax
+  slices and one split of the kernel: jnp indexing made tracing the CNN 2x slower.)"""
   k, channels = kernel.shape[0], x.shape[3]
-  h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+  n, h, w = x.shape[0], x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
   padded = jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+  weights = [row.reshape(-1) for row in jnp.split(kernel.reshape(k * k * channels, -1),
+                                                   k * k * channels)]
   phases = []
   for a in (0, 1):
     for b in (0, 1):
-      terms = [padded[:, a + i:a + i + h:2, b + j:b + j + w:2, c:c + 1] * kernel[i, j, c]
+      terms = [lax.slice(padded, (0, a + i, b + j, c), (n, a + i + h - 1, b + j + w - 1, c + 1),
+                         (1, 2, 2, 1)) * weights[(i * k + j) * channels + c]
                for i in range(k) for j in range(k) for c in range(channels)]
       phases.append(functools.reduce(jnp.add, terms))
   return phases

@@ -35,13 +35,18 @@ _OUTPUT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)  # A^T
 
 
 def _combination(coefficients, parts):
-  """sum_i coefficients[i] * parts[i], leaving out zeros and multiplications by 1 or -1."""
+  """sum_i coefficients[i] * parts[i], leaving out zeros and multiplications by 1 or -1 (lax
+  operations: they trace faster than jnp's operators, and predict traces the model each run)."""
   total = None
   for coefficient, part in zip(coefficients, parts):
     if coefficient == 0:
       continue
-    term = part if coefficient == 1 else -part if coefficient == -1 else coefficient * part
-    total = term if total is None else total + term
+    if total is None:
+      total = part if coefficient == 1 else lax.neg(part) if coefficient == -1 else \
+          coefficient * part
+    else:
+      total = lax.add(total, part) if coefficient == 1 else lax.sub(total, part) \
+          if coefficient == -1 else total + coefficient * part
   return total
 
 
@@ -67,10 +72,11 @@ def _grid(flat, shape):
 
 def _input_tiles(x):
   """The transformed 4x4 input tiles around every 2x2 output block: (16, N*T*S, C)."""
-  n, h, w, _ = x.shape
+  n, h, w, c = x.shape
   t, s = h // 2, w // 2
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  tiles = [[padded[:, a:a + 2 * t:2, b:b + 2 * s:2, :] for b in range(4)] for a in range(4)]
+  tiles = [[lax.slice(padded, (0, a, b, 0), (n, a + 2 * t - 1, b + 2 * s - 1, c), (1, 2, 2, 1))
+            for b in range(4)] for a in range(4)]
   return _flat16(_both_sides(_INPUT, tiles), n * t * s)
 
 
