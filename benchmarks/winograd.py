@@ -1,11 +1,13 @@
 """The custom CNN's blocks (3x3 convolution + 2x2 max pooling): XLA's convolution and the
-pooling against Winograd's F(2x2, 3x3) with the pooling in its output transform.
+pooling against Winograd's F(2x2, 3x3) and F(4x4, 3x3) with the pooling in their output
+transforms.
 
   python benchmarks/winograd.py [--repeats=7] [--batch=64] [--forward_batch=256]
 
 Prints one JSON object per line: {"bench": "winograd", "shape": [N, H, W, C_in], "out",
 "pass" ("forward", or "train": the output and both gradients for a fixed random output
-gradient), "impl" ("xla": lax.conv_general_dilated then max_pool_2x2; "winograd"), "ms" (the
+gradient), "impl" ("xla": lax.conv_general_dilated then max_pool_2x2; "winograd_f2", "winograd_f4"),
+"ms" (the
 median of --repeats jitted calls after two warm-up calls), "output_difference" (the largest
 absolute difference from xla's output, over its largest value) and, for "train",
 "gradient_difference" (the relative L2 difference of each gradient from xla's, the larger).
@@ -16,6 +18,7 @@ differences much larger than their L2 ones. The shapes are the CNN's second to f
 """
 
 import argparse
+import functools
 import json
 import time
 
@@ -31,7 +34,9 @@ from bloodcell_jax.models import pooling, winograd  # pylint: disable=g-import-n
 
 del step_setup
 BLOCKS = ((48, 32, 64), (24, 64, 128), (12, 128, 256))  # (H = W, C_in, C_out)
-IMPLS = {"xla": pooling._unfused, "winograd": winograd.conv_max_pool}  # pylint: disable=protected-access
+IMPLS = {"xla": pooling._unfused,  # pylint: disable=protected-access
+         "winograd_f2": functools.partial(winograd.conv_max_pool, block=2),
+         "winograd_f4": functools.partial(winograd.conv_max_pool, block=4)}
 
 
 def median_ms(fn, args, repeats):

@@ -14,8 +14,10 @@ pooling (each block of the custom CNN). On CPU it runs in one of three ways (`cp
   routed to its window's maximum, then XLA's convolution gradients) was no faster than the
   unfused pair's, so training runs the pair there; JAX differentiates the loop where a
   gradient of an inference pass is taken.
-* "winograd", for a 3x3 kernel on 64 or more input channels, in training and inference:
-  `winograd.conv_max_pool`, fewer products for convolutions that run at the CPU's peak.
+* "winograd_f4" (inference, a 3x3 kernel on 32 or more input channels) and "winograd_f2"
+  (training, 64 or more): `winograd.conv_max_pool`, fewer products for convolutions that run
+  at the CPU's peak; the forward pass gains most from the larger blocks, the gradient from the
+  smaller ones.
 * "unfused": `lax.conv_general_dilated`, then `max_pool_2x2`.
 
 Other platforms, and `portable.standard_ops()` (export), run the convolution and then
@@ -72,18 +74,20 @@ max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 # Input channels * taps up to which the fused loop beats XLA:CPU's convolution (27 for RGB).
 MAX_FUSED_PRODUCTS = 27
 # Input channels from which Winograd's fewer products outweigh its transforms' memory traffic
-# (benchmarks/winograd.py: 0.6-0.75x the time at 64 and 128 channels, 1.1x at 32).
-MIN_WINOGRAD_CHANNELS = 64
+# (benchmarks/winograd.py): forward and gradients, F(2x2), 0.6-0.7x the time at 64 and 128
+# channels, level at 32; forward alone, F(4x4), 0.4-0.6x at 64 and 128, 0.93x at 32.
+MIN_WINOGRAD_CHANNELS = {"train": 64, "inference": 32}
 
 
 def cpu_method(shape, kernel_size: int, train: bool) -> str:
   """How conv_max_pool runs on CPU for an input of `shape` (N, H, W, C_in): "taps",
-  "winograd" or "unfused" (module docstring)."""
+  "winograd_f2", "winograd_f4" or "unfused" (module docstring)."""
   in_channels = shape[3]
   if not train and in_channels * kernel_size * kernel_size <= MAX_FUSED_PRODUCTS:
     return "taps"
-  if kernel_size == 3 and in_channels >= MIN_WINOGRAD_CHANNELS and min(shape[1:3]) >= 2:
-    return "winograd"
+  mode = "train" if train else "inference"
+  if kernel_size == 3 and in_channels >= MIN_WINOGRAD_CHANNELS[mode] and min(shape[1:3]) >= 2:
+    return "winograd_f2" if train else "winograd_f4"
   return "unfused"
 
 
@@ -138,8 +142,12 @@ def _taps(x, kernel):
   return functools.reduce(jnp.maximum, _phases(x, kernel))
 
 
-_CPU_METHODS = {"taps": _in_float32(_taps), "winograd": _in_float32(winograd.conv_max_pool),
-                "unfused": _unfused}
+_CPU_METHODS = {
+    "taps": _in_float32(_taps),
+    "winograd_f2": _in_float32(functools.partial(winograd.conv_max_pool, block=2)),
+    "winograd_f4": _in_float32(functools.partial(winograd.conv_max_pool, block=4)),
+    "unfused": _unfused,
+}
 
 
 class ConvMaxPool(nn.Module):
@@ -157,7 +165,11 @@ class ConvMaxPool(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (self.kernel_size, self.kernel_size, x.shape[-1], self.features),
                         self.param_dtype)
-    y = conv_max_pool(x.astype(self.dtype), kernel.astype(self.dtype), train)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if self.is_initializing():  # only the shapes count: the unfused pair traces fastest
+      y = _unfused(x, kernel)
+    else:
+      y = conv_max_pool(x, kernel, train)
     if self.use_bias:  # after the pooling: max(a + b, c + b) = max(a, c) + b
       y = y + self.param("bias", nn.initializers.zeros, (self.features,),
                          self.param_dtype).astype(self.dtype)

@@ -1,37 +1,59 @@
-"""A 3x3 stride-1 "SAME" convolution followed by 2x2 max pooling, by Winograd's F(2x2, 3x3).
+"""A 3x3 stride-1 "SAME" convolution followed by 2x2 max pooling, by Winograd's minimal
+filtering algorithms F(2x2, 3x3) and F(4x4, 3x3) (Lavin and Gray, 2016).
 
-The minimal filtering algorithm computes each 2x2 block of a 3x3 convolution's output from the
-4x4 block of input around it with 16 products per channel pair instead of 36: the input tiles
-and the kernel go through fixed linear transforms (B^T d B and G g G^T), 16 batched matrix
-products (tiles x C_in times C_in x C_out) replace the convolution, and an output transform
-(A^T m A) gives the four outputs of the block. A 2x2 pooling window is exactly such a block, so
-the output transform keeps the largest of the four, and the full-resolution map is never
-written.
+F(m x m, 3x3) computes each m x m block of a 3x3 convolution's output from the (m+2) x (m+2)
+block of input around it with (m+2)^2 products per channel pair instead of 9 m^2 (16 instead
+of 36 for m = 2, 36 instead of 144 for m = 4): the input tiles and the kernel go through fixed
+linear transforms (B^T d B and G g G^T), (m+2)^2 batched matrix products (tiles x C_in times
+C_in x C_out) replace the convolution, and an output transform (A^T m A) gives the block's
+outputs. The blocks hold whole 2x2 pooling windows, so the output transform keeps the largest
+of each window's four and the full-resolution map is never written.
 
-On XLA:CPU the convolutions of the custom CNN run at the CPU's peak FLOP rate, so fewer
-products is what makes them faster: with 64 or more input channels, forward and both gradients
-at batch 64 take 0.6-0.75x the time of XLA's convolution and the pooling (benchmarks/
-winograd.py). With fewer input channels the transforms' memory traffic costs more than the
-products save. The gradient is written out (JAX's derivative of the same code ran 2-4x slower
-than XLA's convolution): the output gradient goes to each window's maximum, back through the
-output transform, then to the kernel as products of the saved input tiles and to the input as
+On XLA:CPU the custom CNN's convolutions run at the CPU's peak FLOP rate, so fewer products
+is what makes them faster (benchmarks/winograd.py, 2 CPU cores):
+
+* forward alone (evaluation, predict), batch 128: F(4x4) takes 0.4-0.6x the time of XLA's
+  convolution and the pooling with 64 and 128 input channels, 0.93x with 32;
+* forward and both gradients (training), batch 64: F(2x2) takes 0.6-0.7x with 64 and 128
+  input channels. F(4x4)'s larger transforms make its gradient slower than XLA's.
+
+The gradient is written out (JAX's derivative of the same code ran 2-4x slower than XLA's
+convolution): the output gradient goes to each window's maximum, back through the output
+transform, then to the kernel as products of the saved input tiles, and to the input as
 products with the transformed kernel, whose tiles overlap by two rows and columns.
 
-The results equal the convolution's within float32 rounding (relative differences of about
-1e-6: the transforms only add, subtract and halve). Computed in float32 at least.
+The results equal the convolution's within float32 rounding: relative differences of about
+1e-7 for F(2x2) and 1e-6 for F(4x4), whose transforms multiply by up to 8. Computed in
+float32 at least.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-# F(2x2, 3x3) on the points 0, 1, -1 (Lavin and Gray, 2016).
-_INPUT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)  # B^T
-_KERNEL = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)  # G
-_OUTPUT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)  # A^T
+
+class _Algorithm(NamedTuple):
+  input: np.ndarray  # B^T, (m + 2) x (m + 2)
+  kernel: np.ndarray  # G, (m + 2) x 3
+  output: np.ndarray  # A^T, m x (m + 2)
+
+
+F2 = _Algorithm(  # F(2x2, 3x3) on the points 0, 1, -1
+    input=np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32),
+    kernel=np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32),
+    output=np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32))
+F4 = _Algorithm(  # F(4x4, 3x3) on the points 0, 1, -1, 2, -2
+    input=np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                    [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+                   np.float32),
+    kernel=np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                     [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float32),
+    output=np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                     [0, 1, -1, 8, -8, 1]], np.float32))
 
 
 def _combination(coefficients, parts):
@@ -41,12 +63,12 @@ def _combination(coefficients, parts):
   for coefficient, part in zip(coefficients, parts):
     if coefficient == 0:
       continue
+    if coefficient not in (1, -1):
+      part, coefficient = part * coefficient, 1
     if total is None:
-      total = part if coefficient == 1 else lax.neg(part) if coefficient == -1 else \
-          coefficient * part
+      total = part if coefficient == 1 else lax.neg(part)
     else:
-      total = lax.add(total, part) if coefficient == 1 else lax.sub(total, part) \
-          if coefficient == -1 else total + coefficient * part
+      total = lax.add(total, part) if coefficient == 1 else lax.sub(total, part)
   return total
 
 
@@ -59,45 +81,81 @@ def _both_sides(matrix, grid):
           for u in range(matrix.shape[0])]
 
 
-def _flat16(grid, rows: int):
-  """A 4x4 grid of (N, T, S, C) arrays as one (16, rows, C) array."""
-  return jnp.stack([part for row in grid for part in row]).reshape(16, rows, grid[0][0].shape[-1])
+def _flat(grid):
+  """A square grid of (N, T, S, C) arrays as one (cells, N*T*S, C) array."""
+  parts = [part for row in grid for part in row]
+  return jnp.stack(parts).reshape(len(parts), -1, parts[0].shape[-1])
 
 
 def _grid(flat, shape):
-  """(16, rows, C) back to a 4x4 grid of arrays of `shape`."""
-  parts = flat.reshape((4, 4) + shape)
-  return [[parts[u, v] for v in range(4)] for u in range(4)]
-
-
-def _input_tiles(x):
-  """The transformed 4x4 input tiles around every 2x2 output block: (16, N*T*S, C)."""
-  n, h, w, c = x.shape
-  t, s = h // 2, w // 2
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  tiles = [[lax.slice(padded, (0, a, b, 0), (n, a + 2 * t - 1, b + 2 * s - 1, c), (1, 2, 2, 1))
-            for b in range(4)] for a in range(4)]
-  return _flat16(_both_sides(_INPUT, tiles), n * t * s)
-
-
-def _kernel_tiles(kernel):
-  """G g G^T of every (input, output) channel pair: (16, C_in, C_out)."""
-  return jnp.einsum("ua,abio,vb->uvio", _KERNEL, kernel, _KERNEL).reshape(16, *kernel.shape[2:])
+  """(cells, rows, C) back to a square grid of arrays of `shape`."""
+  size = int(round(flat.shape[0] ** 0.5))
+  parts = flat.reshape((size, size) + shape)
+  return [[parts[u, v] for v in range(size)] for u in range(size)]
 
 
 def _batched(a, b, contract_a: int, contract_b: int):
-  """The 16 products a[u] . b[u], contracting the named axes."""
+  """The products a[u] . b[u] of every cell u, contracting the named axes."""
   return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((0,), (0,))))
 
 
-def _block_outputs(x, kernel):
-  """The convolution's four outputs of every 2x2 block, in the order (0, 0), (0, 1), (1, 0),
-  (1, 1), each (N, H // 2, W // 2, C_out); and the input tiles and kernel tiles."""
+def _tile_counts(algorithm, h: int, w: int):
+  m = algorithm.output.shape[0]
+  return -(-h // m), -(-w // m)
+
+
+def _input_tiles(algorithm, x):
+  """The transformed input tiles around every m x m output block: (cells, N*T*S, C). The
+  input is padded by one (SAME) and below and right to whole blocks."""
+  m, size = algorithm.output.shape
+  n, h, w, c = x.shape
+  t, s = _tile_counts(algorithm, h, w)
+  padded = jnp.pad(x, ((0, 0), (1, m * t + 1 - h), (1, m * s + 1 - w), (0, 0)))
+  tiles = [[lax.slice(padded, (0, a, b, 0), (n, a + m * (t - 1) + 1, b + m * (s - 1) + 1, c),
+                      (1, m, m, 1)) for b in range(size)] for a in range(size)]
+  return _flat(_both_sides(algorithm.input, tiles))
+
+
+def _kernel_tiles(algorithm, kernel):
+  """G g G^T of every (input, output) channel pair: (cells, C_in, C_out)."""
+  g = algorithm.kernel
+  return jnp.einsum("ua,abio,vb->uvio", g, kernel, g).reshape(-1, *kernel.shape[2:])
+
+
+def _windows(algorithm, x, kernel):
+  """The four convolution outputs of every 2x2 pooling window, grouped by the window's place
+  in its block: {(p, q): [(0, 0), (0, 1), (1, 0), (1, 1) outputs]}, each (N, T, S, C_out);
+  and the input tiles and kernel tiles."""
+  m = algorithm.output.shape[0]
   n, h, w, _ = x.shape
-  tiles, kernel_tiles = _input_tiles(x), _kernel_tiles(kernel)
-  products = _grid(_batched(tiles, kernel_tiles, 2, 1), (n, h // 2, w // 2, kernel.shape[-1]))
-  outputs = _both_sides(_OUTPUT, products)
-  return [outputs[0][0], outputs[0][1], outputs[1][0], outputs[1][1]], tiles, kernel_tiles
+  t, s = _tile_counts(algorithm, h, w)
+  tiles, kernel_tiles = _input_tiles(algorithm, x), _kernel_tiles(algorithm, kernel)
+  products = _grid(_batched(tiles, kernel_tiles, 2, 1), (n, t, s, kernel.shape[-1]))
+  out = _both_sides(algorithm.output, products)
+  windows = {(p, q): [out[2 * p][2 * q], out[2 * p][2 * q + 1], out[2 * p + 1][2 * q],
+                      out[2 * p + 1][2 * q + 1]] for p in range(m // 2) for q in range(m // 2)}
+  return windows, tiles, kernel_tiles
+
+
+def _interleaved(pooled, h: int, w: int):
+  """{(p, q): (N, T, S, C)} pooled values of each window place -> (N, H // 2, W // 2, C)."""
+  half = int(round(len(pooled) ** 0.5))
+  n, t, s, c = pooled[0, 0].shape
+  if half == 1:
+    return pooled[0, 0][:, :h // 2, :w // 2]
+  rows = jnp.stack([jnp.stack([pooled[p, q] for q in range(half)], axis=3)
+                    for p in range(half)], axis=2)  # (N, T, half, S, half, C)
+  return rows.reshape(n, t * half, s * half, c)[:, :h // 2, :w // 2]
+
+
+def _by_window(g, half: int, t: int, s: int):
+  """The inverse of _interleaved: (N, H // 2, W // 2, C) -> {(p, q): (N, T, S, C)}."""
+  n, rows, cols, c = g.shape
+  if half == 1 and (rows, cols) == (t, s):
+    return {(0, 0): g}
+  g = jnp.pad(g, ((0, 0), (0, t * half - rows), (0, s * half - cols), (0, 0)))
+  g = g.reshape(n, t, half, s, half, c)
+  return {(p, q): g[:, :, p, :, q] for p in range(half) for q in range(half)}
 
 
 def _check(x, kernel):
@@ -107,53 +165,76 @@ def _check(x, kernel):
                      f"C, F) kernel, got {x.shape} and {kernel.shape}")
 
 
-@jax.custom_vjp
-def conv_max_pool(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-  """max_pool_2x2(conv(x, kernel)) for a stride-1 "SAME" 3x3 convolution, x (N, H, W, C_in),
-  kernel (3, 3, C_in, C_out); (N, H // 2, W // 2, C_out). An odd last row or column of the
-  convolution's output is dropped by the pooling, as in pooling.max_pool_2x2."""
-  _check(x, kernel)
-  outputs, _, _ = _block_outputs(x, kernel)
-  return functools.reduce(jnp.maximum, outputs)
+def _conv_max_pool(algorithm):
+  """max_pool_2x2(conv(x, kernel)) by `algorithm`, with its gradient."""
+
+  def pooled(x, kernel):
+    windows, tiles, kernel_tiles = _windows(algorithm, x, kernel)
+    return {place: functools.reduce(jnp.maximum, outputs)
+            for place, outputs in windows.items()}, windows, tiles, kernel_tiles
+
+  @jax.custom_vjp
+  def conv_max_pool(x, kernel):
+    _check(x, kernel)
+    return _interleaved(pooled(x, kernel)[0], *x.shape[1:3])
+
+  def forward(x, kernel):
+    _check(x, kernel)
+    maxima, windows, tiles, kernel_tiles = pooled(x, kernel)
+    # Which of the four is the window's maximum (the first one on a tie, as a single route).
+    which = {place: jnp.select([o == maxima[place] for o in windows[place][:3]], [0, 1, 2],
+                               3).astype(jnp.int8) for place in windows}
+    return _interleaved(maxima, *x.shape[1:3]), (tiles, kernel_tiles, which, x.shape)
+
+  def backward(residuals, g):
+    tiles, kernel_tiles, which, (n, h, w, channels) = residuals
+    m, size = algorithm.output.shape
+    t, s = _tile_counts(algorithm, h, w)
+    g = _by_window(g, m // 2, t, s)
+    block = [[None] * m for _ in range(m)]
+    for (p, q), routes in which.items():
+      for i in range(2):
+        for j in range(2):
+          block[2 * p + i][2 * q + j] = jnp.where(routes == 2 * i + j, g[p, q], 0)
+    products = _flat(_both_sides(algorithm.output.T, block))  # (cells, N*T*S, C_out)
+    kernel_grad = jnp.einsum(
+        "ua,uvio,vb->abio", algorithm.kernel,
+        _batched(tiles, products, 1, 1).reshape(size, size, channels, -1), algorithm.kernel)
+    tile_grad = _both_sides(algorithm.input.T,
+                            _grid(_batched(products, kernel_tiles, 2, 2), (n, t, s, channels)))
+    return _overlapped(tile_grad, m, h, w), kernel_grad
+
+  conv_max_pool.defvjp(forward, backward)
+  return conv_max_pool
 
 
-def _forward(x, kernel):
-  _check(x, kernel)
-  outputs, tiles, kernel_tiles = _block_outputs(x, kernel)
-  pooled = functools.reduce(jnp.maximum, outputs)
-  # Which of the four is the maximum (the first one on a tie, as a single route).
-  which = jnp.select([o == pooled for o in outputs[:3]], [0, 1, 2], 3).astype(jnp.int8)
-  return pooled, (tiles, kernel_tiles, which, x.shape)
-
-
-def _backward(residuals, g):
-  tiles, kernel_tiles, which, (n, h, w, channels) = residuals
-  t, s = h // 2, w // 2
-  block = [[jnp.where(which == 2 * i + j, g, 0) for j in range(2)] for i in range(2)]
-  products = _flat16(_both_sides(_OUTPUT.T, block), n * t * s)  # (16, N*T*S, C_out)
-  kernel_grad = jnp.einsum("ua,uvio,vb->abio", _KERNEL,
-                           _batched(tiles, products, 1, 1).reshape(4, 4, channels, -1), _KERNEL)
-  tile_grad = _both_sides(_INPUT.T, _grid(_batched(products, kernel_tiles, 2, 2),
-                                          (n, t, s, channels)))
-  return _overlapped(tile_grad, h, w), kernel_grad
-
-
-def _overlapped(tile_grad, h: int, w: int):
-  """The input's gradient from its 4x4 tiles' gradients: the tiles start every 2 rows and
-  columns of the padded input, so each of its positions of parity (r, q) sums the tile rows
-  r and r + 2 (of this tile and of the one above) and columns q and q + 2."""
+def _overlapped(tile_grad, m: int, h: int, w: int):
+  """The input's gradient from its tiles' gradients: tiles of m + 2 rows start every m rows
+  (and columns) of the padded input, so its row m*t + r sums the tile rows r of tile t and,
+  for r < 2, r + m of tile t - 1. Each residue (r, q) is one plane, the planes interleaved."""
   n, t, s, channels = tile_grad[0][0].shape
   zero = jnp.zeros((), tile_grad[0][0].dtype)
   shifted = lambda part, down, right: lax.pad(
       part, zero, ((0, 0, 0), (down, 1 - down, 0), (right, 1 - right, 0), (0, 0, 0)))
-  planes = [[shifted(tile_grad[r][q], 0, 0) + shifted(tile_grad[r + 2][q], 1, 0)
-             + shifted(tile_grad[r][q + 2], 0, 1) + shifted(tile_grad[r + 2][q + 2], 1, 1)
-             for q in range(2)] for r in range(2)]
-  padded = jnp.stack([jnp.stack(row, axis=3) for row in planes], axis=2)
-  padded = padded.reshape(n, 2 * t + 2, 2 * s + 2, channels)
-  # Rows and columns past 2T + 2 (an odd H or W) fed no pooled output: their gradient is 0.
-  padded = jnp.pad(padded, ((0, 0), (0, h + 2 - (2 * t + 2)), (0, w + 2 - (2 * s + 2)), (0, 0)))
+  size = len(tile_grad)
+
+  def plane(r, q):
+    parts = [(r + dr, q + dq, dr > 0, dq > 0) for dr in (0, m) for dq in (0, m)
+             if r + dr < size and q + dq < size]
+    return functools.reduce(lax.add, [shifted(tile_grad[a][b], down, right)
+                                      for a, b, down, right in parts])
+
+  padded = jnp.stack([jnp.stack([plane(r, q) for q in range(m)], axis=3) for r in range(m)],
+                     axis=2).reshape(n, m * (t + 1), m * (s + 1), channels)
   return padded[:, 1:h + 1, 1:w + 1, :]
 
 
-conv_max_pool.defvjp(_forward, _backward)
+_BY_BLOCK = {2: _conv_max_pool(F2), 4: _conv_max_pool(F4)}
+
+
+def conv_max_pool(x: jnp.ndarray, kernel: jnp.ndarray, block: int = 2) -> jnp.ndarray:
+  """max_pool_2x2(conv(x, kernel)) for a stride-1 "SAME" 3x3 convolution, x (N, H, W, C_in),
+  kernel (3, 3, C_in, C_out); (N, H // 2, W // 2, C_out), by F(block x block, 3x3), block 2
+  or 4. An odd last row or column of the convolution's output is dropped by the pooling, as in
+  pooling.max_pool_2x2."""
+  return _BY_BLOCK[block](x, kernel)
