@@ -100,17 +100,16 @@ def run_probabilities(workdir: str, input_path: str) -> Predicted:
   ood_model = inference.ood_model(workdir, _EMA.value)
   unlabelled = inference.open_unlabelled(input_path, config.image_size)
   layer = inference.classifier_layer(config) if ood_model is not None else ""
-  # The common case's forward pass compiles while the checkpoint and the images are read.
-  ahead = (inference.compile_ahead(inference.features_step(model, layer), opened,
-                                   len(unlabelled.ids), _BATCH_SIZE.value) if layer else None)
+  # The common case's forward pass compiles (or loads) while the checkpoint and images are read.
+  ahead = (inference.compile_ahead(inference.features_step(model, layer),
+                                   f"logits_and_features:{layer}", opened, len(unlabelled.ids),
+                                   _BATCH_SIZE.value) if layer else None)
   state, weights = inference.restore_run(workdir, opened, _EMA.value)
   ids, images = unlabelled.ids, unlabelled.read()
-  if ahead:
-    ahead.join()
   trust, logits = None, None
   if ood_model is not None:
     logits, features = (inference.logits_and_features(model, state, images, _BATCH_SIZE.value,
-                                                      layer) if layer else
+                                                      layer, ahead) if layer else
                         (np.log(inference.predict(model, state, images, _BATCH_SIZE.value)),
                          None))
     trust = ood_model.scores(logits, features, images)

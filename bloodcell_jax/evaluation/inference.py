@@ -5,7 +5,7 @@ import functools
 import logging
 import os
 import threading
-from typing import Any, Callable, List, NamedTuple
+from typing import Any, Callable, List, NamedTuple, Optional
 
 import jax
 import ml_collections
@@ -15,6 +15,7 @@ from bloodcell_jax import models
 from bloodcell_jax.config import recorded
 from bloodcell_jax.data import sources
 from bloodcell_jax.errors import UserError
+from bloodcell_jax.evaluation import executables
 from bloodcell_jax.evaluation import tta as tta_lib
 from bloodcell_jax.training import checkpoint, run_files, sharding, steps
 
@@ -164,9 +165,12 @@ def _logits_and_features(model, mesh, layer: str):
   return steps.jit_logits_and_features(mesh, model=model, layer=layer)
 
 
-def logits_and_features(model, state, images: np.ndarray, batch_size: int, layer: str):
+def logits_and_features(model, state, images: np.ndarray, batch_size: int, layer: str,
+                        ahead: Optional["Ahead"] = None):
   """(logits, penultimate features) of every image, the features being the input of the
-  top-level module `layer` (classifier_layer)."""
+  top-level module `layer` (classifier_layer); by the step `ahead` compiled, where given."""
+  if ahead is not None:
+    return run_ahead(ahead, features_step(model, layer), state, images, batch_size)
   return _in_batches(features_step(model, layer), state, images, batch_size)
 
 
@@ -175,25 +179,65 @@ def features_step(model, layer: str):
   return _logits_and_features(model, sharding.make_mesh(), layer)
 
 
-def compile_ahead(step, opened: OpenedRun, count: int, batch_size: int) -> threading.Thread:
-  """Starts compiling `step(state, batch)` for the opened run's state and the batches
-  `_in_batches` will give it for `count` images, in a thread: XLA releases Python's lock while
-  it compiles (0.2-0.4 s), so this overlaps restoring the checkpoint and reading the images.
-  join() it before the first batch; a failure is left to that batch to report."""
+class Ahead:
+  """A step being compiled (or loaded) in a thread: `compiled()` waits for it."""
+
+  def __init__(self, work: Callable[[], Any], saved_as: str):
+    self.saved_as = saved_as  # its file name in executables.folder()
+    self._result = {}
+    self._thread = threading.Thread(target=lambda: self._result.setdefault("step", work()),
+                                    daemon=True)
+    self._thread.start()
+
+  def compiled(self):
+    """The compiled step, or None where compiling failed (the jitted step then reports why)."""
+    self._thread.join()
+    return self._result.get("step")
+
+
+def compile_ahead(step, name: str, opened: OpenedRun, count: int, batch_size: int) -> Ahead:
+  """Starts compiling `step(state, batch)` (jitted, called `name`) for the opened run's state
+  and the batches `_in_batches` will give it for `count` images, in a thread: XLA releases
+  Python's lock while it compiles, so this overlaps restoring the checkpoint and reading the
+  images. On CPU the executable is kept on disk (executables.py) and loaded from there next
+  time, which spares tracing the model and compiling."""
   mesh, size = sharding.make_mesh(), opened.config.image_size
-  state = steps.inference_state_shapes(opened.model, size, mesh)
-  batch = jax.ShapeDtypeStruct((_padded_batch_size(batch_size, count), size, size, 3),
-                               np.float32, sharding=sharding.batch_sharded(mesh))
+  batch_shape = (_padded_batch_size(batch_size, count), size, size, 3)
+  keep = jax.default_backend() == "cpu"
+  saved_as = executables.key(name, opened.config.to_dict(), len(opened.class_names),
+                             batch_shape, mesh.devices.shape) if keep else ""
 
-  def compile_quietly():
+  def load_or_compile():
+    compiled = executables.load(saved_as) if keep else None
+    if compiled is not None:
+      return compiled
     try:
-      step.lower(state, batch).compile()
+      state = steps.inference_state_shapes(opened.model, size, mesh)
+      batch = jax.ShapeDtypeStruct(batch_shape, np.float32, sharding=sharding.batch_sharded(mesh))
+      lowered = step.lower(state, batch)
+      if not keep:
+        return lowered.compile()
+      compiled, fresh = executables.compile_fresh(lowered)
     except Exception:  # pylint: disable=broad-except
-      pass
+      return None
+    if fresh:
+      executables.save(saved_as, compiled)
+    return compiled
 
-  thread = threading.Thread(target=compile_quietly, daemon=True)
-  thread.start()
-  return thread
+  return Ahead(load_or_compile, saved_as)
+
+
+def run_ahead(ahead: Ahead, step, state, images: np.ndarray, batch_size: int):
+  """`_in_batches` by the step `ahead` compiled, else (none, or a kept executable that fails
+  to run: it is removed) by the jitted `step`."""
+  compiled = ahead.compiled()
+  if compiled is not None:
+    try:
+      return _in_batches(compiled, state, images, batch_size)
+    except (jax.errors.JaxRuntimeError, TypeError, ValueError) as e:
+      logging.warning("the compiled forward pass failed (%s); compiling it again", e)
+      executables.forget(ahead.saved_as)
+  return _in_batches(step, state, images, batch_size)
 
 
 def _padded_batch_size(batch_size: int, count: int) -> int:

@@ -9,10 +9,13 @@ from helpers import ROOT
 
 # One XLA compilation cache for the session's subprocesses: dozens of tiny runs compile the
 # same programs, and a cached executable is the same code as a fresh compile (it halves a
-# tiny run's start-up). Not for the test process: it runs models op by op, and writing each
-# op's executable to the cache costs more than compiling it. tests/conftest.py removes it.
+# tiny run's start-up). predict keeps its executables there too (evaluation/executables.py).
+# Not for the test process: it runs models op by op, and writing each op's executable to the
+# cache costs more than compiling it. tests/conftest.py removes it.
+_CACHE_FOLDER = tempfile.mkdtemp(prefix="bloodcell_jax_tests_xla_")
 COMPILATION_CACHE = {
-    "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="bloodcell_jax_tests_xla_"),
+    "JAX_COMPILATION_CACHE_DIR": _CACHE_FOLDER,
+    "BLOODCELL_JAX_COMPILATION_CACHE": _CACHE_FOLDER,
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
 }
