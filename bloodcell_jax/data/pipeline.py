@@ -22,6 +22,12 @@ from bloodcell_jax.augment import ops as augment
 from bloodcell_jax.data.image_set import ImageSet
 from bloodcell_jax.errors import UserError
 
+# Batches kept ready: the train step takes longer than augmenting one, so two cover it.
+_PREFETCH = 2
+# Without autotuning: its thread made deleting a finished iterator wait for it, 5-35 s at the
+# end of a training run on 2 cores; the parallelism and the prefetch are set here instead.
+_OPTIONS = tf.data.Options()
+_OPTIONS.autotune.enabled = False
 _EVAL_STREAM = 1 << 30  # the 'epoch' used for seeding evaluation-time augmentation
 # Batches augmented at once: one per core and one more. AUTOTUNE runs more, which fight
 # over the cores and the cache (the study's pipeline: 1,050 against 1,250 images/s on 2 cores).
@@ -96,7 +102,7 @@ def _dataset(source: InMemorySource, examples, epochs, mask, seed: int,
     ds = ds.map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.map(load, num_parallel_calls=_BATCH_PARALLELISM, deterministic=True)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  return ds.prefetch(_PREFETCH).with_options(_OPTIONS)
 
 
 def train_batches(source: InMemorySource, *, seed: int, batch_size: int,
