@@ -74,8 +74,8 @@ max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 # Input channels * taps up to which the fused loop beats XLA:CPU's convolution (27 for RGB).
 MAX_FUSED_PRODUCTS = 27
 # Input channels from which Winograd's fewer products outweigh its transforms' memory traffic
-# (benchmarks/winograd.py): forward and gradients, F(2x2), 0.6-0.7x the time at 64 and 128
-# channels, level at 32; forward alone, F(4x4), 0.4-0.6x at 64 and 128, 0.93x at 32.
+# (benchmarks/winograd.py): forward and gradients, F(2x2), 0.6-0.8x the time at 64 and 128
+# channels, level at 32; forward alone, F(4x4), 0.5-0.65x at 64 and 128, 0.96x at 32.
 MIN_WINOGRAD_CHANNELS = {"train": 64, "inference": 32}
 
 

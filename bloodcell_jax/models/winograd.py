@@ -12,10 +12,13 @@ of each window's four and the full-resolution map is never written.
 On XLA:CPU the custom CNN's convolutions run at the CPU's peak FLOP rate, so fewer products
 is what makes them faster (benchmarks/winograd.py, 2 CPU cores):
 
-* forward alone (evaluation, predict), batch 128: F(4x4) takes 0.4-0.6x the time of XLA's
-  convolution and the pooling with 64 and 128 input channels, 0.93x with 32;
-* forward and both gradients (training), batch 64: F(2x2) takes 0.6-0.7x with 64 and 128
+* forward alone (evaluation, predict), batch 128: F(4x4) takes 0.5-0.65x the time of XLA's
+  convolution and the pooling with 64 and 128 input channels, 0.96x with 32;
+* forward and both gradients (training), batch 64: F(2x2) takes 0.6-0.8x with 64 and 128
   input channels. F(4x4)'s larger transforms make its gradient slower than XLA's.
+
+F(4x4)'s larger program also compiles slower (the CNN's forward pass at batch 128: 2.5 s,
+against 0.7 s with F(2x2) and 0.2 s with XLA's convolution).
 
 The gradient is written out (JAX's derivative of the same code ran 2-4x slower than XLA's
 convolution): the output gradient goes to each window's maximum, back through the output
