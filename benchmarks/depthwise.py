@@ -12,13 +12,8 @@ EfficientNet-B0-style early layer.
 
 import argparse
 import json
-import os
-import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+import step_setup  # pylint: disable=g-bad-import-order  (puts the project on sys.path)
 
 from bloodcell_jax import runtime  # pylint: disable=g-bad-import-order
 
@@ -54,18 +49,6 @@ def fwd_bwd_fn(conv, stride):
   return jax.jit(run)
 
 
-def median_ms(fn, args, repeats):
-  for _ in range(2):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  times.sort()
-  return 1000 * times[len(times) // 2]
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--repeats", type=int, default=10)
@@ -78,7 +61,7 @@ def main(argv=None):
     kernel = jax.random.normal(keys[1], (k, k, c))
     g = jax.random.normal(keys[2], (n, -(-h // stride), -(-w // stride), c))
     for impl in impls:
-      ms = median_ms(fwd_bwd_fn(IMPLS[impl], stride), (x, kernel, g), args.repeats)
+      ms = step_setup.median_ms(fwd_bwd_fn(IMPLS[impl], stride), (x, kernel, g), args.repeats)
       print(json.dumps({"bench": "depthwise", "shape": [n, h, w, c], "stride": stride, "k": k,
                         "impl": impl, "fwd_bwd_ms": round(ms, 2)}), flush=True)
 

@@ -1,4 +1,5 @@
-"""The jitted train step of a recipe on a fixed random batch, shared by the benchmark scripts."""
+"""Shared by the benchmark scripts: the jitted train step of a recipe on a fixed random batch,
+and the median time of a jitted call."""
 
 import os
 import sys
@@ -42,3 +43,19 @@ def jitted_step(config, batch, image_size, grad_accum_steps=1):
   images, labels = random_batch(batch, image_size)
   device_batch = sharding.global_batch({"image": images, "label": labels}, mesh)
   return train_fn, state, device_batch
+
+
+def median_ms(fn, args, repeats):
+  """The median of `repeats` timed calls of `fn(*args)` after two warm-up calls, in ms."""
+  import time  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+  for _ in range(2):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  times.sort()
+  return 1000 * times[len(times) // 2]

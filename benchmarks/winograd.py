@@ -20,7 +20,6 @@ differences much larger than their L2 ones. The shapes are the CNN's second to f
 import argparse
 import functools
 import json
-import time
 
 import step_setup  # pylint: disable=g-bad-import-order  (puts the project on sys.path)
 
@@ -32,23 +31,10 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from bloodcell_jax.models import pooling, winograd  # pylint: disable=g-import-not-at-top
 
-del step_setup
 BLOCKS = ((48, 32, 64), (24, 64, 128), (12, 128, 256))  # (H = W, C_in, C_out)
 IMPLS = {"xla": pooling._unfused,  # pylint: disable=protected-access
          "winograd_f2": functools.partial(winograd.conv_max_pool, block=2),
          "winograd_f4": functools.partial(winograd.conv_max_pool, block=4)}
-
-
-def median_ms(fn, args, repeats):
-  for _ in range(2):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  times.sort()
-  return 1000 * times[len(times) // 2]
 
 
 def passes(conv):
@@ -86,7 +72,7 @@ def main(argv=None):
         reference = reference or outputs
         print(json.dumps({"bench": "winograd", "shape": [batch, size, size, channels],
                           "out": out, "pass": name, "impl": impl,
-                          "ms": round(median_ms(fn, (x, kernel, g), args.repeats), 1),
+                          "ms": round(step_setup.median_ms(fn, (x, kernel, g), args.repeats), 1),
                           **differences(outputs, reference)}), flush=True)
 
 
