@@ -236,7 +236,8 @@ def run_ahead(ahead: Ahead, step, state, images: np.ndarray, batch_size: int):
       return _in_batches(compiled, state, images, batch_size)
     except (jax.errors.JaxRuntimeError, TypeError, ValueError) as e:
       logging.warning("the compiled forward pass failed (%s); compiling it again", e)
-      executables.forget(ahead.saved_as)
+      if ahead.saved_as:
+        executables.forget(ahead.saved_as)
   return _in_batches(step, state, images, batch_size)
 
 

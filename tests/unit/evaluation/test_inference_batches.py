@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 
@@ -27,3 +28,20 @@ def test_batches_give_every_image_its_own_output_once():
   assert sizes == [4, 4, 4]
   np.testing.assert_array_equal(sums, images.astype(np.float32).sum(axis=(1, 2, 3)) + 1.0)
   np.testing.assert_array_equal(firsts, images[:, 0, 0, 0])
+
+
+def test_a_kept_executable_that_fails_to_run_is_removed_and_the_jitted_step_runs(
+    tmp_path, monkeypatch):
+  monkeypatch.setenv("BLOODCELL_JAX_COMPILATION_CACHE", str(tmp_path))
+  kept = tmp_path / "executables"
+  kept.mkdir()
+  (kept / "broken.executable").write_bytes(b"")
+
+  def broken(state, batch):
+    raise jax.errors.JaxRuntimeError("NOT_FOUND: Function fusion.8 not found")
+
+  ahead = inference.Ahead(lambda: broken, "broken.executable")
+  jitted = lambda state, batch: np.asarray(batch).sum(axis=(1, 2, 3)) + state
+  images = np.ones((3, 2, 2, 3), np.uint8)
+  np.testing.assert_array_equal(inference.run_ahead(ahead, jitted, 1.0, images, 2), [13.0] * 3)
+  assert not (kept / "broken.executable").exists()
