@@ -51,10 +51,10 @@ def test_fused_conv_max_pool_equals_the_convolution_then_the_pooling(shape, kern
   assert_same_values_and_gradients(pooling.conv_max_pool, pooling._unfused, x, kernel, 1e-4)
 
 
-@pytest.mark.parametrize("block", [2, 4])
-@pytest.mark.parametrize("shape", [(2, 8, 8, 5), (1, 7, 9, 4), (1, 6, 10, 3), (1, 2, 3, 2)])
+@pytest.mark.parametrize("shape, block", [((1, 7, 9, 4), 2), ((2, 8, 8, 5), 4),
+                                          ((1, 7, 10, 3), 4), ((1, 2, 3, 2), 4)])
 def test_winograd_conv_max_pool_equals_the_convolution_then_the_pooling(shape, block):
-  """Even and odd sizes, sizes that are not whole blocks, a single window."""
+  """Odd sizes, whole blocks, sizes that are not whole blocks, a single window."""
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, shape[3], 6))
   winograd_block = lambda x, k: winograd.conv_max_pool(x, k, block)
