@@ -78,7 +78,8 @@ def key(*parts: Any) -> str:
 def load(name: str) -> Optional[jax.stages.Compiled]:
   """The executable saved as `name`, loaded on this process's devices; None when there is
   none, or it cannot be read (then it is compiled again and written over)."""
-  path = os.path.join(folder(), name) if folder() else ""
+  kept = folder()
+  path = os.path.join(kept, name) if kept else ""
   if not path or not os.path.isfile(path):
     return None
   try:
@@ -116,23 +117,24 @@ def forget(name: str) -> None:
 def save(name: str, compiled: jax.stages.Compiled) -> None:
   """Writes `compiled` as `name` (whole or not at all) and keeps the newest KEEP files; a
   backend that cannot serialize, or a folder that cannot be written, is passed over."""
-  if not folder():
+  kept = folder()
+  if not kept:
     return
   try:
     serialized, inputs, outputs = serialize_executable.serialize(compiled)
     skeleton = lambda tree: jax.tree.unflatten(tree, [0] * tree.num_leaves)
     data = pickle.dumps({"executable": serialized, "inputs": skeleton(inputs),
                          "outputs": skeleton(outputs)})
-    os.makedirs(folder(), exist_ok=True)
-    atomic.write_bytes(os.path.join(folder(), name), data)
+    os.makedirs(kept, exist_ok=True)
+    atomic.write_bytes(os.path.join(kept, name), data)
   except (ValueError, NotImplementedError, OSError, UserError, pickle.PicklingError) as e:
     logging.info("compiled program not kept (%s)", e)
     return
-  _keep_newest(KEEP)
+  _keep_newest(kept, KEEP)
 
 
-def _keep_newest(count: int) -> None:
-  paths = sorted(glob.glob(os.path.join(folder(), "*.executable")), key=_modified, reverse=True)
+def _keep_newest(kept: str, count: int) -> None:
+  paths = sorted(glob.glob(os.path.join(kept, "*.executable")), key=_modified, reverse=True)
   for path in paths[count:]:
     try:
       os.remove(path)
