@@ -110,6 +110,8 @@ def run_exportable(workdir: str, ema: bool = False, tta: str = "",
 
   from bloodcell_jax.evaluation import inference, ood
   config, class_names, model, state, weights = inference.load_run(workdir, ema)
+  if getattr(model, "dtype", None) is not None:
+    model = model.clone(dtype=np.float32)  # a portable graph, whatever this CPU trained in
   temperature = inference.run_temperature(workdir, ema) if calibrated else 1.0
   accuracy = checkpoint_val_accuracy(workdir, weights)
   trust, layer = inference.ood_model(workdir, ema), inference.classifier_layer(config)

@@ -31,6 +31,13 @@ from bloodcell_jax.training.writers import create_writer
 from bloodcell_jax.weights import init_from
 
 
+def _compute_dtype(model, config) -> str:
+  """The model's compute dtype for the log, and why where `auto` chose it."""
+  dtype = getattr(model, "dtype", None)
+  name = np.dtype(dtype).name if dtype is not None else "its layers' dtypes"
+  return f"{name} (model.dtype=auto)" if config.model.get("dtype") == "auto" else name
+
+
 def run_stages(config, workdir: str, provenance: Optional[dict] = None) -> dict:
   """Runs `config.stages` in name order (each in its own sub-workdir, each starting from the
   previous stage's best checkpoint, head kept), or the config itself when it has none.
@@ -149,8 +156,9 @@ def _build_run(config, workdir: str, data, manifest: dict, offline_summary: dict
   state, weights = _initial_weights(config, state, mesh, tx)
   weights["trainable_parameters"], weights["frozen_parameters"] = freezing.count(labels,
                                                                                  state.params)
-  logging.info("%s: %d trainable, %d frozen parameters", config.model.name,
-               weights["trainable_parameters"], weights["frozen_parameters"])
+  logging.info("%s: %d trainable, %d frozen parameters, computing in %s", config.model.name,
+               weights["trainable_parameters"], weights["frozen_parameters"],
+               _compute_dtype(model, config))
   run = RunContext(
       config=config, workdir=workdir, mesh=mesh, data=data,
       train_source=pipeline.InMemorySource(data.train),

@@ -57,3 +57,32 @@ def test_the_compilation_cache_can_be_moved_or_turned_off(tmp_path):
   assert os.listdir(moved)
   assert run_cache_program(tmp_path, BLOODCELL_JAX_COMPILATION_CACHE="off") == "None"
   assert not (tmp_path / "home_cache").exists()
+
+
+X86_FLAGS = "fpu vme sse sse2 avx2 fma avx512f avx512bw avx512_vnni"
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    (f"processor\t: 0\nflags\t\t: {X86_FLAGS} avx512_bf16\n", True),  # AMD Zen 4
+    (f"processor\t: 0\nflags\t\t: {X86_FLAGS} amx_bf16 amx_tile\n", True),  # Intel AMX
+    (f"processor\t: 0\nflags\t\t: {X86_FLAGS}\n", False),
+    ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),  # Arm (Graviton 3)
+    ("processor\t: 0\nFeatures\t: fp asimd crc32\nmodel name\t: bf16 lookalike\n", False),
+])
+def test_bfloat16_dot_products_are_read_from_cpuinfo(cpuinfo, expected):
+  from bloodcell_jax import runtime  # pylint: disable=g-import-not-at-top
+  assert runtime.bfloat16_in_cpuinfo(cpuinfo) is expected
+
+
+def test_ynnpack_keeps_the_matrix_products_where_the_cpu_multiplies_bfloat16():
+  from bloodcell_jax import runtime  # pylint: disable=g-import-not-at-top
+  environ = {k: v for k, v in os.environ.items()
+             if k not in ("XLA_FLAGS", "BLOODCELL_JAX_KEEP_XLA_FLAGS")}
+  flags = subprocess.run(
+      [sys.executable, "-c", "import os; from bloodcell_jax import runtime; runtime.set_up(); "
+       "print(os.environ.get('XLA_FLAGS', ''))"],
+      cwd=ROOT, check=True, capture_output=True, text=True, env=environ).stdout.split()
+  if not any(flag.startswith("--xla_cpu_experimental_ynn_fusion_type") for flag in flags):
+    pytest.skip("this jaxlib is not in the series whose YNNPACK fusions were measured")
+  expected = "individual_dot" if runtime.cpu_multiplies_bfloat16() else ""
+  assert f"--xla_cpu_experimental_ynn_fusion_type={expected}" in flags

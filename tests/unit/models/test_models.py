@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bloodcell_jax import models
+from bloodcell_jax import models, runtime
 from bloodcell_jax.augment import ops as augment
 from bloodcell_jax.config import recipes
 from bloodcell_jax.errors import UserError
@@ -123,6 +123,22 @@ def test_bfloat16_compute_keeps_float32_parameters():
   variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 32, 32, 3)))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
   assert model.apply(variables, jnp.ones((1, 32, 32, 3))).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_automatic_dtype_is_bfloat16_only_on_a_cpu_that_multiplies_it(monkeypatch, native):
+  monkeypatch.setattr(runtime, "cpu_multiplies_bfloat16", lambda: native)
+  config = recipes.load_config_file(os.path.join(ROOT, "configs", "effnet.py"))
+  assert config.model.dtype == "auto"
+  expected = jnp.bfloat16 if native else jnp.float32
+  assert models.build_model(config, 8).dtype == expected
+  with config.unlocked():
+    config.model.dtype = "float32"  # asked for: kept on any CPU
+  assert models.build_model(config, 8).dtype == jnp.float32
+  with config.unlocked():
+    config.model.dtype = "half-ish"
+  with pytest.raises(UserError, match=r"config.model.dtype='half-ish': .*\(or auto\)"):
+    models.build_model(config, 8)
 
 
 def test_unknown_model_and_knobs_are_user_errors():
