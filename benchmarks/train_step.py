@@ -53,6 +53,9 @@ def parse_args(argv=None):
   parser.add_argument("--devices", type=int, default=0,
                       help="compare 1 and N forced host devices (bloodcell_jax only)")
   parser.add_argument("--grad_accum_steps", type=int, default=1, help="bloodcell_jax only")
+  parser.add_argument("--dtype", default="",
+                      help="bloodcell_jax only: config.model.dtype (float32, bfloat16, auto); "
+                           "default: the recipe's")
   return parser.parse_args(argv)
 
 
@@ -71,6 +74,9 @@ def time_steps(run_step, args):
 
 def bench_bloodcell_jax(args, config):
   import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from bloodcell_jax import models  # pylint: disable=g-import-not-at-top
   train_fn, state, batch = step_setup.jitted_step(config, args.batch, args.image_size,
                                                   args.grad_accum_steps)
   holder = [state]
@@ -80,7 +86,9 @@ def bench_bloodcell_jax(args, config):
     jax.block_until_ready(metrics)
   return time_steps(run_step, args), {"devices": jax.device_count(),
                                       "platform": jax.devices()[0].platform,
-                                      "grad_accum_steps": args.grad_accum_steps}
+                                      "grad_accum_steps": args.grad_accum_steps,
+                                      "compute_dtype": np.dtype(
+                                          models.build_model(config, 8).dtype).name}
 
 
 def keras_cnn(config, args):
@@ -145,6 +153,7 @@ def run_one(args):
   config = step_setup.load_config(args.config or os.path.join(ROOT, CONFIGS[args.model]))
   with config.unlocked():
     config.optim.freeze, config.optim.freeze_keras_layers = (), 0  # Keras trains every layer
+    config.model.dtype = args.dtype or config.model.dtype
   if args.impl == "bloodcell_jax":
     seconds, extra = bench_bloodcell_jax(args, config)
   else:
