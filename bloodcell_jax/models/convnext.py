@@ -233,9 +233,7 @@ _DEFAULTS = dict(
     drop_path_rate=0.0,  # stochastic depth at the last block (keras.applications: 0)
     input_norm="none",  # none | grey_world | channel_standardize
     framing="none",  # none | nucleus: re-cut about the nucleus (models/framing.py)
-    # auto: bfloat16 on a CPU with bfloat16 dot products (faster), else float32; choose
-    # bfloat16 on accelerators.
-    dtype="auto",
+    dtype="float32",  # bfloat16 on accelerators; auto: bfloat16 on a CPU that multiplies it
     param_dtype="float32")
 
 for _name in VARIANTS:

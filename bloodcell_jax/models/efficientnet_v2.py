@@ -334,9 +334,7 @@ _DEFAULTS = dict(
     top_dropout=TOP_DROPOUT, drop_connect_rate=DROP_CONNECT_RATE,
     input_norm="none",  # none | grey_world | channel_standardize
     framing="none",  # none | nucleus: re-cut about the nucleus (models/framing.py)
-    # auto: bfloat16 on a CPU with bfloat16 dot products (faster), else float32; choose
-    # bfloat16 on accelerators.
-    dtype="auto",
+    dtype="float32",  # bfloat16 on accelerators; auto: bfloat16 on a CPU that multiplies it
     param_dtype="float32")
 
 for _name in VARIANTS:

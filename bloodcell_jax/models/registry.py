@@ -152,8 +152,9 @@ AUTO_DTYPE = "auto"
 
 def automatic_compute_dtype() -> jnp.dtype:
   """config.model.dtype="auto": bfloat16 where the model runs on a CPU with bfloat16
-  dot-product instructions (EfficientNetV2-S's train step 1.35x faster, ConvNeXt-Small's 1.15x:
-  docs/performance.md), float32 elsewhere (choose bfloat16 on a GPU or TPU yourself)."""
+  dot-product instructions (faster for the models made mostly of matrix products, such as
+  EfficientNetV2 and ConvNeXt: docs/performance.md), float32 elsewhere (choose bfloat16 on a
+  GPU or TPU yourself)."""
   if jax.default_backend() == "cpu" and runtime.cpu_multiplies_bfloat16():
     return jnp.dtype(jnp.bfloat16)
   return jnp.dtype(jnp.float32)
