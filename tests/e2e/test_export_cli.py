@@ -4,6 +4,7 @@
 import csv
 import json
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 
 from bloodcell_jax.config import recorded
 from bloodcell_jax.export import runtimes
+from bloodcell_jax.export import writer
 from bloodcell_jax.results import predictions
 from bloodcell_jax.training import run_files
 from helpers.images import sixteen_cells
@@ -61,3 +63,20 @@ def test_export_cli_and_predict_model_equal_predict_workdir(trained_run, tmp_pat
                     f"--input={folder}")[2] == [
       "error: --tta: for --workdir runs; an exported model has its weights, TTA and "
       "calibration chosen at export"]
+
+
+def test_a_run_trained_in_bfloat16_exports_in_float32(trained_run, tmp_path):
+  """What is exported runs on other machines: it computes in float32 whatever the run did."""
+  workdir, _ = trained_run
+  half = str(tmp_path / "bfloat16_run")
+  shutil.copytree(workdir, half)
+  config_path = os.path.join(half, run_files.CONFIG)
+  config = run_files.read_json(config_path)
+  config["model"]["dtype"] = "bfloat16"
+  with open(config_path, "w") as f:
+    json.dump(config, f)
+  images = np.stack(sixteen_cells(32))
+  full, from_half = (writer.run_exportable(w) for w in (workdir, half))
+  np.testing.assert_array_equal(
+      from_half.outputs(from_half.variables, images)["probabilities"],
+      full.outputs(full.variables, images)["probabilities"])
