@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 
 from bloodcell_jax.config import recorded
-from bloodcell_jax.export import runtimes
-from bloodcell_jax.export import writer
+from bloodcell_jax.export import runtimes, writer
 from bloodcell_jax.results import predictions
 from bloodcell_jax.training import run_files
 from helpers.images import sixteen_cells
