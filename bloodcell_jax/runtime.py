@@ -3,13 +3,10 @@ the tests' conftest), never by importing the library.
 
 `set_up()`:
 * XLA:CPU in jaxlib 0.10 hands convolution-adjacent fusions to YNNPACK, which makes the CNN
-  train step 2x slower on x86 CPUs (measured in benchmarks/train_step.py); they are turned off
-  unless XLA_FLAGS already names the flag or BLOODCELL_JAX_KEEP_XLA_FLAGS=1. On a CPU with
-  bfloat16 dot-product instructions (`cpu_multiplies_bfloat16`) YNNPACK keeps the matrix
-  products alone: it runs bfloat16 ones 1.7x faster than XLA's own, float32 ones as fast.
-  Flags only take effect before JAX starts its backend, and XLA rejects flags it does not
-  know, so this is limited to the jaxlib series where the flag was measured, and to a backend
-  not started yet.
+  train step 2x slower on x86 CPUs (measured in benchmarks/train_step.py); it is turned off
+  unless XLA_FLAGS already names the flag or BLOODCELL_JAX_KEEP_XLA_FLAGS=1. Flags only take
+  effect before JAX starts its backend, and XLA rejects flags it does not know, so this is
+  limited to the jaxlib series where the flag was measured, and to a backend not started yet.
 * Compiled XLA programs are kept on disk (JAX's persistent compilation cache) and reused by the
   next program that compiles the same one: `predict` on a CNN run compiles its forward pass in
   about 1 s of its 4-5 s, and a cached one loads in a fraction of that. The folder is
@@ -112,8 +109,7 @@ def _tune_xla_cpu_flags() -> None:
   except importlib.metadata.PackageNotFoundError:
     return
   if jaxlib_version.startswith(_YNN_FLAG_SERIES) and not _jax_backend_started():
-    fusions = "individual_dot" if cpu_multiplies_bfloat16() else ""
-    os.environ["XLA_FLAGS"] = f"{flags} {_YNN_FLAG}={fusions}".strip()
+    os.environ["XLA_FLAGS"] = f"{flags} {_YNN_FLAG}=".strip()
 
 
 @functools.lru_cache(maxsize=None)

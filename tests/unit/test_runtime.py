@@ -73,16 +73,3 @@ def test_bfloat16_dot_products_are_read_from_cpuinfo(cpuinfo, expected):
   from bloodcell_jax import runtime  # pylint: disable=g-import-not-at-top
   assert runtime.bfloat16_in_cpuinfo(cpuinfo) is expected
 
-
-def test_ynnpack_keeps_the_matrix_products_where_the_cpu_multiplies_bfloat16():
-  from bloodcell_jax import runtime  # pylint: disable=g-import-not-at-top
-  environ = {k: v for k, v in os.environ.items()
-             if k not in ("XLA_FLAGS", "BLOODCELL_JAX_KEEP_XLA_FLAGS")}
-  flags = subprocess.run(
-      [sys.executable, "-c", "import os; from bloodcell_jax import runtime; runtime.set_up(); "
-       "print(os.environ.get('XLA_FLAGS', ''))"],
-      cwd=ROOT, check=True, capture_output=True, text=True, env=environ).stdout.split()
-  if not any(flag.startswith("--xla_cpu_experimental_ynn_fusion_type") for flag in flags):
-    pytest.skip("this jaxlib is not in the series whose YNNPACK fusions were measured")
-  expected = "individual_dot" if runtime.cpu_multiplies_bfloat16() else ""
-  assert f"--xla_cpu_experimental_ynn_fusion_type={expected}" in flags
