@@ -19,6 +19,9 @@ the tests' conftest), never by importing the library.
   batches of varying length, which the per-image op choice makes) would flood the training
   log, so TF_CPP_MIN_LOG_LEVEL defaults to 2.
 
+`cpu_multiplies_bfloat16()`: whether the CPU has bfloat16 dot-product instructions, which
+`config.model.dtype="auto"` computes in (read from /proc/cpuinfo).
+
 `keep_tensorflow_on_host()` (imports TensorFlow, so called where the pipeline is about to run):
 TensorFlow sees no GPU or TPU, whose memory belongs to JAX.
 
