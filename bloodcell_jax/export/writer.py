@@ -103,6 +103,16 @@ def with_standard_ops(function):
   return traced_with_standard_ops
 
 
+def serializable(function):
+  """`function` traced without this process's custom calls (models/onednn.py)."""
+  from bloodcell_jax.models import onednn
+
+  def traced_for_serialization(*args):
+    with onednn.serialized():
+      return function(*args)
+  return traced_for_serialization
+
+
 def run_exportable(workdir: str, ema: bool = False, tta: str = "",
                    calibrated: bool = False) -> Exportable:
   """The best checkpoint of a training run, ready to export."""
@@ -196,7 +206,7 @@ def write_saved_model(exportable: Exportable, out: str, metadata: dict,
   if for_conversion:
     function, platforms = with_standard_ops(function), None
   else:
-    platforms = SERVING_PLATFORMS
+    function, platforms = serializable(function), SERVING_PLATFORMS
   converted = jax2tf.convert(function, with_gradient=False,
                              native_serialization_platforms=platforms,
                              polymorphic_shapes=[None, f"(batch, {size}, {size}, 3)"])

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bloodcell_jax.models import heads, portable
-from bloodcell_jax.models.layers import DepthwiseConv, prepare_input
+from bloodcell_jax.models.layers import Conv, DepthwiseConv, prepare_input
 from bloodcell_jax.models.registry import KerasPort, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -121,7 +121,7 @@ class ConvNeXt(nn.Module):
     v = VARIANTS[self.variant]
     x = prepare_input(x, self.framing, self.input_norm, self.output_dtype)
     x = ((x / 255.0 - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)).astype(self.dtype)
-    conv = lambda width, k, name: nn.Conv(width, (k, k), (k, k), padding="VALID",
+    conv = lambda width, k, name: Conv(width, (k, k), (k, k), padding="VALID",
                                           kernel_init=_glorot, **_dtypes(self), name=name)
     x = conv(v.widths[0], 4, "stem_conv")(x)
     x = _layer_norm(self, "stem_layernorm")(x)

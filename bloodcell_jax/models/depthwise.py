@@ -20,6 +20,10 @@ hand-written VJP:
   reduction sums. A reduction over the batch or the image inside the fusion
   makes XLA:CPU emit a scalar loop, 10x slower.
 
+Where oneDNN's convolutions run (onednn.py: one CPU device, float32 or bfloat16), they run
+this one too, forward and backward 3-9x faster than the path above at EfficientNetV2-S's and
+MobileNetV3-Small's shapes (batch 64, 2 CPU cores).
+
 Other platforms (GPU, TPU) use `lax.conv_general_dilated`, which is fast there,
 and so does every platform inside `portable.standard_ops()` (for export).
 Reverse-mode autodiff (grad, vjp) is supported, forward-mode (jvp) is not.
@@ -31,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bloodcell_jax.models import portable
+from bloodcell_jax.models import onednn, portable
 
 _BLOCK = 6
 
@@ -53,6 +57,10 @@ def depthwise_conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.nd
       or kernel.shape[2] != x.shape[3]:
     raise ValueError(f"depthwise_conv2d: need x (N, H, W, C) and kernel (k, k, C), "
                      f"got {x.shape} and {kernel.shape}")
+  if x.dtype in (jnp.float32, jnp.bfloat16) and onednn.in_use():
+    return onednn.conv_general_dilated(
+        x, kernel[:, :, None, :].astype(x.dtype), (stride, stride), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
   return _depthwise(x, kernel, int(stride))
 
 

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bloodcell_jax.models import heads
-from bloodcell_jax.models.layers import DepthwiseConv, batch_norm, prepare_input
+from bloodcell_jax.models.layers import Conv, DepthwiseConv, batch_norm, prepare_input
 from bloodcell_jax.models.registry import KerasPort, register
 
 # One row per stage: block type, repeats, input filters, output filters,
@@ -205,7 +205,7 @@ class Block(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   def _conv(self, features, kernel, stride, name, bias=False):
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding="SAME", use_bias=bias,
+    return Conv(features, (kernel, kernel), (stride, stride), padding="SAME", use_bias=bias,
                    kernel_init=_conv_init, **_dtypes(self), name=name)
 
   def _norm(self, x, name, train):
@@ -279,12 +279,12 @@ class EfficientNetV2(nn.Module):
     else:
       x = x / 128.0 - 1.0
     x = x.astype(self.dtype)
-    x = nn.Conv(stem_filters(v), (3, 3), (2, 2), padding="SAME", use_bias=False,
+    x = Conv(stem_filters(v), (3, 3), (2, 2), padding="SAME", use_bias=False,
                 kernel_init=_conv_init, **_dtypes(self), name="stem_conv")(x)
     x = nn.swish(self._bn(x, "stem_bn", train))
     for spec in block_specs(v, self.drop_connect_rate):
       x = Block(spec, self.frozen_bn, **_dtypes(self), name=spec.name)(x, train)
-    x = nn.Conv(top_filters(v), (1, 1), use_bias=False, kernel_init=_conv_init,
+    x = Conv(top_filters(v), (1, 1), use_bias=False, kernel_init=_conv_init,
                 **_dtypes(self), name="top_conv")(x)
     return nn.swish(self._bn(x, "top_bn", train))
 

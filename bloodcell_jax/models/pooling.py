@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bloodcell_jax.models import portable, winograd
+from bloodcell_jax.models import onednn, portable, winograd
 
 
 def _windows_2x2(x):
@@ -85,6 +85,8 @@ def cpu_method(shape, kernel_size: int, train: bool) -> str:
   in_channels = shape[3]
   if not train and in_channels * kernel_size * kernel_size <= MAX_FUSED_PRODUCTS:
     return "taps"
+  if onednn.in_use():
+    return "unfused"
   mode = "train" if train else "inference"
   if kernel_size == 3 and in_channels >= MIN_WINOGRAD_CHANNELS[mode] and min(shape[1:3]) >= 2:
     return "winograd_f2" if train else "winograd_f4"
@@ -107,8 +109,8 @@ def conv_max_pool(x: jnp.ndarray, kernel: jnp.ndarray, train: bool = False) -> j
 
 
 def _unfused(x, kernel):
-  return max_pool_2x2(lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                               dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  return max_pool_2x2(onednn.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC")))
 
 
 def _phases(x, kernel):

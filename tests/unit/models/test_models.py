@@ -11,7 +11,7 @@ from bloodcell_jax import models, runtime
 from bloodcell_jax.augment import ops as augment
 from bloodcell_jax.config import recipes
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import layers, pooling, portable, winograd
+from bloodcell_jax.models import layers, onednn, pooling, portable, winograd
 from bloodcell_jax.models.layers import max_pool_2x2, normalize_input
 from helpers import ROOT
 
@@ -62,8 +62,11 @@ def test_winograd_conv_max_pool_equals_the_convolution_then_the_pooling(shape, b
 
 
 @pytest.mark.parametrize("train, method", [(True, "winograd_f2"), (False, "winograd_f4")])
-def test_conv_max_pool_takes_winograd_for_wide_inputs(train, method):
+def test_conv_max_pool_takes_winograd_for_wide_inputs_without_onednn(train, method, monkeypatch):
   shape = (2, 6, 6, pooling.MIN_WINOGRAD_CHANNELS["train"])
+  monkeypatch.setattr(onednn, "in_use", lambda: True)  # its convolutions beat Winograd's
+  assert pooling.cpu_method(shape, 3, train) == "unfused"
+  monkeypatch.setattr(onednn, "in_use", lambda: False)
   assert pooling.cpu_method(shape, 3, train) == method
   assert pooling.cpu_method(shape[:3] + (16,), 3, train) == "unfused"
   assert pooling.cpu_method(shape, 5, train) == "unfused"
