@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import heads
-from bloodcell_jax.models.layers import DepthwiseConv, batch_norm, prepare_input
+from bloodcell_jax.models import heads, onednn
+from bloodcell_jax.models.layers import Conv, DepthwiseConv, batch_norm, prepare_input
 from bloodcell_jax.models.registry import KerasPort, register
 
 BN_EPSILON = 1e-3
@@ -119,14 +119,15 @@ def _dtypes(module) -> dict:
 
 
 def _conv(module, width, name, bias=False):
-  return nn.Conv(width, (1, 1), use_bias=bias, kernel_init=_glorot, **_dtypes(module), name=name)
+  return Conv(width, (1, 1), use_bias=bias, kernel_init=_glorot, **_dtypes(module), name=name)
 
 
 def _bn(module, x, name, train):
-  # JAX's derivative: the gradients reaching these BatchNorms are hard-swish and
-  # squeeze-excitation fusions (models/batch_norm.py).
+  # With XLA's depthwise convolutions, JAX's derivative: the gradients reaching these
+  # BatchNorms are hard-swish and squeeze-excitation fusions (models/batch_norm.py). With
+  # oneDNN's, the products: the step ran 10% faster (536 and 549 against 485 and 496 images/s).
   return batch_norm(module, x, name, train, BN_EPSILON, module.frozen_bn, BN_MOMENTUM,
-                    product_gradient=False)
+                    product_gradient=onednn.in_use())
 
 
 class Block(nn.Module):
@@ -184,7 +185,7 @@ class MobileNetV3(nn.Module):
     x = prepare_input(x, self.framing, self.input_norm, self.output_dtype)
     x = (x / 127.5 - 1.0).astype(self.dtype)
     act = _activation(self._activation_name)
-    x = nn.Conv(STEM_WIDTH, (3, 3), (2, 2), padding="SAME", use_bias=False, kernel_init=_glorot,
+    x = Conv(STEM_WIDTH, (3, 3), (2, 2), padding="SAME", use_bias=False, kernel_init=_glorot,
                 **_dtypes(self), name="conv")(x)
     x = act(_bn(self, x, "conv_bn", train))
     for spec in block_specs(VARIANTS[self.variant], self.alpha, self.minimalistic):
