@@ -18,7 +18,8 @@ pooling (each block of the custom CNN). On CPU it runs in one of three ways (`cp
   (training, 64 or more): `winograd.conv_max_pool`, fewer products for convolutions that run
   at the CPU's peak; the forward pass gains most from the larger blocks, the gradient from the
   smaller ones.
-* "unfused": `lax.conv_general_dilated`, then `max_pool_2x2`.
+* "unfused": the convolution (oneDNN's where it runs, models/onednn.py; else XLA's), then
+  `max_pool_2x2`. With oneDNN, the thresholds above are MIN_WINOGRAD_CHANNELS_BESIDE_ONEDNN.
 
 Other platforms, and `portable.standard_ops()` (export), run the convolution and then
 `max_pool_2x2`. All pool VALID: an odd last row or column is dropped, as in Keras.
@@ -77,6 +78,10 @@ MAX_FUSED_PRODUCTS = 27
 # (benchmarks/winograd.py): forward and gradients, F(2x2), 0.6-0.8x the time at 64 and 128
 # channels, level at 32; forward alone, F(4x4), 0.5-0.65x at 64 and 128, 0.96x at 32.
 MIN_WINOGRAD_CHANNELS = {"train": 64, "inference": 32}
+# The same against oneDNN's convolutions (benchmarks/onednn.py), which beat XLA's and Winograd's
+# at 32 channels. With F(2x2) from 64 channels the CNN's train step ran 6-10% faster than with
+# oneDNN's everywhere; F(4x4)'s forward pass takes 0.55-0.7x oneDNN's time at 64 and 128.
+MIN_WINOGRAD_CHANNELS_BESIDE_ONEDNN = {"train": 64, "inference": 64}
 
 
 def cpu_method(shape, kernel_size: int, train: bool) -> str:
@@ -85,10 +90,9 @@ def cpu_method(shape, kernel_size: int, train: bool) -> str:
   in_channels = shape[3]
   if not train and in_channels * kernel_size * kernel_size <= MAX_FUSED_PRODUCTS:
     return "taps"
-  if onednn.in_use():
-    return "unfused"
   mode = "train" if train else "inference"
-  if kernel_size == 3 and in_channels >= MIN_WINOGRAD_CHANNELS[mode] and min(shape[1:3]) >= 2:
+  minimum = (MIN_WINOGRAD_CHANNELS_BESIDE_ONEDNN if onednn.in_use() else MIN_WINOGRAD_CHANNELS)
+  if kernel_size == 3 and in_channels >= minimum[mode] and min(shape[1:3]) >= 2:
     return "winograd_f2" if train else "winograd_f4"
   return "unfused"
 

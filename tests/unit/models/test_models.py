@@ -62,10 +62,12 @@ def test_winograd_conv_max_pool_equals_the_convolution_then_the_pooling(shape, b
 
 
 @pytest.mark.parametrize("train, method", [(True, "winograd_f2"), (False, "winograd_f4")])
-def test_conv_max_pool_takes_winograd_for_wide_inputs_without_onednn(train, method, monkeypatch):
+def test_conv_max_pool_takes_winograd_for_wide_inputs(train, method, monkeypatch):
   shape = (2, 6, 6, pooling.MIN_WINOGRAD_CHANNELS["train"])
-  monkeypatch.setattr(onednn, "in_use", lambda: True)  # its convolutions beat Winograd's
-  assert pooling.cpu_method(shape, 3, train) == "unfused"
+  narrower = shape[:3] + (pooling.MIN_WINOGRAD_CHANNELS_BESIDE_ONEDNN["train"] // 2,)
+  monkeypatch.setattr(onednn, "in_use", lambda: True)  # its convolutions beat Winograd's there
+  assert pooling.cpu_method(shape, 3, train) == method
+  assert pooling.cpu_method(narrower, 3, train) == "unfused"
   monkeypatch.setattr(onednn, "in_use", lambda: False)
   assert pooling.cpu_method(shape, 3, train) == method
   assert pooling.cpu_method(shape[:3] + (16,), 3, train) == "unfused"
