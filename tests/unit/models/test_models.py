@@ -81,11 +81,13 @@ def test_conv_max_pool_takes_winograd_for_wide_inputs(train, method, monkeypatch
 def test_cnn_trains_and_predicts_with_the_same_parameters():
   model = models.get_model("cnn", num_classes=3, filters=(4, 64, 8), dense_units=6, norm="batch")
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3), maxval=255.0)
-  initialised = [model.init(jax.random.PRNGKey(1), x, train=train) for train in (False, True)]
+  init = jax.jit(model.init, static_argnames="train")  # jitted: op by op takes 10 s
+  initialised = [init(jax.random.PRNGKey(1), x, train=train) for train in (False, True)]
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), *initialised))
   with portable.standard_ops():  # the unfused convolution and pooling, as exported
-    unfused = model.apply(initialised[0], x)
-  np.testing.assert_allclose(model.apply(initialised[0], x), unfused, rtol=1e-5, atol=1e-6)
+    unfused = jax.jit(lambda v, x: model.apply(v, x))(initialised[0], x)  # a trace of its own
+  fused = jax.jit(lambda v, x: model.apply(v, x))(initialised[0], x)
+  np.testing.assert_allclose(fused, unfused, rtol=1e-5, atol=1e-6)
 
 
 def test_cnn_without_norm_equals_the_study_block_order():
@@ -237,12 +239,13 @@ def test_mix_style_changes_training_only():
                dropout=0.0)  # no dropout: any difference in training is MixStyle's
   model = models.get_model("cnn", mix_style=1.0, **small)
   images = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 3)) * 255
-  variables = model.init(jax.random.PRNGKey(0), images)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), images)  # jitted: op by op is slow
   plain = models.get_model("cnn", **small)
-  np.testing.assert_array_equal(model.apply(variables, images),
-                                plain.apply(variables, images))
-  trained = lambda m: m.apply(variables, images, train=True, mutable=["batch_stats"],
-                              rngs={"dropout": jax.random.PRNGKey(3)})[0]
+  np.testing.assert_array_equal(jax.jit(model.apply)(variables, images),
+                                jax.jit(plain.apply)(variables, images))
+  trained = lambda m: jax.jit(lambda v: m.apply(v, images, train=True, mutable=["batch_stats"],
+                                                 rngs={"dropout": jax.random.PRNGKey(3)})[0])(
+                                                     variables)
   assert not np.allclose(trained(model), trained(plain))
   with pytest.raises(UserError, match=r"config\.model\.mix_style=1\.5: expected a probability"):
     models.get_model("cnn", mix_style=1.5)
