@@ -5,17 +5,15 @@
 Prints one JSON object per line: {"bench": "onednn_conv", "shape": [N, H, W, C_in], "kernel",
 "out", "stride", "dtype", "impl", "forward_ms", "input_gradient_ms", "kernel_gradient_ms",
 "total_ms"}, then {"bench": "onednn_conv", "summary": ...} with each shape's total speed-up.
-Each figure is the median of --repeats calls of a jitted function after a warm-up call. The
+Each figure is the median of --repeats calls of a jitted function after two warm-up calls. The
 shapes are the custom CNN's and EfficientNetV2-S's (stem, Fused-MBConv, a 1x1 of the MBConv
 stages) at 96x96, batch 64.
 """
 
 import argparse
 import json
-import statistics
-import time
 
-import step_setup  # noqa: F401  pylint: disable=unused-import  (puts the project on sys.path)
+import step_setup  # pylint: disable=g-bad-import-order  (puts the project on sys.path)
 
 from bloodcell_jax import runtime  # pylint: disable=g-bad-import-order
 
@@ -35,16 +33,6 @@ SHAPES = (  # (N, H, W, C_in, k, C_out, stride)
 )
 IMPLS = {"xla": lax.conv_general_dilated, "onednn": onednn.conv_general_dilated}
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-
-
-def timed(function, *args, repeats: int) -> float:
-  jax.block_until_ready(function(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(function(*args))
-    times.append(time.perf_counter() - start)
-  return 1000 * statistics.median(times)
 
 
 def programs(conv, stride):
@@ -72,10 +60,11 @@ def main(argv=None):
       forward, input_gradient, kernel_gradient = programs(conv, stride)
       record = {"bench": "onednn_conv", "shape": [n, h, w, c], "kernel": k, "out": out,
                 "stride": stride, "dtype": args.dtype, "impl": impl,
-                "forward_ms": timed(forward, x, kernel, repeats=args.repeats),
-                "input_gradient_ms": timed(input_gradient, x, kernel, g, repeats=args.repeats),
-                "kernel_gradient_ms": timed(kernel_gradient, x, kernel, g,
-                                            repeats=args.repeats)}
+                "forward_ms": step_setup.median_ms(forward, (x, kernel), args.repeats),
+                "input_gradient_ms": step_setup.median_ms(input_gradient, (x, kernel, g),
+                                                          args.repeats),
+                "kernel_gradient_ms": step_setup.median_ms(kernel_gradient, (x, kernel, g),
+                                                           args.repeats)}
       record["total_ms"] = totals[impl] = sum(record[f"{part}_ms"] for part in
                                               ("forward", "input_gradient", "kernel_gradient"))
       print(json.dumps({key: round(v, 2) if isinstance(v, float) else v
