@@ -62,14 +62,18 @@ _CACHE_MIN_COMPILE_SECONDS = "0.2"
 _CACHE_MAX_BYTES = str(1 << 30)  # evicting needs filelock (JAX refuses a limit without it)
 
 
+def user_cache_folder(name: str) -> str:
+  """$XDG_CACHE_HOME/bloodcell_jax/`name` (~/.cache/bloodcell_jax/`name` without it)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "bloodcell_jax", name)
+
+
 def compilation_cache_folder() -> str:
   """Where `set_up` keeps compiled programs ("" when off)."""
   choice = os.environ.get(_CACHE_ENV, "")
   if choice == "off":
     return ""
-  return choice or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                os.path.join(os.path.expanduser("~"), ".cache"),
-                                "bloodcell_jax", "xla")
+  return choice or user_cache_folder("xla")
 
 
 def _cache_compilations() -> None:

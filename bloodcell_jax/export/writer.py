@@ -94,23 +94,23 @@ def output_function(model, tta: str = "", temperature: float = 1.0, layer: str =
   return outputs
 
 
+def _traced_within(context, function):
+  """`function`, traced inside `context()` whenever it is traced."""
+  def traced(*args):
+    with context():
+      return function(*args)
+  return traced
+
+
 def with_standard_ops(function):
   from bloodcell_jax.models import portable
-
-  def traced_with_standard_ops(*args):
-    with portable.standard_ops():
-      return function(*args)
-  return traced_with_standard_ops
+  return _traced_within(portable.standard_ops, function)
 
 
 def serializable(function):
   """`function` traced without this process's custom calls (models/onednn.py)."""
   from bloodcell_jax.models import onednn
-
-  def traced_for_serialization(*args):
-    with onednn.serialized():
-      return function(*args)
-  return traced_for_serialization
+  return _traced_within(onednn.serialized, function)
 
 
 def run_exportable(workdir: str, ema: bool = False, tta: str = "",

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bloodcell_jax import runtime
 from bloodcell_jax.models import portable
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
@@ -175,7 +176,7 @@ def _build() -> str:
              "-I" + jax.ffi.include_dir(), "-I" + os.path.join(root, "include"),
              "-L" + os.path.join(root, "lib"), "-ldnnl",
              "-Wl,-rpath," + os.path.join(root, "lib")]
-  path = os.path.join(_cache_folder(), f"onednn_conv-{_digest(command)}.so")
+  path = os.path.join(runtime.user_cache_folder("onednn"), f"onednn_conv-{_digest(command)}.so")
   if os.path.exists(path):
     return path
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -222,11 +223,6 @@ def _version(package: str) -> str:
     return "none"
 
 
-def _cache_folder() -> str:
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "bloodcell_jax", "onednn")
-
-
 def status() -> Optional[str]:
-  """For the executables key and the log: the handler in use, or None."""
+  """For the executables key: the handler in use, or None."""
   return os.path.basename(library()) if in_use() else None
