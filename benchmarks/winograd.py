@@ -1,24 +1,25 @@
-"""The custom CNN's blocks (3x3 convolution + 2x2 max pooling): XLA's convolution and the
+"""The custom CNN's blocks (3x3 convolution + 2x2 max pooling): the convolution and the
 pooling against Winograd's F(2x2, 3x3) and F(4x4, 3x3) with the pooling in their output
-transforms.
+transforms, those by XLA's fusions and in C++.
 
   python benchmarks/winograd.py [--repeats=7] [--batch=64] [--forward_batch=256]
 
 Prints one JSON object per line: {"bench": "winograd", "shape": [N, H, W, C_in], "out",
 "pass" ("forward", or "train": the output and both gradients for a fixed random output
-gradient), "impl" ("xla": lax.conv_general_dilated then max_pool_2x2; "winograd_f2", "winograd_f4"),
-"ms" (the
-median of --repeats jitted calls after two warm-up calls), "output_difference" (the largest
-absolute difference from xla's output, over its largest value) and, for "train",
-"gradient_difference" (the relative L2 difference of each gradient from xla's, the larger).
+gradient), "impl" ("convolution": the convolution, oneDNN's where the CPU kernels run
+(models/native.py) else XLA's, then max_pool_2x2; "winograd_f2_xla", "winograd_f4_xla": the
+transforms by XLA's fusions; "winograd_f2_cpp", "winograd_f4_cpp": in C++, where the kernels
+run), "ms" (the median of --repeats jitted calls after two warm-up calls), "output_difference"
+(the largest absolute difference from the convolution's output, over its largest value) and,
+for "train", "gradient_difference" (the relative L2 difference of each gradient from the
+convolution's, the larger).
 A window whose two largest outputs are within rounding of each other can send its gradient to a
-different position than xla's: a few such windows per batch make the gradients' largest
+different position than the convolution's: a few such windows per batch make the gradients' largest
 differences much larger than their L2 ones. The shapes are the CNN's second to fourth blocks at
 96x96; "train" at --batch (the training batch), "forward" at --forward_batch (predict's).
 """
 
 import argparse
-import functools
 import json
 
 import step_setup  # pylint: disable=g-bad-import-order  (puts the project on sys.path)
@@ -29,12 +30,16 @@ runtime.set_up()
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-from bloodcell_jax.models import pooling, winograd  # pylint: disable=g-import-not-at-top
+from bloodcell_jax.models import native, pooling, winograd  # pylint: disable=g-import-not-at-top
 
 BLOCKS = ((48, 32, 64), (24, 64, 128), (12, 128, 256))  # (H = W, C_in, C_out)
-IMPLS = {"xla": pooling._unfused,  # pylint: disable=protected-access
-         "winograd_f2": functools.partial(winograd.conv_max_pool, block=2),
-         "winograd_f4": functools.partial(winograd.conv_max_pool, block=4)}
+# pylint: disable=protected-access
+IMPLS = {"convolution": pooling._unfused,
+         "winograd_f2_xla": winograd._BY_BLOCK[2], "winograd_f4_xla": winograd._BY_BLOCK[4]}
+if native.in_use():
+  IMPLS.update(winograd_f2_cpp=winograd._NATIVE_BY_BLOCK[2],
+               winograd_f4_cpp=winograd._NATIVE_BY_BLOCK[4])
+# pylint: enable=protected-access
 
 
 def passes(conv):

@@ -5,9 +5,9 @@ traces its model and lowers it to find the cache entry: for the CNN that is 0.2-
 Python in a 4 s prediction of 1,000 images, about what a LiteRT export spends on its whole
 start-up. Here the executable itself is kept, under a key of everything that decides it: the
 run's recorded config, the step and its input shapes, every source file of this library, the
-versions of JAX, jaxlib and flax, the devices, XLA_FLAGS, JAX's numerics flags and oneDNN's
-convolution handler (models/onednn.py; working out the key registers it, which a kept program
-that calls it needs before it loads). Any change
+versions of JAX, jaxlib and flax, the devices, XLA_FLAGS, JAX's numerics flags and the
+project's CPU kernels (models/native.py; working out the key registers them, which a kept
+program that calls them needs before it loads). Any change
 gives another key, so a stale file is never run; an unreadable one is compiled again and
 written over, and one that fails when run is removed (the caller computes with the jitted
 step instead). The files go beside JAX's cache (`executables/` in
@@ -34,7 +34,7 @@ from jax.experimental import serialize_executable
 import bloodcell_jax
 from bloodcell_jax import atomic, runtime
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import onednn
+from bloodcell_jax.models import native
 
 KEEP = 32
 
@@ -73,7 +73,7 @@ def key(*parts: Any) -> str:
   numerics = {name: jax.config.values.get(name) for name in
               ("jax_enable_x64", "jax_default_matmul_precision")}
   everything = [_library_digest(), _versions(), devices, os.environ.get("XLA_FLAGS", ""),
-                numerics, onednn.status(), parts]
+                numerics, native.status(), parts]
   text = json.dumps(everything, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:32] + ".executable"
 

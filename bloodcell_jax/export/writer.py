@@ -108,9 +108,9 @@ def with_standard_ops(function):
 
 
 def serializable(function):
-  """`function` traced without this process's custom calls (models/onednn.py)."""
-  from bloodcell_jax.models import onednn
-  return _traced_within(onednn.serialized, function)
+  """`function` traced without this process's custom calls (models/native.py)."""
+  from bloodcell_jax.models import native
+  return _traced_within(native.serialized, function)
 
 
 def run_exportable(workdir: str, ema: bool = False, tta: str = "",

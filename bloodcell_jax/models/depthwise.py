@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bloodcell_jax.models import onednn, portable
+from bloodcell_jax.models import native, onednn, portable
 
 _BLOCK = 6
 
@@ -58,7 +58,7 @@ def depthwise_conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.nd
       or kernel.shape[2] != x.shape[3]:
     raise ValueError(f"depthwise_conv2d: need x (N, H, W, C) and kernel (k, k, C), "
                      f"got {x.shape} and {kernel.shape}")
-  if x.dtype in (jnp.float32, jnp.bfloat16) and onednn.in_use():
+  if x.dtype in (jnp.float32, jnp.bfloat16) and native.in_use():
     return onednn.conv_general_dilated(
         x, kernel[:, :, None, :].astype(x.dtype), (stride, stride), "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])

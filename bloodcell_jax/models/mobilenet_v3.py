@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import heads, onednn
+from bloodcell_jax.models import heads, native
 from bloodcell_jax.models.layers import Conv, DepthwiseConv, batch_norm, prepare_input
 from bloodcell_jax.models.registry import KerasPort, register
 
@@ -127,7 +127,7 @@ def _bn(module, x, name, train):
   # BatchNorms are hard-swish and squeeze-excitation fusions (models/batch_norm.py). With
   # oneDNN's, the products: the step ran 10% faster (536 and 549 against 485 and 496 images/s).
   return batch_norm(module, x, name, train, BN_EPSILON, module.frozen_bn, BN_MOMENTUM,
-                    product_gradient=onednn.in_use())
+                    product_gradient=native.in_use())
 
 
 class Block(nn.Module):

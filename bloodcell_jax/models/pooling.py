@@ -14,12 +14,14 @@ pooling (each block of the custom CNN). On CPU it runs in one of three ways (`cp
   routed to its window's maximum, then XLA's convolution gradients) was no faster than the
   unfused pair's, so training runs the pair there; JAX differentiates the loop where a
   gradient of an inference pass is taken.
-* "winograd_f4" (inference, a 3x3 kernel on 32 or more input channels) and "winograd_f2"
-  (training, 64 or more): `winograd.conv_max_pool`, fewer products for convolutions that run
-  at the CPU's peak; the forward pass gains most from the larger blocks, the gradient from the
+* "winograd_f4" and "winograd_f2": `winograd.conv_max_pool`, fewer products for convolutions
+  that run at the CPU's peak. Where the project's CPU kernels run (models/native.py), F(4x4)
+  for a 3x3 kernel on 32 or more input channels, in training and inference. Elsewhere, with
+  XLA's fusions for its transforms, F(4x4) in inference (32 or more) and F(2x2) in training
+  (64 or more): the forward pass gains most from the larger blocks, the gradient from the
   smaller ones.
-* "unfused": the convolution (oneDNN's where it runs, models/onednn.py; else XLA's), then
-  `max_pool_2x2`. With oneDNN, the thresholds above are MIN_WINOGRAD_CHANNELS_BESIDE_ONEDNN.
+* "unfused": the convolution (oneDNN's where the CPU kernels run, models/onednn.py; else
+  XLA's), then `max_pool_2x2`.
 
 Other platforms, and `portable.standard_ops()` (export), run the convolution and then
 `max_pool_2x2`. All pool VALID: an odd last row or column is dropped, as in Keras.
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bloodcell_jax.models import onednn, portable, winograd
+from bloodcell_jax.models import native, onednn, portable, winograd
 
 
 def _windows_2x2(x):
@@ -78,10 +80,10 @@ MAX_FUSED_PRODUCTS = 27
 # (benchmarks/winograd.py): forward and gradients, F(2x2), 0.6-0.8x the time at 64 and 128
 # channels, level at 32; forward alone, F(4x4), 0.5-0.65x at 64 and 128, 0.96x at 32.
 MIN_WINOGRAD_CHANNELS = {"train": 64, "inference": 32}
-# The same against oneDNN's convolutions (benchmarks/onednn.py), which beat XLA's and Winograd's
-# at 32 channels. With F(2x2) from 64 channels the CNN's train step ran 6-10% faster than with
-# oneDNN's everywhere; F(4x4)'s forward pass takes 0.55-0.7x oneDNN's time at 64 and 128.
-MIN_WINOGRAD_CHANNELS_BESIDE_ONEDNN = {"train": 64, "inference": 64}
+# The same with the transforms in C++ (native.py), against oneDNN's convolutions: F(4x4),
+# forward and gradients at batch 64, takes 0.6-0.7x oneDNN's time at 32, 64 and 128 channels
+# (1.4x with 3); forward alone at batch 128, 0.5-0.9x.
+MIN_NATIVE_WINOGRAD_CHANNELS = 32
 
 
 def cpu_method(shape, kernel_size: int, train: bool) -> str:
@@ -90,9 +92,11 @@ def cpu_method(shape, kernel_size: int, train: bool) -> str:
   in_channels = shape[3]
   if not train and in_channels * kernel_size * kernel_size <= MAX_FUSED_PRODUCTS:
     return "taps"
-  mode = "train" if train else "inference"
-  minimum = (MIN_WINOGRAD_CHANNELS_BESIDE_ONEDNN if onednn.in_use() else MIN_WINOGRAD_CHANNELS)
-  if kernel_size == 3 and in_channels >= minimum[mode] and min(shape[1:3]) >= 2:
+  if kernel_size != 3 or min(shape[1:3]) < 2:
+    return "unfused"
+  if native.in_use():
+    return "winograd_f4" if in_channels >= MIN_NATIVE_WINOGRAD_CHANNELS else "unfused"
+  if in_channels >= MIN_WINOGRAD_CHANNELS["train" if train else "inference"]:
     return "winograd_f2" if train else "winograd_f4"
   return "unfused"
 

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bloodcell_jax.models import native
+
 
 class _Algorithm(NamedTuple):
   input: np.ndarray  # B^T, (m + 2) x (m + 2)
@@ -107,13 +109,19 @@ def _tile_counts(algorithm, h: int, w: int):
   return -(-h // m), -(-w // m)
 
 
+def _padded(algorithm, x):
+  """x padded by one (SAME) and below and right to whole blocks: (N, m*T + 2, m*S + 2, C)."""
+  m = algorithm.output.shape[0]
+  t, s = _tile_counts(algorithm, *x.shape[1:3])
+  return jnp.pad(x, ((0, 0), (1, m * t + 1 - x.shape[1]), (1, m * s + 1 - x.shape[2]), (0, 0)))
+
+
 def _input_tiles(algorithm, x):
-  """The transformed input tiles around every m x m output block: (cells, N*T*S, C). The
-  input is padded by one (SAME) and below and right to whole blocks."""
+  """The transformed input tiles around every m x m output block: (cells, N*T*S, C)."""
   m, size = algorithm.output.shape
   n, h, w, c = x.shape
   t, s = _tile_counts(algorithm, h, w)
-  padded = jnp.pad(x, ((0, 0), (1, m * t + 1 - h), (1, m * s + 1 - w), (0, 0)))
+  padded = _padded(algorithm, x)
   tiles = [[lax.slice(padded, (0, a, b, 0), (n, a + m * (t - 1) + 1, b + m * (s - 1) + 1, c),
                       (1, m, m, 1)) for b in range(size)] for a in range(size)]
   return _flat(_both_sides(algorithm.input, tiles))
@@ -123,6 +131,15 @@ def _kernel_tiles(algorithm, kernel):
   """G g G^T of every (input, output) channel pair: (cells, C_in, C_out)."""
   g = algorithm.kernel
   return jnp.einsum("ua,abio,vb->uvio", g, kernel, g).reshape(-1, *kernel.shape[2:])
+
+
+def _kernel_gradient(algorithm, tiles, products):
+  """The kernel's gradient (3, 3, C_in, C_out) from the saved input tiles (cells, P, C_in) and
+  the products' gradient (cells, P, C_out): G^T (tiles^T . products) G for every cell."""
+  size = algorithm.kernel.shape[0]
+  return jnp.einsum("ua,uvio,vb->abio", algorithm.kernel,
+                    _batched(tiles, products, 1, 1).reshape(size, size, tiles.shape[2], -1),
+                    algorithm.kernel)
 
 
 def _windows(algorithm, x, kernel):
@@ -200,9 +217,7 @@ def _conv_max_pool(algorithm):
         for j in range(2):
           block[2 * p + i][2 * q + j] = jnp.where(routes == 2 * i + j, g[p, q], 0)
     products = _flat(_both_sides(algorithm.output.T, block))  # (cells, N*T*S, C_out)
-    kernel_grad = jnp.einsum(
-        "ua,uvio,vb->abio", algorithm.kernel,
-        _batched(tiles, products, 1, 1).reshape(size, size, channels, -1), algorithm.kernel)
+    kernel_grad = _kernel_gradient(algorithm, tiles, products)
     tile_grad = _both_sides(algorithm.input.T,
                             _grid(_batched(products, kernel_tiles, 2, 2), (n, t, s, channels)))
     return _overlapped(tile_grad, m, h, w), kernel_grad
@@ -232,7 +247,57 @@ def _overlapped(tile_grad, m: int, h: int, w: int):
   return padded[:, 1:h + 1, 1:w + 1, :]
 
 
+def _native(transform, shapes, *args, block):
+  """A transform of winograd_transforms.cc: float32 results of `shapes` (one or a tuple; the
+  int8 one is the route of each window's maximum)."""
+  if isinstance(shapes[0], int):
+    results = jax.ShapeDtypeStruct(shapes, jnp.float32)
+  else:
+    results = (jax.ShapeDtypeStruct(shapes[0], jnp.float32),
+               jax.ShapeDtypeStruct(shapes[1], jnp.int8))
+  call = jax.ffi.ffi_call(f"bloodcell_jax_winograd_{transform}", results,
+                          vmap_method="sequential")
+  return call(*args, block=np.int64(block))
+
+
+def _native_conv_max_pool(algorithm):
+  """_conv_max_pool(algorithm) with its data transforms in C++ (native.py): each is one pass
+  over memory, where XLA's fusions of the same sums take several. The products stay XLA's."""
+  m, size = algorithm.output.shape
+  cells = size * size
+
+  def forward(x, kernel):
+    _check(x, kernel)
+    n, h, w, channels = x.shape
+    t, s = _tile_counts(algorithm, h, w)
+    tiles = _native("input", (cells, n * t * s, channels), _padded(algorithm, x), block=m)
+    kernel_tiles = _kernel_tiles(algorithm, kernel)
+    products = _batched(tiles, kernel_tiles, 2, 1)
+    # Whole blocks of pooled outputs; which of its window's four each was.
+    blocks = (n, m // 2 * t, m // 2 * s, kernel.shape[3])
+    y, which = _native("output_max", (blocks, blocks), products, block=m)
+    return y[:, :h // 2, :w // 2], (tiles, kernel_tiles, which, x.shape)
+
+  @jax.custom_vjp
+  def conv_max_pool(x, kernel):
+    return forward(x, kernel)[0]
+
+  def backward(residuals, g):
+    tiles, kernel_tiles, which, (n, h, w, channels) = residuals
+    g = jnp.pad(g, ((0, 0), (0, which.shape[1] - g.shape[1]), (0, which.shape[2] - g.shape[2]),
+                    (0, 0)))
+    products = _native("output_grad", (cells, tiles.shape[1], g.shape[3]), g, which, block=m)
+    tile_grad = _batched(products, kernel_tiles, 2, 2)
+    t, s = _tile_counts(algorithm, h, w)
+    padded = _native("input_grad", (n, m * t + 2, m * s + 2, channels), tile_grad, block=m)
+    return padded[:, 1:h + 1, 1:w + 1], _kernel_gradient(algorithm, tiles, products)
+
+  conv_max_pool.defvjp(forward, backward)
+  return conv_max_pool
+
+
 _BY_BLOCK = {2: _conv_max_pool(F2), 4: _conv_max_pool(F4)}
+_NATIVE_BY_BLOCK = {2: _native_conv_max_pool(F2), 4: _native_conv_max_pool(F4)}
 
 
 def conv_max_pool(x: jnp.ndarray, kernel: jnp.ndarray, block: int = 2) -> jnp.ndarray:
@@ -240,4 +305,6 @@ def conv_max_pool(x: jnp.ndarray, kernel: jnp.ndarray, block: int = 2) -> jnp.nd
   kernel (3, 3, C_in, C_out); (N, H // 2, W // 2, C_out), by F(block x block, 3x3), block 2
   or 4. An odd last row or column of the convolution's output is dropped by the pooling, as in
   pooling.max_pool_2x2."""
+  if native.in_use() and x.dtype == kernel.dtype == jnp.float32:
+    return _NATIVE_BY_BLOCK[block](x, kernel)
   return _BY_BLOCK[block](x, kernel)

@@ -7,7 +7,7 @@ from absl import logging
 
 from bloodcell_jax import runtime
 from bloodcell_jax.config import schema
-from bloodcell_jax.models import onednn
+from bloodcell_jax.models import native
 from bloodcell_jax.training import workdir as workdir_lib
 
 
@@ -25,10 +25,11 @@ def train(config, workdir: str, provenance: Optional[dict] = None,
   if jax.process_index() != 0:  # one voice in the logs; other processes speak up on warnings
     logging.set_verbosity(logging.WARNING)
   logging.info("JAX %s: process %d of %d, %d local / %d global devices (%s), %s memory "
-               "allocator, convolutions by %s", jax.__version__, jax.process_index(),
+               "allocator, %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform, runtime.allocator(),
-               "oneDNN" if onednn.in_use() else "XLA")
+               "convolutions by oneDNN and Winograd's in C++" if native.in_use()
+               else "XLA's convolutions")
   # One run per workdir; the processes of a multi-process run share process 0's lock.
   with workdir_lib.exclusive(workdir, holder=jax.process_index() == 0):
     runtime.keep_tensorflow_on_host()

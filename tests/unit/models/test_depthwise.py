@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from bloodcell_jax.models import onednn
+from bloodcell_jax.models import native
 from bloodcell_jax.models.depthwise import depthwise_conv2d
 
 
@@ -87,7 +87,7 @@ def test_grouped_convolution_is_only_used_off_cpu(platform):
   shapes = [jax.ShapeDtypeStruct((2, 8, 8, 4), jnp.float32),
             jax.ShapeDtypeStruct((3, 3, 4), jnp.float32)]
   grad_fn = jax.jit(jax.grad(lambda x, kernel: jnp.sum(depthwise_conv2d(x, kernel, 2)), (0, 1)))
-  with onednn.serialized():  # as exports trace (models/onednn.py)
+  with native.serialized():  # as exports trace (models/native.py)
     module = jax.export.export(grad_fn, platforms=[platform])(*shapes).mlir_module()
   assert ("stablehlo.convolution" in module) == (platform != "cpu")
 

@@ -11,7 +11,7 @@ from bloodcell_jax import models, runtime
 from bloodcell_jax.augment import ops as augment
 from bloodcell_jax.config import recipes
 from bloodcell_jax.errors import UserError
-from bloodcell_jax.models import layers, onednn, pooling, portable, winograd
+from bloodcell_jax.models import layers, native, pooling, portable, winograd
 from bloodcell_jax.models.layers import max_pool_2x2, normalize_input
 from helpers import ROOT
 
@@ -54,21 +54,19 @@ def test_fused_conv_max_pool_equals_the_convolution_then_the_pooling(shape, kern
 @pytest.mark.parametrize("shape, block", [((1, 7, 9, 4), 2), ((2, 8, 8, 5), 4),
                                           ((1, 7, 10, 3), 4), ((1, 2, 3, 2), 4)])
 def test_winograd_conv_max_pool_equals_the_convolution_then_the_pooling(shape, block):
-  """Odd sizes, whole blocks, sizes that are not whole blocks, a single window."""
+  """Odd sizes, whole blocks, sizes that are not whole blocks, a single window; the
+  transforms by XLA (test_native.py: in C++)."""
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, shape[3], 6))
-  winograd_block = lambda x, k: winograd.conv_max_pool(x, k, block)
+  winograd_block = winograd._BY_BLOCK[block]  # pylint: disable=protected-access
   assert_same_values_and_gradients(winograd_block, pooling._unfused, x, kernel, 2e-5)
 
 
 @pytest.mark.parametrize("train, method", [(True, "winograd_f2"), (False, "winograd_f4")])
 def test_conv_max_pool_takes_winograd_for_wide_inputs(train, method, monkeypatch):
+  """With XLA's fusions for Winograd's transforms (test_native.py: with the CPU kernels)."""
   shape = (2, 6, 6, pooling.MIN_WINOGRAD_CHANNELS["train"])
-  narrower = shape[:3] + (pooling.MIN_WINOGRAD_CHANNELS_BESIDE_ONEDNN["train"] // 2,)
-  monkeypatch.setattr(onednn, "in_use", lambda: True)  # its convolutions beat Winograd's there
-  assert pooling.cpu_method(shape, 3, train) == method
-  assert pooling.cpu_method(narrower, 3, train) == "unfused"
-  monkeypatch.setattr(onednn, "in_use", lambda: False)
+  monkeypatch.setattr(native, "in_use", lambda: False)
   assert pooling.cpu_method(shape, 3, train) == method
   assert pooling.cpu_method(shape[:3] + (16,), 3, train) == "unfused"
   assert pooling.cpu_method(shape, 5, train) == "unfused"

@@ -1,5 +1,4 @@
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -7,18 +6,16 @@ import numpy as np
 import pytest
 from jax import lax
 
-from bloodcell_jax.models import layers, onednn, pooling, portable
+from bloodcell_jax.models import layers, native, onednn, pooling, portable
 from bloodcell_jax.models.depthwise import depthwise_conv2d
+from helpers import skip_or_fail_without_the_kernels
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def built():
-  if not onednn.library():
-    if os.environ.get("CI"):  # CI installs the wheels and g++: the fast path must be there
-      pytest.fail("oneDNN's convolutions did not build (see the warning above)")
-    pytest.skip("oneDNN's convolutions are not available here")
+  skip_or_fail_without_the_kernels()
 
 
 def lowered_text(fn, *args) -> str:
@@ -113,21 +110,7 @@ def test_the_models_convolutions_go_to_onednn_with_the_same_results(monkeypatch)
   lowered = jax.jit(both).lower(x, kernel, depthwise)
   assert lowered.as_text().count("bloodcell_jax_onednn_conv") == 9  # 3 x (forward, 2 gradients)
   ours = lowered.compile()(x, kernel, depthwise)
-  monkeypatch.setattr(onednn, "in_use", lambda: False)
+  monkeypatch.setattr(native, "in_use", lambda: False)
   expected = jax.jit(both)(x, kernel, depthwise)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), ours,
                expected)
-
-
-def test_a_machine_that_cannot_build_it_is_told_why(monkeypatch, tmp_path):
-  monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-  with pytest.raises(onednn.Unavailable, match="no C[+][+] compiler .*no-such-compiler"):
-    onednn._build()  # pylint: disable=protected-access
-  monkeypatch.delenv("CXX")
-  monkeypatch.setattr(onednn, "_onednn_root", lambda: str(tmp_path))  # no headers there
-  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-  with pytest.raises(onednn.Unavailable, match="could not build .*onednn_conv.cc: .*dnnl"):
-    onednn._build()  # pylint: disable=protected-access
-  monkeypatch.setenv("BLOODCELL_JAX_ONEDNN", "off")
-  with pytest.raises(onednn.Unavailable, match="BLOODCELL_JAX_ONEDNN=off"):
-    onednn._build()  # pylint: disable=protected-access
