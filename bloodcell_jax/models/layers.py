@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bloodcell_jax.models import framing, onednn
+from bloodcell_jax.models import framing, winograd
 from bloodcell_jax.models.batch_norm import BatchNorm
 from bloodcell_jax.models.depthwise import depthwise_conv2d
 from bloodcell_jax.models.pooling import max_pool_2x2  # noqa: F401  (re-exported)
@@ -150,8 +150,9 @@ def mix_style(x, rng, p: float, alpha: float = MIX_STYLE_ALPHA, epsilon: float =
 
 
 def Conv(*args, **kwargs) -> nn.Conv:  # pylint: disable=invalid-name  (a module, as nn.Conv)
-  """nn.Conv whose convolutions run on oneDNN where one CPU device runs them (onednn.py)."""
-  return nn.Conv(*args, conv_general_dilated=onednn.conv_general_dilated, **kwargs)
+  """nn.Conv whose convolutions run on the CPU kernels where one CPU device runs them
+  (native.py): wide 3x3 ones by Winograd's F(4x4) (winograd.py), the others by oneDNN."""
+  return nn.Conv(*args, conv_general_dilated=winograd.conv_general_dilated, **kwargs)
 
 
 class DepthwiseConv(nn.Module):

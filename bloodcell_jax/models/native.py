@@ -43,8 +43,10 @@ _SOURCES = tuple(os.path.join(_HERE, name)
 TARGETS = {
     "bloodcell_jax_onednn_conv": "BloodcellJaxOnednnConv",
     "bloodcell_jax_winograd_input": "BloodcellJaxWinogradInput",
-    "bloodcell_jax_winograd_output_max": "BloodcellJaxWinogradOutputMax",
+    "bloodcell_jax_winograd_output": "BloodcellJaxWinogradOutput",
     "bloodcell_jax_winograd_output_grad": "BloodcellJaxWinogradOutputGrad",
+    "bloodcell_jax_winograd_output_max": "BloodcellJaxWinogradOutputMax",
+    "bloodcell_jax_winograd_output_max_grad": "BloodcellJaxWinogradOutputMaxGrad",
     "bloodcell_jax_winograd_input_grad": "BloodcellJaxWinogradInputGrad",
 }
 _ENV = "BLOODCELL_JAX_CPU_KERNELS"

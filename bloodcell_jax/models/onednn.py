@@ -38,7 +38,7 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
            and preferred_element_type is None and lhs.dtype == rhs.dtype
            and lhs.dtype in (jnp.float32, jnp.bfloat16)
            and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
-           and _is_nhwc(lhs.shape, rhs.shape, dimension_numbers))
+           and is_nhwc(lhs.shape, rhs.shape, dimension_numbers))
   if not (plain and native.in_use()):
     return xla()
   if isinstance(padding, str):
@@ -49,7 +49,8 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
   return conv(lhs, rhs, tuple(int(s) for s in window_strides), padding, feature_group_count)
 
 
-def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
+def is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
+  """Whether `dimension_numbers` are NHWC images, HWIO kernels, NHWC outputs."""
   if dimension_numbers is None:
     return False
   wanted = lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC)

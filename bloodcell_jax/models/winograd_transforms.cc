@@ -1,15 +1,18 @@
-// The data transforms of Winograd's F(m x m, 3x3) convolution followed by 2x2 max pooling
-// (models/winograd.py), as XLA FFI handlers for XLA:CPU, m = 2 or 4. XLA's batched products
+// The data transforms of Winograd's F(m x m, 3x3) convolution, alone or followed by 2x2 max
+// pooling (models/winograd.py), as XLA FFI handlers for XLA:CPU, m = 2 or 4. XLA's batched products
 // do the multiplications; these do the rest, each in one pass over memory, where XLA's fusions
 // of the same sums take several (stacks of 16 or 36 separately computed cells).
 //
 // With A = m + 2 (the tile size), T x S tiles per image and P = N * T * S, all float32:
 //   WinogradInput      x (N, m*T + 2, m*S + 2, C), padded  ->  tiles (A*A, P, C) = B^T d B
+//   WinogradOutput     products (A*A, P, F)  ->  y (N, m*T, m*S, F) = A^T M A
+//   WinogradOutputGrad g (N, m*T, m*S, F)  ->  d products (A*A, P, F), through A^T . A's
+//                      transpose
 //   WinogradOutputMax  products (A*A, P, F)  ->  y (N, m/2*T, m/2*S, F), the largest of each
 //                      2x2 window of A^T M A, and which (same shape, int8) of its four it was
 //                      (the first on a tie): 0 (0, 0), 1 (0, 1), 2 (1, 0), 3 (1, 1)
-//   WinogradOutputGrad g, which (N, m/2*T, m/2*S, F)  ->  d products (A*A, P, F): each output
-//                      gradient routed to its window's maximum, through A^T . A's transpose
+//   WinogradOutputMaxGrad g, which (N, m/2*T, m/2*S, F)  ->  d products (A*A, P, F): each
+//                      output gradient routed to its window's maximum, then as above
 //   WinogradInputGrad  d tiles (A*A, P, C)  ->  d x (N, m*T + 2, m*S + 2, C): B . B^T of each
 //                      tile, the overlapping tiles summed
 // Loops run over channels innermost (contiguous, vectorised) and over images or tiles with
@@ -156,11 +159,53 @@ void Input(const float* in, int64_t n, int64_t height, int64_t width, int64_t ch
   }
 }
 
-template <int M>
-void OutputMax(const float* products, int64_t n, int64_t rows, int64_t cols, int64_t features,
-               float* pooled, int8_t* route) {
+// The largest output of each 2x2 window of an M x M block, the first on a tie, and which of
+// its four it was (0 (0, 0), 1 (0, 1), 2 (1, 0), 3 (1, 1)); `at(i, j)`: where window (i, j)
+// goes in y and route.
+template <int M, typename At>
+inline void WriteMaxima(const Vec (&o)[M][M], int count, At at, float* y, int8_t* route) {
+  for (int i = 0; i < M / 2; ++i)
+    for (int j = 0; j < M / 2; ++j) {
+      Vec top = o[2 * i][2 * j];
+      IVec place = {};
+      const Vec* others[3] = {&o[2 * i][2 * j + 1], &o[2 * i + 1][2 * j],
+                              &o[2 * i + 1][2 * j + 1]};
+      for (int which = 1; which <= 3; ++which) {
+        const IVec larger = *others[which - 1] > top;
+        place = larger ? which : place;
+        top = larger ? *others[which - 1] : top;
+      }
+      const int64_t offset = at(i, j);
+      Store(top, count, y + offset);
+      for (int lane = 0; lane < count; ++lane) route[offset + lane] = place[lane];
+    }
+}
+
+// The block's output gradient from the windows' gradients, each at its window's maximum.
+template <int M, typename At>
+inline void ReadRouted(const float* grad, const int8_t* route, int count, At at,
+                       Vec (&o)[M][M]) {
+  const Vec zero = {};
+  for (int i = 0; i < M / 2; ++i)
+    for (int j = 0; j < M / 2; ++j) {
+      const int64_t offset = at(i, j);
+      const Vec value = Load(grad + offset, count);
+      IVec place = {};
+      for (int lane = 0; lane < count; ++lane) place[lane] = route[offset + lane];
+      o[2 * i][2 * j] = place == 0 ? value : zero;
+      o[2 * i][2 * j + 1] = place == 1 ? value : zero;
+      o[2 * i + 1][2 * j] = place == 2 ? value : zero;
+      o[2 * i + 1][2 * j + 1] = place == 3 ? value : zero;
+    }
+}
+
+// y = A^T M A for every tile; `Pooled`: each 2x2 window's largest output and its route, y and
+// route (N, m/2*T, m/2*S, F); else every output, y (N, m*T, m*S, F).
+template <int M, bool Pooled>
+void Output(const float* products, int64_t n, int64_t rows, int64_t cols, int64_t features,
+            float* y, int8_t* route) {
   using Alg = Algorithm<M>;
-  constexpr int A = Alg::A, H = M / 2;
+  constexpr int A = Alg::A, H = Pooled ? M / 2 : M;  // values per tile and side in y
   const int64_t t = rows / H, s = cols / H, p = n * t * s;
   const int64_t chunk = ChunkTiles(A * A, features), chunks = (p + chunk - 1) / chunk;
   float* in = const_cast<float*>(products);  // only read
@@ -176,40 +221,32 @@ void OutputMax(const float* products, int64_t n, int64_t rows, int64_t cols, int
         const int64_t image = tile / (t * s), row = tile / s % t, col = tile % s;
         for (int64_t f = 0; f < features; f += kLanes) {
           const int count = features - f < kLanes ? features - f : kLanes;
+          auto at = [&](int i, int j) {
+            return ((image * rows + row * H + i) * cols + col * H + j) * features + f;
+          };
           Vec m[A][A], o[M][M];
           for (int u = 0; u < A; ++u)
             for (int w = 0; w < A; ++w)
               m[u][w] = Load(&buffer[((u * A + w) * count_tiles + k) * features + f], count);
           BothSides<M, A, false>(Alg::AT, m, o);
-          for (int i = 0; i < H; ++i)
-            for (int j = 0; j < H; ++j) {
-              // The largest of the window's four, the first on a tie, and which it was.
-              Vec top = o[2 * i][2 * j];
-              IVec place = {};
-              const Vec* others[3] = {&o[2 * i][2 * j + 1], &o[2 * i + 1][2 * j],
-                                      &o[2 * i + 1][2 * j + 1]};
-              for (int which_one = 1; which_one <= 3; ++which_one) {
-                const Vec& other = *others[which_one - 1];
-                const IVec larger = other > top;
-                place = larger ? which_one : place;
-                top = larger ? other : top;
-              }
-              const int64_t at =
-                  ((image * rows + row * H + i) * cols + col * H + j) * features + f;
-              Store(top, count, pooled + at);
-              for (int lane = 0; lane < count; ++lane) route[at + lane] = place[lane];
-            }
+          if constexpr (Pooled) {
+            WriteMaxima<M>(o, count, at, y, route);
+          } else {
+            for (int i = 0; i < M; ++i)
+              for (int j = 0; j < M; ++j) Store(o[i][j], count, y + at(i, j));
+          }
         }
       }
     }
   }
 }
 
-template <int M>
+// The products' gradient from y's (Output<M, Pooled>'s transpose).
+template <int M, bool Pooled>
 void OutputGrad(const float* grad, const int8_t* route, int64_t n, int64_t rows, int64_t cols,
                 int64_t features, float* out) {
   using Alg = Algorithm<M>;
-  constexpr int A = Alg::A, H = M / 2;
+  constexpr int A = Alg::A, H = Pooled ? M / 2 : M;
   const int64_t t = rows / H, s = cols / H, p = n * t * s;
   const int64_t chunk = ChunkTiles(A * A, features), chunks = (p + chunk - 1) / chunk;
 #pragma omp parallel
@@ -223,19 +260,16 @@ void OutputGrad(const float* grad, const int8_t* route, int64_t n, int64_t rows,
         const int64_t image = tile / (t * s), row = tile / s % t, col = tile % s;
         for (int64_t f = 0; f < features; f += kLanes) {
           const int count = features - f < kLanes ? features - f : kLanes;
+          auto at = [&](int i, int j) {
+            return ((image * rows + row * H + i) * cols + col * H + j) * features + f;
+          };
           Vec o[M][M], m[A][A];
-          for (int i = 0; i < H; ++i)
-            for (int j = 0; j < H; ++j) {
-              const int64_t at =
-                  ((image * rows + row * H + i) * cols + col * H + j) * features + f;
-              const Vec value = Load(grad + at, count), zero = {};
-              IVec place = {};
-              for (int lane = 0; lane < count; ++lane) place[lane] = route[at + lane];
-              o[2 * i][2 * j] = place == 0 ? value : zero;
-              o[2 * i][2 * j + 1] = place == 1 ? value : zero;
-              o[2 * i + 1][2 * j] = place == 2 ? value : zero;
-              o[2 * i + 1][2 * j + 1] = place == 3 ? value : zero;
-            }
+          if constexpr (Pooled) {
+            ReadRouted<M>(grad, route, count, at, o);
+          } else {
+            for (int i = 0; i < M; ++i)
+              for (int j = 0; j < M; ++j) o[i][j] = Load(grad + at(i, j), count);
+          }
           BothSides<A, M, true>(Alg::AT, o, m);
           for (int u = 0; u < A; ++u)
             for (int w = 0; w < A; ++w)
@@ -303,21 +337,38 @@ ffi::Error InputHandler(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> til
   });
 }
 
+ffi::Error OutputHandler(ffi::Buffer<ffi::F32> products, ffi::ResultBuffer<ffi::F32> y,
+                         int64_t block) {
+  auto d = y->dimensions();
+  return ByBlock(block, [&](auto m) {
+    Output<m(), false>(products.typed_data(), d[0], d[1], d[2], d[3], y->typed_data(), nullptr);
+  });
+}
+
 ffi::Error OutputMaxHandler(ffi::Buffer<ffi::F32> products, ffi::ResultBuffer<ffi::F32> y,
                             ffi::ResultBuffer<ffi::S8> which, int64_t block) {
   auto d = y->dimensions();
   return ByBlock(block, [&](auto m) {
-    OutputMax<m()>(products.typed_data(), d[0], d[1], d[2], d[3], y->typed_data(),
-                   which->typed_data());
+    Output<m(), true>(products.typed_data(), d[0], d[1], d[2], d[3], y->typed_data(),
+                      which->typed_data());
   });
 }
 
-ffi::Error OutputGradHandler(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::S8> which,
-                             ffi::ResultBuffer<ffi::F32> d_products, int64_t block) {
+ffi::Error OutputGradHandler(ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> d_products,
+                             int64_t block) {
   auto d = g.dimensions();
   return ByBlock(block, [&](auto m) {
-    OutputGrad<m()>(g.typed_data(), which.typed_data(), d[0], d[1], d[2], d[3],
-                    d_products->typed_data());
+    OutputGrad<m(), false>(g.typed_data(), nullptr, d[0], d[1], d[2], d[3],
+                           d_products->typed_data());
+  });
+}
+
+ffi::Error OutputMaxGradHandler(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::S8> which,
+                                ffi::ResultBuffer<ffi::F32> d_products, int64_t block) {
+  auto d = g.dimensions();
+  return ByBlock(block, [&](auto m) {
+    OutputGrad<m(), true>(g.typed_data(), which.typed_data(), d[0], d[1], d[2], d[3],
+                          d_products->typed_data());
   });
 }
 
@@ -337,6 +388,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradInput, InputHandler,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("block"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradOutput, OutputHandler,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("block"));
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradOutputMax, OutputMaxHandler,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -345,6 +402,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradOutputMax, OutputMaxHandler,
                                   .Attr<int64_t>("block"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradOutputGrad, OutputGradHandler,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("block"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradOutputMaxGrad, OutputMaxGradHandler,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
