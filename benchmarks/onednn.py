@@ -1,10 +1,13 @@
-"""Convolutions forward and both gradients: XLA:CPU's own against oneDNN's (models/onednn.py).
+"""Convolutions forward and both gradients: XLA:CPU's own against oneDNN's (models/onednn.py)
+and against layers.Conv's choice of the CPU kernels (models/winograd.py: F(4x4) in C++ for wide
+3x3 stride-1 convolutions, else oneDNN's).
 
   python benchmarks/onednn.py [--repeats=7] [--dtype=float32|bfloat16]
 
 Prints one JSON object per line: {"bench": "onednn_conv", "shape": [N, H, W, C_in], "kernel",
 "out", "stride", "dtype", "impl", "forward_ms", "input_gradient_ms", "kernel_gradient_ms",
-"total_ms"}, then {"bench": "onednn_conv", "summary": ...} with each shape's total speed-up.
+"total_ms"} ("impl": "xla", "onednn", "cpu_kernels"), then {"bench": "onednn_conv", "summary":
+...} with each shape's total speed-up of oneDNN and of the CPU kernels over XLA.
 Each figure is the median of --repeats calls of a jitted function after two warm-up calls. The
 shapes are the custom CNN's and EfficientNetV2-S's (stem, Fused-MBConv, a 1x1 of the MBConv
 stages) at 96x96, batch 64.
@@ -23,7 +26,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 from jax import lax  # pylint: disable=g-import-not-at-top
 
-from bloodcell_jax.models import onednn  # pylint: disable=g-import-not-at-top
+from bloodcell_jax.models import native, onednn, winograd  # pylint: disable=g-import-not-at-top
 
 SHAPES = (  # (N, H, W, C_in, k, C_out, stride)
     (64, 96, 96, 3, 3, 32, 1), (64, 48, 48, 32, 3, 64, 1), (64, 24, 24, 64, 3, 128, 1),
@@ -31,7 +34,8 @@ SHAPES = (  # (N, H, W, C_in, k, C_out, stride)
     (64, 96, 96, 3, 3, 24, 2), (64, 48, 48, 24, 3, 24, 1), (64, 48, 48, 24, 3, 96, 2),
     (64, 24, 24, 48, 3, 192, 1), (64, 12, 12, 64, 3, 256, 1), (64, 6, 6, 160, 1, 960, 1),
 )
-IMPLS = {"xla": lax.conv_general_dilated, "onednn": onednn.conv_general_dilated}
+IMPLS = {"xla": lax.conv_general_dilated, "onednn": onednn.conv_general_dilated,
+         "cpu_kernels": winograd.conv_general_dilated}
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -48,8 +52,8 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   args = parser.parse_args(argv)
-  if not onednn.library():
-    raise SystemExit("oneDNN's convolutions are not available here (see the warning above)")
+  if not native.library():
+    raise SystemExit("the CPU kernels are not available here (see the warning above)")
   dtype, rng, summary = jnp.dtype(args.dtype), np.random.default_rng(0), {}
   for n, h, w, c, k, out, stride in SHAPES:
     x = jnp.asarray(rng.normal(size=(n, h, w, c)), dtype)
@@ -69,10 +73,11 @@ def main(argv=None):
                                               ("forward", "input_gradient", "kernel_gradient"))
       print(json.dumps({key: round(v, 2) if isinstance(v, float) else v
                         for key, v in record.items()}), flush=True)
-    summary[f"{n}x{h}x{w}x{c} k{k} to {out} s{stride}"] = round(totals["xla"] / totals["onednn"],
-                                                                 2)
+    summary[f"{n}x{h}x{w}x{c} k{k} to {out} s{stride}"] = [
+        round(totals["xla"] / totals[impl], 2) for impl in ("onednn", "cpu_kernels")]
   print(json.dumps({"bench": "onednn_conv", "dtype": args.dtype,
-                    "summary": "xla_ms / onednn_ms per shape", "speedup": summary}))
+                    "summary": "xla_ms / onednn_ms, xla_ms / cpu_kernels_ms per shape",
+                    "speedup": summary}))
 
 
 if __name__ == "__main__":
