@@ -1,24 +1,28 @@
-"""A 3x3 stride-1 "SAME" convolution followed by 2x2 max pooling, by Winograd's minimal
-filtering algorithms F(2x2, 3x3) and F(4x4, 3x3) (Lavin and Gray, 2016).
+"""A 3x3 stride-1 "SAME" convolution, alone or followed by 2x2 max pooling, by Winograd's
+minimal filtering algorithms F(2x2, 3x3) and F(4x4, 3x3) (Lavin and Gray, 2016).
 
 F(m x m, 3x3) computes each m x m block of a 3x3 convolution's output from the (m+2) x (m+2)
 block of input around it with (m+2)^2 products per channel pair instead of 9 m^2 (16 instead
 of 36 for m = 2, 36 instead of 144 for m = 4): the input tiles and the kernel go through fixed
 linear transforms (B^T d B and G g G^T), (m+2)^2 batched matrix products (tiles x C_in times
 C_in x C_out) replace the convolution, and an output transform (A^T m A) gives the block's
-outputs. The blocks hold whole 2x2 pooling windows, so the output transform keeps the largest
-of each window's four and the full-resolution map is never written.
+outputs. For the custom CNN the blocks hold whole 2x2 pooling windows, so the output transform
+keeps the largest of each window's four and the full-resolution map is never written.
 
-On XLA:CPU the custom CNN's convolutions run at the CPU's peak FLOP rate, so fewer products
-is what makes them faster (benchmarks/winograd.py, 2 CPU cores):
+On a CPU these convolutions run at its peak FLOP rate, so fewer products is what makes them
+faster. Where the project's CPU kernels run (native.py: one CPU device), the data transforms
+are C++ (winograd_transforms.cc), each one pass over memory, and F(4x4) takes 0.45-0.75x the
+time of oneDNN's convolution, forward and both gradients, from 32 channels in and 64 out
+(benchmarks/winograd.py, benchmarks/onednn.py, 2 CPU cores): the CNN's blocks
+(`conv_max_pool`) and every model's wide 3x3 convolutions (`conv_general_dilated`, nn.Conv's).
+Elsewhere the transforms are XLA's fusions, which take several passes:
 
 * forward alone (evaluation, predict), batch 128: F(4x4) takes 0.5-0.65x the time of XLA's
   convolution and the pooling with 64 and 128 input channels, 0.96x with 32;
 * forward and both gradients (training), batch 64: F(2x2) takes 0.6-0.8x with 64 and 128
-  input channels. F(4x4)'s larger transforms make its gradient slower than XLA's.
-
-F(4x4)'s larger program also compiles slower (the CNN's forward pass at batch 128: 2.5 s,
-against 0.7 s with F(2x2) and 0.2 s with XLA's convolution).
+  input channels. F(4x4)'s larger transforms make its gradient slower than XLA's; its larger
+  program also compiles slower (the CNN's forward pass at batch 128: 2.5 s, against 0.7 s with
+  F(2x2) and 0.2 s with XLA's convolution).
 
 The gradient is written out (JAX's derivative of the same code ran 2-4x slower than XLA's
 convolution): the output gradient goes to each window's maximum, back through the output
@@ -247,35 +251,50 @@ def _overlapped(tile_grad, m: int, h: int, w: int):
   return padded[:, 1:h + 1, 1:w + 1, :]
 
 
-def _native(transform, shapes, *args, block):
-  """A transform of winograd_transforms.cc: float32 results of `shapes` (one or a tuple; the
-  int8 one is the route of each window's maximum)."""
-  if isinstance(shapes[0], int):
-    results = jax.ShapeDtypeStruct(shapes, jnp.float32)
-  else:
-    results = (jax.ShapeDtypeStruct(shapes[0], jnp.float32),
-               jax.ShapeDtypeStruct(shapes[1], jnp.int8))
+def _native(transform, shape, *args, block, routes=False):
+  """A transform of winograd_transforms.cc: a float32 result of `shape` (`routes`: and the
+  int8 route of each window's maximum, of the same shape)."""
+  result = jax.ShapeDtypeStruct(shape, jnp.float32)
+  results = (result, jax.ShapeDtypeStruct(shape, jnp.int8)) if routes else result
   call = jax.ffi.ffi_call(f"bloodcell_jax_winograd_{transform}", results,
                           vmap_method="sequential")
   return call(*args, block=np.int64(block))
 
 
+def _native_products(algorithm, x, kernel):
+  """(tiles, kernel tiles, their products) of x's tiles by the C++ input transform."""
+  _check(x, kernel)
+  n, h, w, channels = x.shape
+  t, s = _tile_counts(algorithm, h, w)
+  cells = algorithm.input.shape[0] ** 2
+  tiles = _native("input", (cells, n * t * s, channels), _padded(algorithm, x),
+                  block=algorithm.output.shape[0])
+  kernel_tiles = _kernel_tiles(algorithm, kernel)
+  return tiles, kernel_tiles, _batched(tiles, kernel_tiles, 2, 1)
+
+
+def _native_gradients(algorithm, tiles, kernel_tiles, products, x_shape):
+  """x's and the kernel's gradients from the products' gradient (cells, P, C_out)."""
+  m = algorithm.output.shape[0]
+  n, h, w, channels = x_shape
+  t, s = _tile_counts(algorithm, h, w)
+  padded = _native("input_grad", (n, m * t + 2, m * s + 2, channels),
+                   _batched(products, kernel_tiles, 2, 2), block=m)
+  return padded[:, 1:h + 1, 1:w + 1], _kernel_gradient(algorithm, tiles, products)
+
+
 def _native_conv_max_pool(algorithm):
   """_conv_max_pool(algorithm) with its data transforms in C++ (native.py): each is one pass
   over memory, where XLA's fusions of the same sums take several. The products stay XLA's."""
-  m, size = algorithm.output.shape
-  cells = size * size
+  m = algorithm.output.shape[0]
 
   def forward(x, kernel):
-    _check(x, kernel)
-    n, h, w, channels = x.shape
+    tiles, kernel_tiles, products = _native_products(algorithm, x, kernel)
+    n, h, w, _ = x.shape
     t, s = _tile_counts(algorithm, h, w)
-    tiles = _native("input", (cells, n * t * s, channels), _padded(algorithm, x), block=m)
-    kernel_tiles = _kernel_tiles(algorithm, kernel)
-    products = _batched(tiles, kernel_tiles, 2, 1)
-    # Whole blocks of pooled outputs; which of its window's four each was.
-    blocks = (n, m // 2 * t, m // 2 * s, kernel.shape[3])
-    y, which = _native("output_max", (blocks, blocks), products, block=m)
+    # Whole blocks of pooled outputs, and which of its window's four each was.
+    y, which = _native("output_max", (n, m // 2 * t, m // 2 * s, kernel.shape[3]), products,
+                       block=m, routes=True)
     return y[:, :h // 2, :w // 2], (tiles, kernel_tiles, which, x.shape)
 
   @jax.custom_vjp
@@ -283,15 +302,11 @@ def _native_conv_max_pool(algorithm):
     return forward(x, kernel)[0]
 
   def backward(residuals, g):
-    tiles, kernel_tiles, which, (n, h, w, channels) = residuals
+    tiles, kernel_tiles, which, x_shape = residuals
     g = jnp.pad(g, ((0, 0), (0, which.shape[1] - g.shape[1]), (0, which.shape[2] - g.shape[2]),
                     (0, 0)))
-    products = _native("output_max_grad", (cells, tiles.shape[1], g.shape[3]), g, which,
-                       block=m)
-    tile_grad = _batched(products, kernel_tiles, 2, 2)
-    t, s = _tile_counts(algorithm, h, w)
-    padded = _native("input_grad", (n, m * t + 2, m * s + 2, channels), tile_grad, block=m)
-    return padded[:, 1:h + 1, 1:w + 1], _kernel_gradient(algorithm, tiles, products)
+    products = _native("output_max_grad", tiles.shape[:2] + g.shape[3:], g, which, block=m)
+    return _native_gradients(algorithm, tiles, kernel_tiles, products, x_shape)
 
   conv_max_pool.defvjp(forward, backward)
   return conv_max_pool
@@ -304,24 +319,20 @@ def _native_conv(x, kernel):
 
 
 def _native_conv_forward(x, kernel):
-  _check(x, kernel)
-  n, h, w, channels = x.shape
+  tiles, kernel_tiles, products = _native_products(F4, x, kernel)
+  n, h, w, _ = x.shape
   t, s = _tile_counts(F4, h, w)
-  tiles = _native("input", (36, n * t * s, channels), _padded(F4, x), block=4)
-  kernel_tiles = _kernel_tiles(F4, kernel)
-  y = _native("output", (n, 4 * t, 4 * s, kernel.shape[3]),
-              _batched(tiles, kernel_tiles, 2, 1), block=4)
+  y = _native("output", (n, 4 * t, 4 * s, kernel.shape[3]), products, block=4)
   return y[:, :h, :w], (tiles, kernel_tiles, x.shape)
 
 
 def _native_conv_backward(residuals, g):
-  tiles, kernel_tiles, (n, h, w, channels) = residuals
+  tiles, kernel_tiles, x_shape = residuals
+  _, h, w, _ = x_shape
   t, s = _tile_counts(F4, h, w)
   g = jnp.pad(g, ((0, 0), (0, 4 * t - h), (0, 4 * s - w), (0, 0)))
-  products = _native("output_grad", (36, tiles.shape[1], g.shape[3]), g, block=4)
-  tile_grad = _batched(products, kernel_tiles, 2, 2)
-  padded = _native("input_grad", (n, 4 * t + 2, 4 * s + 2, channels), tile_grad, block=4)
-  return padded[:, 1:h + 1, 1:w + 1], _kernel_gradient(F4, tiles, products)
+  products = _native("output_grad", tiles.shape[:2] + g.shape[3:], g, block=4)
+  return _native_gradients(F4, tiles, kernel_tiles, products, x_shape)
 
 
 _native_conv.defvjp(_native_conv_forward, _native_conv_backward)

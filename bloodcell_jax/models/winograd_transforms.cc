@@ -1,25 +1,25 @@
 // The data transforms of Winograd's F(m x m, 3x3) convolution, alone or followed by 2x2 max
-// pooling (models/winograd.py), as XLA FFI handlers for XLA:CPU, m = 2 or 4. XLA's batched products
-// do the multiplications; these do the rest, each in one pass over memory, where XLA's fusions
-// of the same sums take several (stacks of 16 or 36 separately computed cells).
+// pooling (models/winograd.py), as XLA FFI handlers for XLA:CPU, m = 2 or 4. XLA's batched
+// products do the multiplications; these do the rest, each in one pass over memory, where
+// XLA's fusions of the same sums take several (stacks of 16 or 36 separately computed cells).
 //
 // With A = m + 2 (the tile size), T x S tiles per image and P = N * T * S, all float32:
-//   WinogradInput      x (N, m*T + 2, m*S + 2, C), padded  ->  tiles (A*A, P, C) = B^T d B
-//   WinogradOutput     products (A*A, P, F)  ->  y (N, m*T, m*S, F) = A^T M A
-//   WinogradOutputGrad g (N, m*T, m*S, F)  ->  d products (A*A, P, F), through A^T . A's
-//                      transpose
-//   WinogradOutputMax  products (A*A, P, F)  ->  y (N, m/2*T, m/2*S, F), the largest of each
-//                      2x2 window of A^T M A, and which (same shape, int8) of its four it was
-//                      (the first on a tie): 0 (0, 0), 1 (0, 1), 2 (1, 0), 3 (1, 1)
-//   WinogradOutputMaxGrad g, which (N, m/2*T, m/2*S, F)  ->  d products (A*A, P, F): each
-//                      output gradient routed to its window's maximum, then as above
-//   WinogradInputGrad  d tiles (A*A, P, C)  ->  d x (N, m*T + 2, m*S + 2, C): B . B^T of each
-//                      tile, the overlapping tiles summed
-// Loops run over channels innermost (contiguous, vectorised) and over images or tiles with
-// OpenMP.
+//   WinogradInput          x (N, m*T + 2, m*S + 2, C), padded -> tiles (A*A, P, C) = B^T d B
+//   WinogradInputGrad      d tiles (A*A, P, C) -> d x (N, m*T + 2, m*S + 2, C): B . B^T of
+//                          each tile, the overlapping tiles summed
+//   WinogradOutput         products (A*A, P, F) -> y (N, m*T, m*S, F) = A^T M A
+//   WinogradOutputGrad     g (N, m*T, m*S, F) -> d products (A*A, P, F) = A g A^T
+//   WinogradOutputMax      products (A*A, P, F) -> y (N, m/2*T, m/2*S, F), the largest of
+//                          each 2x2 window of A^T M A, and which (same shape, int8) of its
+//                          four it was (the first on a tie): 0 (0, 0), 1 (0, 1), 2 (1, 0),
+//                          3 (1, 1)
+//   WinogradOutputMaxGrad  g, which (N, m/2*T, m/2*S, F) -> d products (A*A, P, F): each
+//                          output gradient routed to its window's maximum, then as above
+// Channels are innermost (contiguous, 16-float vectors); images or chunks of tiles are spread
+// over the cores with OpenMP.
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
