@@ -380,19 +380,21 @@ ffi::Error InputGradHandler(ffi::Buffer<ffi::F32> d_tiles, ffi::ResultBuffer<ffi
   });
 }
 
+// The binding of the transforms with one float32 array in and one out.
+auto FloatToFloat() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("block");
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradInput, InputHandler,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("block"));
+                              FloatToFloat());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradOutput, OutputHandler,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("block"));
+                              FloatToFloat());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradOutputMax, OutputMaxHandler,
                               ffi::Ffi::Bind()
@@ -402,10 +404,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradOutputMax, OutputMaxHandler,
                                   .Attr<int64_t>("block"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradOutputGrad, OutputGradHandler,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("block"));
+                              FloatToFloat());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradOutputMaxGrad, OutputMaxGradHandler,
                               ffi::Ffi::Bind()
@@ -415,7 +414,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradOutputMaxGrad, OutputMaxGradHa
                                   .Attr<int64_t>("block"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BloodcellJaxWinogradInputGrad, InputGradHandler,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("block"));
+                              FloatToFloat());
