@@ -124,7 +124,7 @@ def _largest_difference() -> float:
 def _value_and_gradients(function, x, kernel):
   def run(x, kernel):
     y, vjp = jax.vjp(function, x, kernel)
-    return (y, *vjp(jnp.cos(y)))  # a cotangent that differs from place to place
+    return (y, *vjp(jnp.cos(y)))  # a cotangent with no ties between windows
   return [np.asarray(a) for a in jax.jit(run)(x, kernel)]
 
 
