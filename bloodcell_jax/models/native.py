@@ -32,9 +32,6 @@ import sys
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from jax import lax
 
 from bloodcell_jax import runtime
 from bloodcell_jax.models import portable
@@ -70,62 +67,11 @@ def library() -> str:
     for target, symbol in TARGETS.items():
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(built, symbol)),
                                   platform="cpu")
-    _check_once(path)
     return path
   except (Unavailable, OSError, AttributeError) as e:
     if os.environ.get(_ENV) != "off":
       logging.warning("XLA's own convolutions, not this project's CPU kernels: %s", e)
     return ""
-
-
-# Largest difference from XLA's results, relative to their largest value, that a build passes.
-_TOLERANCE = 1e-4
-
-
-def _check_once(path: str):
-  """A new build's results against XLA's on small cases, once (a file beside it says it
-  passed): a compiler that gets the vector code wrong must not give wrong convolutions
-  silently (GCC 12 did, for an earlier form of the transforms)."""
-  passed = path + ".checked"
-  if os.path.exists(passed):
-    return
-  difference = _largest_difference()
-  if not difference <= _TOLERANCE:
-    raise Unavailable(f"{os.path.basename(path)} gives results {difference:.2g} away from "
-                      "XLA's (relative), so it is not used; please report your compiler "
-                      "(g++ --version) and CPU")
-  with open(passed, "w") as f:
-    f.write(f"{difference:.3g}\n")
-
-
-def _largest_difference() -> float:
-  """Each kind of kernel, values and both gradients, against XLA's on a small case with odd
-  sizes and channel counts across the transforms' 16-float vectors."""
-  from bloodcell_jax.models import onednn, pooling, winograd  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(2, 9, 7, 20)).astype(np.float32)
-  kernel = rng.normal(size=(3, 3, 20, 18)).astype(np.float32)
-  xla_conv = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "SAME",
-                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  xla_pooled = lambda x, k: pooling.max_pool_2x2(xla_conv(x, k))
-  # pylint: disable=protected-access
-  pairs = [(lambda x, k: onednn.conv(x, k, (1, 1), ((1, 1), (1, 1))), xla_conv),
-           (winograd._native_conv, xla_conv),
-           (winograd._NATIVE_BY_BLOCK[2], xla_pooled), (winograd._NATIVE_BY_BLOCK[4], xla_pooled)]
-  largest = 0.0
-  with jax.ensure_compile_time_eval():  # computed now, also where a trace asks first
-    for ours, reference in pairs:
-      for got, wanted in zip(_value_and_gradients(ours, x, kernel),
-                             _value_and_gradients(reference, x, kernel)):
-        largest = max(largest, float(np.abs(got - wanted).max() / np.abs(wanted).max()))
-  return largest
-
-
-def _value_and_gradients(function, x, kernel):
-  def run(x, kernel):
-    y, vjp = jax.vjp(function, x, kernel)
-    return (y, *vjp(jnp.cos(y)))  # a cotangent with no ties between windows
-  return [np.asarray(a) for a in jax.jit(run)(x, kernel)]
 
 
 _serialized = False

@@ -86,19 +86,3 @@ def test_wide_3x3_convolutions_take_winograd_in_cpp_with_the_same_results():
     text = jax.jit(lambda x, k, conv=conv: conv.apply({"params": {"kernel": k}}, x)).lower(
         x[..., :shape[2]].astype(dtype), jnp.ones(shape, dtype)).as_text()
     assert "onednn" in text and "winograd" not in text, (shape, strides, dtype)
-
-
-def test_a_build_is_checked_against_xla_once(monkeypatch, tmp_path):
-  skip_or_fail_without_the_kernels()
-  # pylint: disable=protected-access
-  assert native._largest_difference() <= native._TOLERANCE
-  # The first use can come while a program is traced: the check still computes.
-  assert jax.jit(lambda: jnp.float32(native._largest_difference()))() <= native._TOLERANCE
-  library = str(tmp_path / "cpu_kernels-0.so")
-  monkeypatch.setattr(native, "_largest_difference", lambda: 0.5)
-  with pytest.raises(native.Unavailable, match="gives results 0.5 away from XLA's"):
-    native._check_once(library)
-  monkeypatch.setattr(native, "_largest_difference", lambda: 1e-6)
-  native._check_once(library)
-  monkeypatch.setattr(native, "_largest_difference", lambda: 0.5)
-  native._check_once(library)  # passed once: not checked again
